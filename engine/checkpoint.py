@@ -1,0 +1,79 @@
+"""Checkpoints: state dicts plus the resolved config, written atomically, read with ``weights_only=True``.
+
+A checkpoint is a dict of tensors and plain Python values (no pickled modules or classes), so loading
+never executes code from the file and survives refactors of our classes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+from torch import nn
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(state: dict, path: str) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, then rename.
+
+    An interrupted save leaves the previous file intact (a rename within one filesystem is atomic).
+    """
+    state = {"format_version": FORMAT_VERSION, **state}
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain values only)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); it may be truncated "
+                         f"or not written by this repository") from err
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{path} holds no 'model' state dict; is it a checkpoint of this repository?")
+    version = state.get("format_version", 0)
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path} has checkpoint format {version}, newer than this code's {FORMAT_VERSION}; "
+                         f"update the repository")
+    return state
+
+
+def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoint", strict: bool = True):
+    """Load weights, explaining any mismatch by tensor name.
+
+    Shape differences (another architecture or keypoint count) always raise, naming both shapes. Missing or
+    unexpected keys raise when ``strict``; otherwise they are returned as ``(missing, unexpected)``.
+    """
+    own = model.state_dict()
+    shape_diff = [f"{k}: {source} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if shape_diff or (strict and (missing or unexpected)):
+        parts = []
+        if shape_diff:
+            parts.append(f"{len(shape_diff)} tensors differ in shape: " + "; ".join(shape_diff[:8]))
+        if strict and missing:
+            parts.append(f"{len(missing)} missing from the {source}: {', '.join(missing[:8])}")
+        if strict and unexpected:
+            parts.append(f"{len(unexpected)} not in the model: {', '.join(unexpected[:8])}")
+        raise ValueError(f"{source} does not fit this model ({'; '.join(parts)}); was it trained with another "
+                         f"backbone, head or keypoint count?")
+    model.load_state_dict(state_dict, strict=False)
+    return missing, unexpected

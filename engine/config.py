@@ -1,0 +1,197 @@
+"""Typed experiment configs: YAML checked against dataclasses, dotted CLI overrides, saved resolved.
+
+``load_config("configs/x.yaml", ["train.lr=0.01"])`` returns a dataclass instance. An unknown key or a value
+of the wrong type stops with the file, the dotted key and (for typos) the closest valid key. Modules never
+import this file: builders read the config and pass plain arguments.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from datasets.augment import TopDownAugment
+from datasets.synthetic import SyntheticKeypointSpec
+
+
+# ---------------------------------------------------------------------------------------------- shared
+@dataclass
+class SplitConfig:
+    """Where one split's annotations and images are; paths relative to the working directory."""
+
+    ann_file: str = MISSING
+    image_root: str = MISSING
+    subset: str = "all"                 # all | holdout | rest: a seeded image split for sets without val
+    holdout_fraction: float = 0.1
+    holdout_seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adamw"            # sgd | adam | adamw
+    lr: float = 1e-3
+    momentum: float = 0.9               # sgd only
+    nesterov: bool = False              # sgd only
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"           # cosine | step | multistep | constant (per step, after warmup)
+    warmup_steps: int = 100             # linear warmup from warmup_factor * lr
+    warmup_factor: float = 0.001
+    min_lr_ratio: float = 0.01          # cosine floor, as a fraction of lr
+    step_epochs: list[int] = field(default_factory=lambda: [8])   # step / multistep milestones
+    gamma: float = 0.1                  # step / multistep decay
+    grad_clip_norm: float | None = None
+    seed: int = 0
+    device: str = "auto"                # auto | cpu | cuda | cuda:N
+    num_threads: int | None = None      # torch intra-op threads; None keeps torch's default
+    num_workers: int = 2
+    log_interval: int = 20              # steps between logged (host-synchronised) values
+    eval_interval: int = 1              # epochs between evaluations
+
+
+# ---------------------------------------------------------------------------------------------- keypoints
+@dataclass
+class KeypointModelConfig:
+    backbone: str = "resnet18"          # any timm model name
+    out_indices: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    pretrained_path: str | None = None  # local weights file; never downloaded
+    normalization: str = "backbone"     # backbone (timm mean/std) | unit ([0, 1])
+    fpn_channels: int = 128
+    num_stacks: int = 2
+    depth: int = 3                      # pooling levels per hourglass
+    head_channels: int = 128
+    num_blocks: int = 1
+
+
+@dataclass
+class KeypointDataConfig:
+    train: SplitConfig = field(default_factory=SplitConfig)
+    val: SplitConfig = field(default_factory=SplitConfig)
+    # When set, the synthetic set is written to `synthetic_root` (once) and train/val point into it.
+    synthetic: SyntheticKeypointSpec | None = None
+    synthetic_root: str = "data/synthetic_keypoints"
+    category_id: int | None = None
+    input_size: list[int] = field(default_factory=lambda: [192, 256])   # (width, height)
+    sigma: float = 2.0                  # Gaussian sigma in heatmap cells
+    flip_index: list[int] = MISSING     # flip_index[i]: the keypoint i becomes under a horizontal flip
+    oks_sigmas: list[float] | None = None   # per keypoint; COCO's 17 when None (requires K = 17)
+    keypoint_weights: list[float] | None = None   # per-keypoint loss weights
+    upper_body_ids: list[int] = field(default_factory=list)   # for half-body crops
+    nme_normalize: list[Any] | None = None  # two keypoint names or indices (e.g. outer eye corners)
+    bbox_padding: float = 1.25
+    on_bad_image: str = "error"         # error | skip
+    augment: TopDownAugment = field(default_factory=TopDownAugment)
+    val_batch_size: int = 64
+
+
+@dataclass
+class KeypointEvalConfig:
+    flip_test: bool = True
+    refine: str = "dark"                # dark | quarter | none
+    main_metric: str = "AP"             # the metric that picks the `best` checkpoint
+    rescore_threshold: float = 0.2      # keypoints above this confidence enter the instance score
+    pck_thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
+
+
+@dataclass
+class KeypointConfig:
+    task: str = "keypoints"
+    name: str = "keypoints"
+    output_dir: str = "runs"
+    model: KeypointModelConfig = field(default_factory=KeypointModelConfig)
+    data: KeypointDataConfig = field(default_factory=KeypointDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: KeypointEvalConfig = field(default_factory=KeypointEvalConfig)
+
+
+SCHEMAS: dict[str, type] = {"keypoints": KeypointConfig}
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def register_schema(task: str, schema: type) -> None:
+    SCHEMAS[task] = schema
+
+
+def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """Read ``path`` (YAML), apply dotted ``overrides`` (``train.lr=0.01``), check, return the dataclass."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as err:  # yaml errors come in several types
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    over = _parse_overrides(overrides)
+    task = over.get("task") if "task" in over else raw.get("task", "keypoints")
+    return config_from_containers(task, [(path, raw), ("command-line override", over)])
+
+
+def config_from_dict(data: dict) -> Any:
+    """Rebuild a config from the plain dict saved in a checkpoint."""
+    return config_from_containers(data.get("task", "keypoints"), [("checkpoint config", OmegaConf.create(data))])
+
+
+def config_from_containers(task: str, sources: list[tuple[str, Any]]) -> Any:
+    if task not in SCHEMAS:
+        raise ConfigError(f"task {task!r} is not one of {sorted(SCHEMAS)}")
+    merged = OmegaConf.structured(SCHEMAS[task])
+    for source, container in sources:
+        try:
+            merged = OmegaConf.merge(merged, container)
+        except OmegaConfBaseException as err:
+            raise ConfigError(_explain(err, source, merged)) from None
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err, "config", merged)) from None
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain nested dict (str/int/float/bool/None/list) of a config: checkpoint- and JSON-safe."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def config_to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Any, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config_to_yaml(cfg))
+    os.replace(tmp, path)
+
+
+def _parse_overrides(overrides) -> Any:
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key.sub=value; got {bad}")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot parse overrides {list(overrides)}: {err}") from None
+
+
+def _explain(err: OmegaConfBaseException, source: str, schema: Any) -> str:
+    full_key = getattr(err, "full_key", None) or ""
+    message = str(err).split("\n")[0]
+    if isinstance(err, ConfigKeyError) and full_key:
+        parent_key, _, key = full_key.rpartition(".")
+        parent = OmegaConf.select(schema, parent_key) if parent_key else schema
+        valid = list(parent.keys()) if parent is not None and OmegaConf.is_dict(parent) else []
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f"; did you mean {'.'.join(filter(None, [parent_key, close[0]]))!r}?" if close else ""
+        return (f"{source}: unknown key {full_key!r}{hint} (valid keys"
+                f"{' in ' + parent_key if parent_key else ''}: {', '.join(valid)})")
+    if full_key:
+        return f"{source}: {full_key}: {message}"
+    return f"{source}: {message}"

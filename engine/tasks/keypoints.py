@@ -1,0 +1,326 @@
+"""The keypoint task: targets, loss, prediction (flip test, decode, back to the image) and evaluation.
+
+Data flows one way: the loader ships uint8 crops and raw keypoints; here they move to the model's device,
+the codec builds the targets there for the whole batch, the losses compare, and at prediction the codec
+decodes and the crop matrices map the points back to the image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from datasets.affine import apply_affine
+from datasets.coco_keypoints import KeypointDataset, load_coco_keypoints
+from datasets.sampler import SeededSampler
+from datasets.skeletons import COCO_SIGMAS
+from datasets.synthetic import ensure_synthetic_dataset
+from datasets.topdown import TopDownKeypointDataset, check_flip_index, collate_skipping_none
+from engine.coco_eval import coco_eval
+from engine.keypoint_metrics import nme, pck
+from models.codec import HeatmapCodec
+from models.losses import stacked_heatmap_loss
+from models.pose import HEATMAP_STRIDE, TopDownPoseModel, build_pose_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KeypointMeta:
+    """What a keypoint model needs to know about its skeleton; stored in every checkpoint."""
+
+    keypoint_names: list[str]
+    skeleton: list[tuple[int, int]]
+    flip_index: list[int]
+    oks_sigmas: list[float]
+    category_id: int = 1
+    nme_pair: tuple[int, int] | None = None
+
+    def to_dict(self) -> dict:
+        return {"keypoint_names": list(self.keypoint_names), "skeleton": [list(p) for p in self.skeleton],
+                "flip_index": list(self.flip_index), "oks_sigmas": [float(s) for s in self.oks_sigmas],
+                "category_id": int(self.category_id), "nme_pair": list(self.nme_pair) if self.nme_pair else None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> KeypointMeta:
+        return cls(keypoint_names=list(d["keypoint_names"]), skeleton=[tuple(p) for p in d["skeleton"]],
+                   flip_index=list(d["flip_index"]), oks_sigmas=list(d["oks_sigmas"]),
+                   category_id=int(d.get("category_id", 1)),
+                   nme_pair=tuple(d["nme_pair"]) if d.get("nme_pair") else None)
+
+
+class KeypointTask:
+    """Args:
+        codec: the heatmap codec (input size, stride, sigma, refinement).
+        meta: skeleton description (flip map, OKS sigmas, NME pair).
+        flip_test: average the heatmaps of the crop and its mirror at prediction.
+        ohkm_topk: use OHKM with this many keypoints per sample instead of plain MSE.
+        keypoint_weights: optional [K] loss weights.
+        val_gt: COCO ground-truth dict of the validation images (for ``validate``).
+        rescore_threshold: keypoints above this confidence enter the instance score.
+        pck_thresholds: PCK alphas.
+    """
+
+    name = "keypoints"
+
+    def __init__(self, codec: HeatmapCodec, meta: KeypointMeta, flip_test: bool = True, ohkm_topk: int | None = None,
+                 keypoint_weights: Sequence[float] | None = None, val_gt: dict | None = None,
+                 rescore_threshold: float = 0.2, pck_thresholds: Sequence[float] = (0.05, 0.1, 0.2),
+                 progress: bool = True):
+        self.codec = codec
+        self.meta = meta
+        self.flip_test = flip_test
+        self.ohkm_topk = ohkm_topk
+        self.keypoint_weights = torch.tensor(keypoint_weights, dtype=torch.float32) if keypoint_weights else None
+        self.val_gt = val_gt
+        self.rescore_threshold = rescore_threshold
+        self.pck_thresholds = tuple(pck_thresholds)
+        self.progress = progress
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, model: nn.Module, batch: dict) -> dict:
+        device = _device_of(model)
+        images = batch["image"].to(device, non_blocking=True)
+        keypoints = batch["keypoints"].to(device, non_blocking=True)
+        weights = self.keypoint_weights.to(device) if self.keypoint_weights is not None else None
+        targets, target_weights = self.codec.encode(keypoints, weights)
+        preds = model(images)
+        total, per_stack = stacked_heatmap_loss(preds, targets, target_weights, self.ohkm_topk)
+        out = {"loss": total, "batch_size": images.shape[0]}
+        if len(per_stack) > 1:
+            out.update({f"loss_stack{i}": loss for i, loss in enumerate(per_stack)})
+        return out
+
+    @staticmethod
+    def batch_ids(batch: dict) -> list:
+        return [f"image {int(i)} / ann {int(a)}" for i, a in zip(batch["image_id"], batch["ann_id"])]
+
+    # ------------------------------------------------------------------ prediction
+    @torch.no_grad()
+    def predict_heatmaps(self, model: nn.Module, images: torch.Tensor, flip_test: bool | None = None) -> torch.Tensor:
+        """Final-stack heatmaps [B, K, h, w], averaged with the mirrored crop's when flip testing."""
+        flip_test = self.flip_test if flip_test is None else flip_test
+        heatmaps = model(images)[-1]
+        if flip_test:
+            flipped = model(images.flip(-1))[-1]
+            heatmaps = 0.5 * (heatmaps + self.codec.flip_heatmaps(flipped, self.meta.flip_index))
+        return heatmaps
+
+    @torch.no_grad()
+    def predict_batch(self, model: nn.Module, batch: dict, flip_test: bool | None = None) -> dict:
+        """Keypoints of a batch in image coordinates: ``keypoints`` [B, K, 2], ``scores`` [B, K] (on device)."""
+        device = _device_of(model)
+        heatmaps = self.predict_heatmaps(model, batch["image"].to(device, non_blocking=True), flip_test)
+        crop_kpts, scores = self.codec.decode(heatmaps)
+        to_image = batch["crop_to_image"].to(device)
+        return {"keypoints": apply_affine(crop_kpts, to_image), "scores": scores}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, loader, flip_test: bool | None = None) -> list[dict]:
+        """Run the model over a loader; one record per instance with numpy keypoints in image pixels."""
+        was_training = model.training
+        model.eval()
+        records: list[dict] = []
+        try:
+            for batch in tqdm(loader, desc="predict", disable=not self.progress, leave=False, dynamic_ncols=True):
+                if batch is None:
+                    continue
+                out = self.predict_batch(model, batch, flip_test)
+                kpts, scores = out["keypoints"].cpu().numpy(), out["scores"].cpu().numpy()
+                for i in range(len(kpts)):
+                    records.append({
+                        "image_id": int(batch["image_id"][i]), "ann_id": int(batch["ann_id"][i]),
+                        "index": int(batch["index"][i]), "bbox": batch["bbox"][i].numpy().astype(np.float64),
+                        "box_score": float(batch["box_score"][i]) if "box_score" in batch else 1.0,
+                        "keypoints": kpts[i].astype(np.float64), "scores": scores[i].astype(np.float64)})
+        finally:
+            model.train(was_training)
+        return records
+
+    def to_coco_results(self, records: list[dict]) -> list[dict]:
+        """COCO keypoint results; instance score = box score x mean confidence of the confident keypoints."""
+        results = []
+        for r in records:
+            conf = r["scores"]
+            confident = conf[conf > self.rescore_threshold]
+            kpt_score = float(confident.mean()) if len(confident) else 0.0
+            flat = np.concatenate([r["keypoints"], conf[:, None]], axis=1).reshape(-1)
+            results.append({"image_id": r["image_id"], "category_id": self.meta.category_id,
+                            "keypoints": [round(float(v), 3) for v in flat],
+                            "score": round(r["box_score"] * kpt_score, 6)})
+        return results
+
+    # ------------------------------------------------------------------ evaluation
+    def validate(self, model: nn.Module, loader) -> dict[str, float]:
+        metrics, _ = self.evaluate(model, loader)
+        return metrics
+
+    def evaluate(self, model: nn.Module, loader, flip_test: bool | None = None,
+                 gt: dict | None = None) -> tuple[dict[str, float], list[dict]]:
+        """COCO keypoint AP/AR (OKS with ``meta.oks_sigmas``), PCK and NME on a loader of ground-truth boxes.
+
+        Returns ``(metrics, coco_results)``.
+        """
+        gt = gt if gt is not None else self.val_gt
+        if gt is None:
+            raise ValueError("no ground truth to evaluate against (val_gt)")
+        records = self.predict(model, loader, flip_test)
+        results = self.to_coco_results(records)
+        metrics = coco_eval(gt, results, "keypoints", sigmas=self.meta.oks_sigmas)
+        instances = loader.dataset.instances
+        if records:
+            pred = np.stack([r["keypoints"] for r in records])
+            truth = np.stack([instances[r["index"]].keypoints for r in records])
+            boxes = np.stack([instances[r["index"]].bbox for r in records])
+            metrics.update(pck(pred, truth, boxes, self.pck_thresholds))
+            metrics["NME"] = nme(pred, truth, boxes, self.meta.nme_pair)
+        return metrics, results
+
+
+# ---------------------------------------------------------------------------------------------- builders
+def resolve_meta(cfg, data: KeypointDataset) -> KeypointMeta:
+    """Skeleton description from the json (names, skeleton) and the config (flip map, sigmas), checked."""
+    num_k = data.num_keypoints
+    flip_index = check_flip_index(cfg.data.flip_index, num_k, data.keypoint_names)
+    sigmas = cfg.data.oks_sigmas
+    if sigmas is None:
+        if num_k != len(COCO_SIGMAS):
+            raise ValueError(f"{data.ann_file} has {num_k} keypoints; COCO's default OKS sigmas are for 17. Set "
+                             f"data.oks_sigmas to {num_k} values (see docs/keypoints.md on estimating them)")
+        sigmas = list(COCO_SIGMAS)
+    if len(sigmas) != num_k:
+        raise ValueError(f"data.oks_sigmas has {len(sigmas)} values for {num_k} keypoints")
+    for i, j in enumerate(flip_index):
+        if abs(sigmas[i] - sigmas[j]) > 1e-9:
+            raise ValueError(f"data.oks_sigmas differ between flip partners {i} and {j} "
+                             f"({sigmas[i]} vs {sigmas[j]}); a keypoint and its mirror image share one sigma")
+    nme_pair = None
+    if cfg.data.nme_normalize:
+        if len(cfg.data.nme_normalize) != 2:
+            raise ValueError(f"data.nme_normalize must name two keypoints, got {cfg.data.nme_normalize}")
+        nme_pair = tuple(_keypoint_index(k, data.keypoint_names) for k in cfg.data.nme_normalize)
+    return KeypointMeta(keypoint_names=data.keypoint_names, skeleton=data.skeleton, flip_index=flip_index,
+                        oks_sigmas=[float(s) for s in sigmas], category_id=data.category_id, nme_pair=nme_pair)
+
+
+def _keypoint_index(key, names: list[str]) -> int:
+    if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+        idx = int(key)
+        if not 0 <= idx < len(names):
+            raise ValueError(f"data.nme_normalize index {idx} is outside 0..{len(names) - 1}")
+        return idx
+    if key not in names:
+        raise ValueError(f"data.nme_normalize keypoint {key!r} is not among the keypoint names {names}")
+    return names.index(key)
+
+
+def check_input_size(input_size: Sequence[int], max_stride: int) -> tuple[int, int]:
+    w, h = int(input_size[0]), int(input_size[1])
+    if w % HEATMAP_STRIDE or h % HEATMAP_STRIDE:
+        raise ValueError(f"data.input_size {[w, h]} must be a multiple of the heatmap stride {HEATMAP_STRIDE}")
+    if w % max_stride or h % max_stride:
+        log.warning("data.input_size %s is not a multiple of the backbone's coarsest stride %d: the model runs, "
+                    "but the heatmaps are no longer exactly flip-aligned", [w, h], max_stride)
+    return w, h
+
+
+def build_codec(cfg) -> HeatmapCodec:
+    w, h = int(cfg.data.input_size[0]), int(cfg.data.input_size[1])
+    return HeatmapCodec((w, h), (w // HEATMAP_STRIDE, h // HEATMAP_STRIDE), sigma=cfg.data.sigma,
+                        refine=cfg.eval.refine)
+
+
+def build_model(cfg, num_keypoints: int, pretrained: bool = True) -> TopDownPoseModel:
+    m = cfg.model
+    model = build_pose_model(num_keypoints, backbone=m.backbone, out_indices=m.out_indices,
+                             pretrained_path=m.pretrained_path if pretrained else None,
+                             fpn_channels=m.fpn_channels, num_stacks=m.num_stacks, depth=m.depth,
+                             head_channels=m.head_channels, num_blocks=m.num_blocks, normalization=m.normalization)
+    check_input_size(cfg.data.input_size, model.max_stride)
+    return model
+
+
+def load_split(cfg, split_cfg) -> KeypointDataset:
+    return load_coco_keypoints(split_cfg.ann_file, split_cfg.image_root, category_id=cfg.data.category_id,
+                               missing_images=cfg.data.on_bad_image, subset=split_cfg.subset,
+                               holdout_fraction=split_cfg.holdout_fraction, holdout_seed=split_cfg.holdout_seed)
+
+
+def prepare_data(cfg) -> None:
+    """Write the synthetic set if the config asks for it and it is not there yet."""
+    if cfg.data.synthetic is not None:
+        ensure_synthetic_dataset(cfg.data.synthetic_root, cfg.data.synthetic)
+
+
+def make_topdown_dataset(cfg, data: KeypointDataset, meta: KeypointMeta, train: bool) -> TopDownKeypointDataset:
+    if not data.instances:
+        raise ValueError(f"{data.ann_file}: no usable instances (after skipping crowd/empty ones and the split "
+                         f"{'train' if train else 'val'}); nothing to {'train on' if train else 'evaluate'}")
+    return TopDownKeypointDataset(data.instances, cfg.data.input_size, meta.flip_index, train=train,
+                                  augment=cfg.data.augment, upper_body_ids=cfg.data.upper_body_ids,
+                                  bbox_padding=cfg.data.bbox_padding, on_bad_image=cfg.data.on_bad_image)
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, rank: int = 0,
+                world_size: int = 1, pin_memory: bool = False):
+    sampler = SeededSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, num_replicas=world_size)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                                       collate_fn=collate_skipping_none, pin_memory=pin_memory,
+                                       persistent_workers=num_workers > 0, drop_last=False)
+
+
+def coco_subset(ann_file: str, image_ids, category_id: int) -> dict:
+    """The ground truth of ``image_ids`` only (a split of a larger file), for COCOeval."""
+    with open(ann_file) as f:
+        data = json.load(f)
+    keep = set(int(i) for i in image_ids)
+    return {"images": [im for im in data["images"] if int(im["id"]) in keep],
+            "annotations": [a for a in data["annotations"]
+                            if int(a["image_id"]) in keep and int(a.get("category_id", category_id)) == category_id],
+            "categories": [c for c in data["categories"] if int(c["id"]) == category_id]}
+
+
+def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int = 0, world_size: int = 1) -> dict:
+    """Everything a keypoint run needs, from its config."""
+    prepare_data(cfg)
+    train_data = load_split(cfg, cfg.data.train)
+    val_data = load_split(cfg, cfg.data.val)
+    if train_data.keypoint_names != val_data.keypoint_names:
+        raise ValueError(f"train ({cfg.data.train.ann_file}) and val ({cfg.data.val.ann_file}) name different "
+                         f"keypoints")
+    meta = resolve_meta(cfg, train_data)
+    train_set = make_topdown_dataset(cfg, train_data, meta, train=True)
+    val_set = make_topdown_dataset(cfg, val_data, meta, train=False)
+    model = build_model(cfg, len(meta.keypoint_names)).to(device)
+    codec = build_codec(cfg)
+    val_gt = coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id)
+    task = KeypointTask(codec, meta, flip_test=cfg.eval.flip_test, keypoint_weights=cfg.data.keypoint_weights,
+                        val_gt=val_gt, rescore_threshold=cfg.eval.rescore_threshold,
+                        pck_thresholds=cfg.eval.pck_thresholds, progress=progress)
+    pin = device.type == "cuda"
+    train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.train.seed, cfg.train.num_workers,
+                               rank, world_size, pin)
+    val_loader = make_loader(val_set, cfg.data.val_batch_size, False, cfg.train.seed, cfg.train.num_workers,
+                             pin_memory=pin)
+    return {"model": model, "task": task, "train_loader": train_loader, "val_loader": val_loader, "meta": meta,
+            "annotation_files": [cfg.data.train.ann_file, cfg.data.val.ann_file],
+            "checkpoint_extra": {"meta": meta.to_dict()}}
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def write_results(path: str, results: list[dict]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f)
+    os.replace(path + ".tmp", path)

@@ -1,0 +1,106 @@
+"""Pictures a person would rather look at than read: skeletons on images, training curves."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+# RGB. Keypoints with a flip partner are coloured by side, so a left/right mix-up is visible at a glance.
+SIDE_COLOURS = {"first": (255, 140, 0), "second": (30, 144, 255), "centre": (50, 205, 50)}
+
+
+def side_of_keypoints(flip_index: Sequence[int]) -> list[str]:
+    """'first' for the lower index of each flip pair (COCO: the left side), 'second' for its partner,
+    'centre' for keypoints that map to themselves."""
+    return ["centre" if j == i else ("first" if i < j else "second") for i, j in enumerate(flip_index)]
+
+
+def draw_keypoints(image: np.ndarray, keypoints: np.ndarray, skeleton: Sequence[tuple[int, int]] = (),
+                   flip_index: Sequence[int] | None = None, score_threshold: float = 0.2,
+                   boxes: np.ndarray | None = None, labels: bool = False, radius: int | None = None) -> np.ndarray:
+    """Draw instances on a copy of an RGB uint8 image.
+
+    keypoints: [N, K, 3] with (x, y, score or visibility); points at or below ``score_threshold`` are
+    skipped. skeleton: zero-based index pairs. boxes: optional [N, 4] inclusive xyxy. ``labels`` writes each
+    keypoint's index next to it.
+    """
+    out = np.ascontiguousarray(image.copy())
+    kpts = np.asarray(keypoints, dtype=np.float64).reshape(-1, *np.shape(keypoints)[-2:])
+    num_k = kpts.shape[1] if kpts.size else 0
+    sides = side_of_keypoints(flip_index) if flip_index is not None else ["centre"] * num_k
+    scale = max(out.shape[:2]) / 256
+    r = radius or max(int(round(2 * scale)), 2)
+    thick = max(int(round(1.5 * scale)), 1)
+    if boxes is not None:
+        for box in np.asarray(boxes).reshape(-1, 4):
+            x1, y1, x2, y2 = (int(round(v)) for v in box)
+            cv2.rectangle(out, (x1, y1), (x2, y2), (255, 255, 0), thick)
+    for inst in kpts:
+        ok = inst[:, 2] > score_threshold
+        for a, b in skeleton:
+            if ok[a] and ok[b]:
+                colour = SIDE_COLOURS[sides[a] if sides[a] != "centre" else sides[b]]
+                cv2.line(out, _pt(inst[a]), _pt(inst[b]), colour, thick, cv2.LINE_AA)
+        for k in np.flatnonzero(ok):
+            cv2.circle(out, _pt(inst[k]), r, SIDE_COLOURS[sides[k]], -1, cv2.LINE_AA)
+            cv2.circle(out, _pt(inst[k]), r, (0, 0, 0), 1, cv2.LINE_AA)
+            if labels:
+                cv2.putText(out, str(k), (_pt(inst[k])[0] + r, _pt(inst[k])[1] - r), cv2.FONT_HERSHEY_SIMPLEX,
+                            0.25 * max(scale, 1), (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def _pt(p) -> tuple[int, int]:
+    return int(round(float(p[0]))), int(round(float(p[1])))
+
+
+def save_rgb(path: str, image: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write image {path}")
+
+
+def plot_training_curves(epoch_csv: str, step_csv: str, path: str, main_metric: str | None = None) -> None:
+    """Loss (per step and per epoch), the validation metrics and the learning rate, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, epochs = _read_csv(step_csv), _read_csv(epoch_csv)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    if steps:
+        x = [float(r["step"]) for r in steps]
+        axes[0].plot(x, [float(r["loss"]) for r in steps], lw=0.8, alpha=0.6, label="train loss (step)")
+        axes[2].plot(x, [float(r["lr"]) for r in steps], color="tab:purple")
+    if epochs:
+        with_loss = [r for r in epochs if r.get("train_loss")]
+        axes[0].plot([float(r["step"]) for r in with_loss], [float(r["train_loss"]) for r in with_loss], "o-",
+                     label="train loss (epoch, sample-weighted)")
+        metric_keys = [k for k in epochs[0] if k.startswith("val_")]
+        for key in metric_keys:
+            pts = [(int(r["epoch"]), float(r[key])) for r in epochs if r.get(key) not in (None, "")]
+            if pts:
+                lw = 2.5 if main_metric and key == f"val_{main_metric}" else 1.0
+                axes[1].plot(*zip(*pts), "o-", lw=lw, label=key[4:])
+    axes[0].set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
+    axes[0].legend(fontsize=8)
+    axes[1].set(xlabel="epoch", title="validation")
+    if axes[1].lines:
+        axes[1].legend(fontsize=7, ncol=2)
+    axes[2].set(xlabel="step", ylabel="learning rate", title="schedule")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _read_csv(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,223 @@
+"""The one place that maps keypoints <-> heatmaps: training targets, decoding, flip testing.
+
+Coordinates (docs/conventions.md):
+
+* Keypoints are in pixel-index coordinates of the model's input crop: pixel ``i`` is centred at ``i``.
+* A heatmap at stride ``s`` is aligned with its input: cell ``u`` covers the input pixels centred at
+  ``(u + 0.5) * s - 0.5``, so ``u = (x + 0.5) / s - 0.5``. When the input size is ``s`` times the heatmap
+  size, mirroring the input (``x -> W - 1 - x``) mirrors the heatmap cells (``u -> w - 1 - u``) exactly,
+  and flip testing needs no hand-tuned shift.
+
+Everything runs on the device of the tensors it is given, for the whole batch at once (no Python loop over
+samples or keypoints), and without host synchronisation, so the data loader only ships raw keypoints.
+This module imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+REFINE_MODES = ("dark", "quarter", "none")
+
+# Floor for heatmap values before the log in DARK refinement (MMPose clips at 1e-3 as well): the log of a
+# zero or negative network output is undefined, and a floor this low only touches cells far from the peak.
+_DARK_LOG_FLOOR = 1e-3
+# A peak whose log-Hessian determinant is below this is flat or a saddle: no Taylor step there.
+_DARK_MIN_DET = 1e-6
+
+
+def default_blur_kernel_size(sigma: float) -> int:
+    """Odd blur size whose OpenCV-default Gaussian sigma equals ``sigma`` (DARK's modulation kernel).
+
+    OpenCV picks ``sigma = 0.3 * ((k - 1) / 2 - 1) + 0.8`` for a kernel of size k; inverting gives
+    ``k = (20 * sigma - 7) / 3``: 11 for sigma 2, as in DARK and MMPose.
+    """
+    k = int((20 * sigma - 7) / 3)
+    return max(3, k | 1)
+
+
+class HeatmapCodec:
+    """Gaussian heatmap encoder and sub-pixel decoder for top-down keypoint models.
+
+    Args:
+        input_size: model input ``(width, height)`` in pixels.
+        heatmap_size: heatmap ``(width, height)``; ``input_size`` must be the same integer or float
+            multiple of it along both axes (the stride).
+        sigma: Gaussian standard deviation in heatmap cells.
+        refine: sub-pixel refinement at decode: ``"dark"`` (Taylor step on the log of the blurred heatmap,
+            Zhang et al. 2020), ``"quarter"`` (a quarter cell towards the higher neighbour, as in
+            SimpleBaseline/HRNet) or ``"none"`` (integer argmax).
+        blur_kernel_size: odd size of DARK's Gaussian modulation kernel; derived from ``sigma`` when None.
+    """
+
+    def __init__(self, input_size: Sequence[int], heatmap_size: Sequence[int], sigma: float = 2.0,
+                 refine: str = "dark", blur_kernel_size: int | None = None):
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.heatmap_size = (int(heatmap_size[0]), int(heatmap_size[1]))
+        sx = self.input_size[0] / self.heatmap_size[0]
+        sy = self.input_size[1] / self.heatmap_size[1]
+        if not math.isclose(sx, sy):
+            raise ValueError(f"input_size {self.input_size} and heatmap_size {self.heatmap_size} have different "
+                             f"strides along x ({sx}) and y ({sy}); use the same stride on both axes")
+        if refine not in REFINE_MODES:
+            raise ValueError(f"refine={refine!r} is not one of {REFINE_MODES}")
+        if sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        self.stride = sx
+        self.sigma = float(sigma)
+        self.refine = refine
+        self.blur_kernel_size = blur_kernel_size or default_blur_kernel_size(sigma)
+        if self.blur_kernel_size % 2 == 0:
+            raise ValueError(f"blur_kernel_size must be odd, got {self.blur_kernel_size}")
+
+    def __repr__(self) -> str:
+        return (f"HeatmapCodec(input_size={self.input_size}, heatmap_size={self.heatmap_size}, "
+                f"sigma={self.sigma}, refine={self.refine!r})")
+
+    # ------------------------------------------------------------------ coordinates
+    def to_heatmap_coords(self, xy: torch.Tensor) -> torch.Tensor:
+        """Input pixel coordinates [..., 2] -> heatmap cell coordinates: ``u = (x + 0.5) / s - 0.5``."""
+        return (xy + 0.5) / self.stride - 0.5
+
+    def to_input_coords(self, uv: torch.Tensor) -> torch.Tensor:
+        """Heatmap cell coordinates [..., 2] -> input pixel coordinates: ``x = (u + 0.5) * s - 0.5``."""
+        return (uv + 0.5) * self.stride - 0.5
+
+    # ------------------------------------------------------------------ encode
+    def encode(self, keypoints: torch.Tensor,
+               keypoint_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian targets for a batch, built on ``keypoints.device``.
+
+        Args:
+            keypoints: [B, K, 3] ``(x, y, visibility)`` in input pixel coordinates; visibility > 0 means
+                labelled (COCO ``v`` 1 or 2).
+            keypoint_weights: optional [K] per-keypoint loss weights.
+        Returns:
+            heatmaps: [B, K, h, w] float32, a Gaussian of ``sigma`` cells at the exact float centre
+                (peak 1 when the centre is on a cell), zero for keypoints that get no weight.
+            weights: [B, K] float32; zero for unlabelled keypoints and for keypoints whose centre lies
+                outside the heatmap (beyond its cells' outer edges).
+        """
+        if keypoints.ndim != 3 or keypoints.shape[-1] != 3:
+            raise ValueError(f"keypoints must be [B, K, 3] (x, y, visibility), got {tuple(keypoints.shape)}")
+        kpts = keypoints.float()
+        w, h = self.heatmap_size
+        uv = self.to_heatmap_coords(kpts[..., :2])
+        u, v = uv[..., 0], uv[..., 1]
+        inside = (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
+        valid = inside & (kpts[..., 2] > 0) & torch.isfinite(uv).all(-1)
+        # Separable Gaussian: exp(-(dx^2 + dy^2) / 2s^2) = exp(-dx^2 / 2s^2) * exp(-dy^2 / 2s^2).
+        denom = 2 * self.sigma ** 2
+        xs = torch.arange(w, device=kpts.device, dtype=torch.float32)
+        ys = torch.arange(h, device=kpts.device, dtype=torch.float32)
+        # nan_to_num keeps invalid (e.g. NaN) keypoints from poisoning the product; they are masked anyway.
+        gx = torch.exp(-(xs - torch.nan_to_num(u)[..., None]) ** 2 / denom)   # [B, K, w]
+        gy = torch.exp(-(ys - torch.nan_to_num(v)[..., None]) ** 2 / denom)   # [B, K, h]
+        weights = valid.float()
+        heatmaps = gy[..., :, None] * gx[..., None, :] * weights[..., None, None]
+        if keypoint_weights is not None:
+            weights = weights * keypoint_weights.to(weights)
+        return heatmaps, weights
+
+    # ------------------------------------------------------------------ decode
+    def decode(self, heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keypoints from heatmaps: argmax, then sub-pixel refinement.
+
+        Args:
+            heatmaps: [B, K, h, w] (any float dtype; decoded in float32).
+        Returns:
+            keypoints: [B, K, 2] in input pixel coordinates.
+            scores: [B, K], the heatmap maximum (the confidence used for rescoring and OKS evaluation).
+        """
+        if heatmaps.ndim != 4:
+            raise ValueError(f"heatmaps must be [B, K, h, w], got {tuple(heatmaps.shape)}")
+        hm = heatmaps.float()
+        b, k, h, w = hm.shape
+        scores, flat_idx = hm.flatten(2).max(dim=-1)
+        iu = flat_idx % w
+        iv = torch.div(flat_idx, w, rounding_mode="floor")
+        uv = torch.stack([iu, iv], dim=-1).float()
+        if self.refine == "dark":
+            uv = uv + self._dark_offsets(hm, iu, iv)
+        elif self.refine == "quarter":
+            uv = uv + self._quarter_offsets(hm, iu, iv)
+        return self.to_input_coords(uv), scores
+
+    @staticmethod
+    def _neighbourhood(maps: torch.Tensor, iu: torch.Tensor, iv: torch.Tensor) -> torch.Tensor:
+        """The 3x3 values around (iu, iv) in each map, edge-replicated: [B, K, h, w] -> [B, K, 3, 3]."""
+        b, k, h, w = maps.shape
+        padded = F.pad(maps.reshape(b * k, 1, h, w), (1, 1, 1, 1), mode="replicate").reshape(b, k, -1)
+        offs = torch.arange(-1, 2, device=maps.device)
+        # In the padded map the cell (iv, iu) sits at (iv + 1, iu + 1).
+        rows = (iv[..., None] + 1 + offs)[..., :, None]            # [B, K, 3, 1]
+        cols = (iu[..., None] + 1 + offs)[..., None, :]            # [B, K, 1, 3]
+        index = (rows * (w + 2) + cols).reshape(b, k, 9)
+        return padded.gather(-1, index).reshape(b, k, 3, 3)
+
+    def _blur(self, hm: torch.Tensor) -> torch.Tensor:
+        """Depthwise Gaussian blur (zero padding, as DARK), [B, K, h, w] -> same."""
+        ks = self.blur_kernel_size
+        blur_sigma = 0.3 * ((ks - 1) * 0.5 - 1) + 0.8     # OpenCV's sigma for kernel size ks
+        t = torch.arange(ks, device=hm.device, dtype=hm.dtype) - (ks - 1) / 2
+        g = torch.exp(-t ** 2 / (2 * blur_sigma ** 2))
+        g = g / g.sum()
+        b, k, h, w = hm.shape
+        x = hm.reshape(b * k, 1, h, w)
+        x = F.conv2d(x, g.view(1, 1, 1, ks), padding=(0, ks // 2))
+        x = F.conv2d(x, g.view(1, 1, ks, 1), padding=(ks // 2, 0))
+        return x.reshape(b, k, h, w)
+
+    def _dark_offsets(self, hm: torch.Tensor, iu: torch.Tensor, iv: torch.Tensor) -> torch.Tensor:
+        """DARK: one Newton step ``-H^-1 g`` on the log of the blurred heatmap at the argmax. [B, K, 2].
+
+        On a noiseless Gaussian the log is a quadratic, so the step lands on the true centre exactly
+        (up to the blur's discretisation); near the border the replicated neighbours bias it.
+        """
+        logm = torch.log(self._blur(hm).clamp(min=_DARK_LOG_FLOOR))
+        n = self._neighbourhood(logm, iu, iv)                      # n[..., row (y), col (x)]
+        dx = 0.5 * (n[..., 1, 2] - n[..., 1, 0])
+        dy = 0.5 * (n[..., 2, 1] - n[..., 0, 1])
+        dxx = n[..., 1, 2] - 2 * n[..., 1, 1] + n[..., 1, 0]
+        dyy = n[..., 2, 1] - 2 * n[..., 1, 1] + n[..., 0, 1]
+        dxy = 0.25 * (n[..., 2, 2] - n[..., 2, 0] - n[..., 0, 2] + n[..., 0, 0])
+        det = dxx * dyy - dxy ** 2
+        # Only step at a proper maximum (negative-definite Hessian); elsewhere keep the argmax.
+        ok = (det > _DARK_MIN_DET) & (dxx < 0)
+        safe_det = torch.where(ok, det, torch.ones_like(det))
+        off_x = -(dyy * dx - dxy * dy) / safe_det
+        off_y = -(dxx * dy - dxy * dx) / safe_det
+        offsets = torch.stack([off_x, off_y], dim=-1) * ok[..., None]
+        # The true maximum of a unimodal peak is within one cell of the argmax.
+        return offsets.clamp(-1.0, 1.0)
+
+    @staticmethod
+    def _quarter_offsets(hm: torch.Tensor, iu: torch.Tensor, iv: torch.Tensor) -> torch.Tensor:
+        """A quarter cell towards the higher neighbour along each axis (SimpleBaseline). [B, K, 2]."""
+        n = HeatmapCodec._neighbourhood(hm, iu, iv)
+        return 0.25 * torch.stack([torch.sign(n[..., 1, 2] - n[..., 1, 0]),
+                                   torch.sign(n[..., 2, 1] - n[..., 0, 1])], dim=-1)
+
+    # ------------------------------------------------------------------ flip
+    @staticmethod
+    def flip_heatmaps(heatmaps: torch.Tensor, flip_index: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Heatmaps of the mirrored image mapped back to the original: mirror the cells, swap left/right.
+
+        heatmaps: [B, K, h, w]; flip_index: [K], ``flip_index[i]`` is the keypoint that ``i`` becomes
+        under a horizontal flip. With aligned heatmaps no pixel shift is needed.
+        """
+        index = torch.as_tensor(flip_index, device=heatmaps.device, dtype=torch.long)
+        return heatmaps.flip(-1).index_select(1, index)
+
+    @staticmethod
+    def flip_keypoints(keypoints: torch.Tensor, flip_index: Sequence[int] | torch.Tensor,
+                       image_width: int) -> torch.Tensor:
+        """Keypoints [B, K, >=2] of an image mirrored horizontally: ``x -> W - 1 - x``, left/right swapped."""
+        index = torch.as_tensor(flip_index, device=keypoints.device, dtype=torch.long)
+        flipped = keypoints.index_select(1, index).clone()
+        flipped[..., 0] = image_width - 1 - flipped[..., 0]
+        return flipped
