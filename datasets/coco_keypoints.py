@@ -78,6 +78,8 @@ def load_coco_keypoints(ann_file: str, image_root: str, category_id: int | None 
     keypoints outside the image are marked unlabelled (they would put targets on padding). A box with zero
     or negative width/height, or a keypoint list of the wrong length, is an error naming the annotation id.
     """
+    if missing_images not in ("error", "skip"):
+        raise ValueError(f"missing_images={missing_images!r}: use 'error' or 'skip' (data.on_bad_image)")
     if not os.path.isfile(ann_file):
         raise FileNotFoundError(f"annotation file not found: {ann_file}")
     if not os.path.isdir(image_root):

@@ -51,7 +51,8 @@ class HeatmapCodec:
         refine: sub-pixel refinement at decode: ``"dark"`` (Taylor step on the log of the blurred heatmap,
             Zhang et al. 2020), ``"quarter"`` (a quarter cell towards the higher neighbour, as in
             SimpleBaseline/HRNet) or ``"none"`` (integer argmax).
-        blur_kernel_size: odd size of DARK's Gaussian modulation kernel; derived from ``sigma`` when None.
+        blur_kernel_size: odd size of DARK's Gaussian modulation kernel (smooths network outputs before the
+            log); derived from ``sigma`` when None, 1 for no blur.
     """
 
     def __init__(self, input_size: Sequence[int], heatmap_size: Sequence[int], sigma: float = 2.0,
@@ -70,9 +71,9 @@ class HeatmapCodec:
         self.stride = sx
         self.sigma = float(sigma)
         self.refine = refine
-        self.blur_kernel_size = blur_kernel_size or default_blur_kernel_size(sigma)
-        if self.blur_kernel_size % 2 == 0:
-            raise ValueError(f"blur_kernel_size must be odd, got {self.blur_kernel_size}")
+        self.blur_kernel_size = default_blur_kernel_size(sigma) if blur_kernel_size is None else blur_kernel_size
+        if self.blur_kernel_size < 1 or self.blur_kernel_size % 2 == 0:
+            raise ValueError(f"blur_kernel_size must be odd and >= 1, got {self.blur_kernel_size}")
 
     def __repr__(self) -> str:
         return (f"HeatmapCodec(input_size={self.input_size}, heatmap_size={self.heatmap_size}, "
@@ -142,7 +143,7 @@ class HeatmapCodec:
         iv = torch.div(flat_idx, w, rounding_mode="floor")
         uv = torch.stack([iu, iv], dim=-1).float()
         if self.refine == "dark":
-            uv = uv + self._dark_offsets(hm, iu, iv)
+            uv = self._dark_refine(hm, iu, iv)
         elif self.refine == "quarter":
             uv = uv + self._quarter_offsets(hm, iu, iv)
         return self.to_input_coords(uv), scores
@@ -172,14 +173,20 @@ class HeatmapCodec:
         x = F.conv2d(x, g.view(1, 1, ks, 1), padding=(ks // 2, 0))
         return x.reshape(b, k, h, w)
 
-    def _dark_offsets(self, hm: torch.Tensor, iu: torch.Tensor, iv: torch.Tensor) -> torch.Tensor:
-        """DARK: one Newton step ``-H^-1 g`` on the log of the blurred heatmap at the argmax. [B, K, 2].
+    def _dark_refine(self, hm: torch.Tensor, iu: torch.Tensor, iv: torch.Tensor) -> torch.Tensor:
+        """DARK: one Newton step ``-H^-1 g`` on the log of the (blurred) heatmap near the argmax. [B, K, 2].
 
-        On a noiseless Gaussian the log is a quadratic, so the step lands on the true centre exactly
-        (up to the blur's discretisation); near the border the replicated neighbours bias it.
+        On a noiseless Gaussian the log is a quadratic, so the step lands on the true centre exactly (up to
+        the blur's discretisation). At the border the finite differences are taken one cell inwards (a
+        quadratic fitted to three cells is exact wherever its peak lies), instead of on replicated cells
+        that would bias the step; the result stays within one cell of the argmax and inside the map.
         """
-        logm = torch.log(self._blur(hm).clamp(min=_DARK_LOG_FLOOR))
-        n = self._neighbourhood(logm, iu, iv)                      # n[..., row (y), col (x)]
+        b, k, h, w = hm.shape
+        maps = self._blur(hm) if self.blur_kernel_size > 1 else hm
+        logm = torch.log(maps.clamp(min=_DARK_LOG_FLOOR))
+        cu = iu.clamp(1, w - 2) if w >= 3 else iu
+        cv = iv.clamp(1, h - 2) if h >= 3 else iv
+        n = self._neighbourhood(logm, cu, cv)                      # n[..., row (y), col (x)]
         dx = 0.5 * (n[..., 1, 2] - n[..., 1, 0])
         dy = 0.5 * (n[..., 2, 1] - n[..., 0, 1])
         dxx = n[..., 1, 2] - 2 * n[..., 1, 1] + n[..., 1, 0]
@@ -189,11 +196,13 @@ class HeatmapCodec:
         # Only step at a proper maximum (negative-definite Hessian); elsewhere keep the argmax.
         ok = (det > _DARK_MIN_DET) & (dxx < 0)
         safe_det = torch.where(ok, det, torch.ones_like(det))
-        off_x = -(dyy * dx - dxy * dy) / safe_det
-        off_y = -(dxx * dy - dxy * dx) / safe_det
-        offsets = torch.stack([off_x, off_y], dim=-1) * ok[..., None]
-        # The true maximum of a unimodal peak is within one cell of the argmax.
-        return offsets.clamp(-1.0, 1.0)
+        u = cu + -(dyy * dx - dxy * dy) / safe_det
+        v = cv + -(dxx * dy - dxy * dx) / safe_det
+        iu_f, iv_f = iu.float(), iv.float()
+        # The maximum of a unimodal peak is within one cell of the argmax, and inside the map.
+        u = torch.where(ok, torch.minimum(torch.maximum(u, iu_f - 1), iu_f + 1), iu_f).clamp(-0.5, w - 0.5)
+        v = torch.where(ok, torch.minimum(torch.maximum(v, iv_f - 1), iv_f + 1), iv_f).clamp(-0.5, h - 0.5)
+        return torch.stack([u, v], dim=-1)
 
     @staticmethod
     def _quarter_offsets(hm: torch.Tensor, iu: torch.Tensor, iv: torch.Tensor) -> torch.Tensor:

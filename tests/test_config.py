@@ -1,0 +1,65 @@
+"""Typed configs: unknown keys and wrong types are named; overrides; round trips through checkpoints."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from engine.config import ConfigError, config_from_dict, config_to_dict, load_config, save_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(REPO, "configs", "hg-fpn_resnet18_synthetic-kpt_64x96.yaml")
+
+
+def test_every_shipped_config_loads():
+    paths = sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")))
+    assert paths
+    for path in paths:
+        cfg = load_config(path)
+        assert cfg.task in ("keypoints", "classification", "detection")
+
+
+def test_overrides_are_typed():
+    cfg = load_config(DEMO, ["train.lr=0.05", "data.input_size=[32,48]", "eval.flip_test=false"])
+    assert cfg.train.lr == 0.05 and cfg.data.input_size == [32, 48] and cfg.eval.flip_test is False
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(open(DEMO).read().replace("  sigma: 2.0", "  sigmaa: 2.0"))
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'data\.sigmaa'; did you mean 'data\.sigma'"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.lrr'; did you mean 'train\.lr'"):
+        load_config(DEMO, ["train.lrr=1"])
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"train\.epochs: Value 'many'"):
+        load_config(DEMO, ["train.epochs=many"])
+    with pytest.raises(ConfigError, match=r"data\.augment\.flip_prob"):
+        load_config(DEMO, ["data.augment.flip_prob=[1,2]"])
+
+
+def test_malformed_override_and_missing_file():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(DEMO, ["train.lr"])
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config("nope.yaml")
+
+
+def test_missing_mandatory_value_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("task: keypoints\ndata:\n  flip_index: [0]\n  train: {ann_file: a, image_root: b}\n")
+    with pytest.raises(ConfigError, match=r"data\.val\.ann_file"):
+        load_config(str(path))
+
+
+def test_round_trip_dict_and_yaml(tmp_path):
+    cfg = load_config(DEMO, ["train.lr=0.003"])
+    again = config_from_dict(config_to_dict(cfg))
+    assert again == cfg
+    out = tmp_path / "resolved.yaml"
+    save_config(cfg, str(out))
+    assert load_config(str(out)) == cfg

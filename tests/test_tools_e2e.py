@@ -1,0 +1,184 @@
+"""The CLIs end to end on a tiny synthetic set, called in-process through their ``main(argv)``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from engine.checkpoint import load_checkpoint
+from engine.config import ConfigError
+
+pytestmark = pytest.mark.slow
+
+TINY_MODEL = ["model.out_indices=[1,2,3]", "model.fpn_channels=16", "model.head_channels=16", "model.depth=2",
+              "model.num_stacks=2", "data.input_size=[32,48]", "train.batch_size=8", "data.val_batch_size=8",
+              "train.num_workers=0", "train.log_interval=2", "train.warmup_steps=2", "train.num_threads=2"]
+
+
+def write_config(tmp_path, tiny, extra: str = "") -> str:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"""
+task: keypoints
+name: tiny
+output_dir: {tmp_path}/runs
+data:
+  train: {{ann_file: {tiny['train']}, image_root: {tiny['images']}}}
+  val: {{ann_file: {tiny['val']}, image_root: {tiny['images']}}}
+  flip_index: [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
+  upper_body_ids: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+{extra}""")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_synthetic):
+    """One short training run shared by the tests that only read its outputs."""
+    from tools import train
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    cfg = write_config(tmp, tiny_synthetic)
+    run_dir = str(tmp / "run")
+    summary = train.main(["--config", cfg, "--run-dir", run_dir, "--no-progress", "train.epochs=2", *TINY_MODEL])
+    return {"cfg": cfg, "run_dir": run_dir, "summary": summary, "tmp": tmp}
+
+
+def test_train_writes_a_complete_run_folder(trained):
+    run = trained["run_dir"]
+    for name in ("config.yaml", "provenance.json", "last.pt", "best.pt", "steps.csv", "epochs.csv",
+                 "training_curves.png", "metrics.json"):
+        assert os.path.isfile(os.path.join(run, name)), name
+    state = load_checkpoint(os.path.join(run, "last.pt"))
+    assert state["epoch"] == 2 and state["format_version"] == 1
+    assert state["config"]["model"]["fpn_channels"] == 16
+    assert state["meta"]["keypoint_names"][0] == "nose" and len(state["meta"]["flip_index"]) == 17
+    prov = state["provenance"]
+    assert prov["seed"] == 0 and "torch" in prov["packages"] and len(prov["annotations"]) == 2
+    metrics = json.load(open(os.path.join(run, "metrics.json")))
+    assert metrics["main_metric"] == "AP" and "AP" in metrics["last"] and "PCK@0.1" in metrics["last"]
+    assert os.path.isdir(os.path.join(run, "tensorboard"))
+
+
+def test_eval_reports_coco_pck_nme_and_flip_gain(trained, tmp_path):
+    from tools import eval as eval_tool
+
+    out = str(tmp_path / "eval")
+    report = eval_tool.main(["--config", trained["cfg"], "--checkpoint", os.path.join(trained["run_dir"], "best.pt"),
+                             "--output-dir", out, "--compare-flip", "--no-progress", *TINY_MODEL])
+    m = report["metrics"]
+    for key in ("AP", "AP50", "AR", "PCK@0.05", "PCK@0.1", "PCK@0.2", "NME"):
+        assert key in m
+    assert report["boxes"] == "ground truth" and "flip_gain" in report
+    results = json.load(open(os.path.join(out, "keypoint_results.json")))
+    assert results and len(results[0]["keypoints"]) == 51 and {"image_id", "score", "category_id"} <= set(results[0])
+
+
+def test_eval_refuses_a_checkpoint_of_another_model(trained, tmp_path):
+    from tools import eval as eval_tool
+
+    with pytest.raises(ValueError, match="differ in shape"):
+        eval_tool.main(["--config", trained["cfg"], "--checkpoint", os.path.join(trained["run_dir"], "best.pt"),
+                        "--output-dir", str(tmp_path), "--no-progress", *TINY_MODEL, "model.head_channels=24"])
+
+
+def test_infer_whole_images_and_boxes(trained, tmp_path, tiny_synthetic):
+    from tools import infer
+
+    ckpt = os.path.join(trained["run_dir"], "best.pt")
+    val_dir = os.path.join(tiny_synthetic["images"], "val")
+    out = infer.main(["--checkpoint", ckpt, "--input", val_dir, "--output-dir", str(tmp_path / "a"),
+                      "--max-images", "3", "--no-progress"])
+    assert out["images"] == 3 and out["instances"] == 3 and len(os.listdir(out["vis_dir"])) == 3
+
+    gt = json.load(open(tiny_synthetic["val"]))
+    dets = [{"image_id": a["image_id"], "bbox": a["bbox"], "score": 0.9, "category_id": 1} for a in gt["annotations"]]
+    boxes = tmp_path / "dets.json"
+    boxes.write_text(json.dumps(dets))
+    out = infer.main(["--checkpoint", ckpt, "--input", os.path.join(val_dir, "*.jpg"), "--boxes", str(boxes),
+                      "--image-info", tiny_synthetic["val"], "--output-dir", str(tmp_path / "b"), "--no-progress"])
+    assert out["instances"] == len(dets)
+    results = json.load(open(out["results"]))
+    assert len(results) == len(dets) and all(r["score"] <= 0.9 + 1e-9 for r in results)
+
+
+def test_infer_says_which_detection_ids_are_unknown(trained, tmp_path, tiny_synthetic):
+    from tools import infer
+
+    boxes = tmp_path / "dets.json"
+    boxes.write_text(json.dumps([{"image_id": 987654, "bbox": [0, 0, 10, 10], "score": 1.0}]))
+    with pytest.raises(ValueError, match="987654"):
+        infer.main(["--checkpoint", os.path.join(trained["run_dir"], "best.pt"), "--input",
+                    os.path.join(tiny_synthetic["images"], "val"), "--boxes", str(boxes), "--image-info",
+                    tiny_synthetic["val"], "--output-dir", str(tmp_path), "--no-progress"])
+    with pytest.raises(FileNotFoundError, match="neither an image"):
+        infer.main(["--checkpoint", os.path.join(trained["run_dir"], "best.pt"), "--input", str(tmp_path / "nope")])
+
+
+def test_browse_dataset_writes_pictures(trained, tmp_path):
+    from tools import browse_dataset
+
+    written = browse_dataset.main(["--config", trained["cfg"], "--num", "3", "--output-dir", str(tmp_path),
+                                   *TINY_MODEL])
+    assert len(written) == 3 and all(os.path.getsize(p) > 0 for p in written)
+
+
+def test_resume_continues_and_refuses_another_model(trained, tmp_path):
+    from tools import train
+
+    run = trained["run_dir"]
+    summary = train.main(["--config", trained["cfg"], "--run-dir", str(tmp_path / "resumed"), "--no-progress",
+                          "--resume", os.path.join(run, "last.pt"), "train.epochs=3", *TINY_MODEL])
+    assert summary["epochs"] == 3
+    assert load_checkpoint(str(tmp_path / "resumed" / "last.pt"))["epoch"] == 3
+    with pytest.raises(ValueError, match=r"model\.fpn_channels: checkpoint 16 vs now 24"):
+        train.main(["--config", trained["cfg"], "--run-dir", str(tmp_path / "bad"), "--no-progress",
+                    "--resume", os.path.join(run, "last.pt"), "train.epochs=3", *TINY_MODEL, "model.fpn_channels=24"])
+
+
+def test_bad_inputs_stop_before_training(tmp_path, tiny_synthetic):
+    from tools import train
+
+    cfg = write_config(tmp_path, tiny_synthetic)
+    with pytest.raises(ConfigError, match="unknown key 'train.epoch'"):
+        train.main(["--config", cfg, "train.epoch=3"])
+    empty = tmp_path / "empty.json"
+    gt = json.load(open(tiny_synthetic["train"]))
+    empty.write_text(json.dumps({**gt, "annotations": []}))
+    with pytest.raises(ValueError, match="no usable instances"):
+        train.main(["--config", cfg, "--run-dir", str(tmp_path / "r"), f"data.train.ann_file={empty}", *TINY_MODEL])
+    with pytest.raises(ValueError, match="not its own inverse"):
+        train.main(["--config", cfg, "--run-dir", str(tmp_path / "r"), *TINY_MODEL,
+                    "data.flip_index=[1,2,0,3,4,5,6,7,8,9,10,11,12,13,14,15,16]"])
+    with pytest.raises(ValueError, match="OKS sigmas are for 17"):
+        train.main(["--config", cfg, "--run-dir", str(tmp_path / "r"), *TINY_MODEL, "data.flip_index=[0]",
+                    f"data.train.ann_file={_one_keypoint_json(tmp_path, tiny_synthetic)}",
+                    f"data.val.ann_file={_one_keypoint_json(tmp_path, tiny_synthetic)}"])
+
+
+def _one_keypoint_json(tmp_path, tiny) -> str:
+    gt = json.load(open(tiny["train"]))
+    gt["categories"][0]["keypoints"] = ["nose"]
+    gt["categories"][0]["skeleton"] = []
+    for a in gt["annotations"]:
+        a["keypoints"] = a["keypoints"][:3]
+        a["num_keypoints"] = int(a["keypoints"][2] > 0)
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(gt))
+    return str(path)
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    from tools import demo
+
+    root = tmp_path / "syn"
+    summary = demo.main(["--output-dir", str(tmp_path / "demo"), "--num-pictures", "2", "--no-progress",
+                         f"data.synthetic_root={root}", "data.synthetic.num_train_images=6",
+                         "data.synthetic.num_val_images=3", f"data.train.ann_file={root}/annotations/train.json",
+                         f"data.train.image_root={root}/images", f"data.val.ann_file={root}/annotations/val.json",
+                         f"data.val.image_root={root}/images", "train.epochs=1", *TINY_MODEL])
+    for name in ("predictions.jpg", "training_curves.png", "demo_metrics.json"):
+        assert os.path.isfile(tmp_path / "demo" / name), name
+    assert "AP" in summary["metrics"] and summary["seconds"]["train"] > 0
+    assert torch.is_tensor(load_checkpoint(str(tmp_path / "demo" / "train" / "best.pt"))["model"]["head.heatmaps.0.weight"])
