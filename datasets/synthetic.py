@@ -28,7 +28,7 @@ from datasets.skeletons import COCO_KEYPOINT_NAMES, COCO_SKELETON
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SPLITS = ("train", "val")
 _SPLIT_CODES = {"train": 0, "val": 1}
 
@@ -148,7 +148,7 @@ def _background(rng, w: int, h: int) -> np.ndarray:
     grid = rng.normal(0, 25, (6, 6, 3)).astype(np.float32)
     img = img + cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
     img = np.clip(img, 0, 255).astype(np.uint8)
-    for _ in range(int(rng.integers(4, 14))):
+    for _ in range(int(rng.integers(3, 11))):
         colour = _random_colour(rng)
         kind = rng.random()
         p = rng.uniform([0, 0], [w, h]).astype(int)
@@ -175,7 +175,7 @@ def _random_pose(rng) -> dict:
     """Joint positions [17, 2] in body units (torso length 1), y down, facing the viewer, plus drawing info."""
     k = np.zeros((17, 2))
     sw, hw = rng.uniform(0.3, 0.42), rng.uniform(0.18, 0.27)
-    head_r = rng.uniform(0.22, 0.3)
+    head_r = rng.uniform(0.26, 0.34)
     neck_len = rng.uniform(0.12, 0.22)
     lean = rng.normal(0, 0.08)                     # torso lean: pelvis shifts sideways
     shoulder_y = rng.normal(0.0, 0.03, 2)
@@ -197,18 +197,26 @@ def _random_pose(rng) -> dict:
     k[2] = face(-0.4 + 0.5 * yaw, -0.15)
     k[3] = face(1.0 + 0.15 * yaw, 0.05)
     k[4] = face(-1.0 + 0.15 * yaw, 0.05)
-    # Limbs: angle 0 points straight down; positive angles swing outward (to the figure's own side).
+    # Limbs: angle 0 points straight down; positive angles swing outward (to the figure's own side). Limbs
+    # stay on their own side of the body's midline, as they do in most COCO poses: crossed arms are rare
+    # there, and would make left and right a guess for a model that sees 64 x 96 pixels.
     for side, (sh, el, wr, hip, kn, an) in ((+1, (5, 7, 9, 11, 13, 15)), (-1, (6, 8, 10, 12, 14, 16))):
-        upper, fore = rng.uniform(0.5, 0.62), rng.uniform(0.45, 0.58)
-        a1 = math.radians(rng.uniform(-25, 165))
-        a2 = a1 + math.radians(rng.uniform(-130, 130))
-        k[el] = k[sh] + upper * np.array([side * math.sin(a1), math.cos(a1)])
-        k[wr] = k[el] + fore * np.array([side * math.sin(a2), math.cos(a2)])
-        thigh, shin = rng.uniform(0.7, 0.85), rng.uniform(0.65, 0.8)
-        b1 = math.radians(rng.uniform(-12, 55))
-        b2 = b1 + math.radians(rng.uniform(-60, 60))
-        k[kn] = k[hip] + thigh * np.array([side * math.sin(b1), math.cos(b1)])
-        k[an] = k[kn] + shin * np.array([side * math.sin(b2), math.cos(b2)])
+        for _ in range(20):
+            upper, fore = rng.uniform(0.5, 0.62), rng.uniform(0.45, 0.58)
+            a1 = math.radians(rng.uniform(-15, 135))
+            a2 = a1 + math.radians(rng.uniform(-110, 110))
+            k[el] = k[sh] + upper * np.array([side * math.sin(a1), math.cos(a1)])
+            k[wr] = k[el] + fore * np.array([side * math.sin(a2), math.cos(a2)])
+            if side * k[el, 0] > 0.1 and side * k[wr, 0] > 0.1:
+                break
+        for _ in range(20):
+            thigh, shin = rng.uniform(0.7, 0.85), rng.uniform(0.65, 0.8)
+            b1 = math.radians(rng.uniform(-12, 55))
+            b2 = b1 + math.radians(rng.uniform(-60, 60))
+            k[kn] = k[hip] + thigh * np.array([side * math.sin(b1), math.cos(b1)])
+            k[an] = k[kn] + shin * np.array([side * math.sin(b2), math.cos(b2)])
+            if side * (k[kn, 0] - lean) > 0.05 and side * (k[an, 0] - lean) > 0.05:
+                break
     return {"keypoints": k, "head_center": head_c, "head_radius": head_r, "neck": np.array([0.0, 0.0]),
             "skin": _random_colour(rng, 60, 240), "shirt": _random_colour(rng), "pants": _random_colour(rng),
             "shoes": _random_colour(rng, 0, 120), "eyes": _random_colour(rng, 0, 70)}
@@ -263,8 +271,8 @@ def _draw_figure(image: np.ndarray, silhouette: np.ndarray, pts: np.ndarray, pos
         (lambda cv, col: seg(cv, pts[12], pts[14], col, 0.2), shade(pose["pants"], 0.85)),
         (lambda cv, col: seg(cv, pts[13], pts[15], col, 0.16), shade(pose["pants"], 0.9)),
         (lambda cv, col: seg(cv, pts[14], pts[16], col, 0.16), shade(pose["pants"], 0.75)),
-        (lambda cv, col: cv2.circle(cv, _ip(pts[15]), max(int(0.1 * unit), 2), col, -1, cv2.LINE_AA), pose["shoes"]),
-        (lambda cv, col: cv2.circle(cv, _ip(pts[16]), max(int(0.1 * unit), 2), col, -1, cv2.LINE_AA), pose["shoes"]),
+        (lambda cv, col: cv2.circle(cv, _ip(pts[15]), max(int(0.11 * unit), 2), col, -1, cv2.LINE_AA), pose["shoes"]),
+        (lambda cv, col: cv2.circle(cv, _ip(pts[16]), max(int(0.11 * unit), 2), col, -1, cv2.LINE_AA), pose["shoes"]),
         # neck and torso
         (lambda cv, col: seg(cv, neck, head_c, col, 0.14), pose["skin"]),
         (lambda cv, col: cv2.fillConvexPoly(cv, np.round(torso).astype(np.int32), col, cv2.LINE_AA), pose["shirt"]),
@@ -273,26 +281,31 @@ def _draw_figure(image: np.ndarray, silhouette: np.ndarray, pts: np.ndarray, pos
         (lambda cv, col: seg(cv, pts[6], pts[8], col, 0.15), shade(pose["shirt"], 0.8)),
         (lambda cv, col: seg(cv, pts[7], pts[9], col, 0.11), pose["skin"]),
         (lambda cv, col: seg(cv, pts[8], pts[10], col, 0.11), shade(pose["skin"], 0.9)),
-        (lambda cv, col: cv2.circle(cv, _ip(pts[9]), max(int(0.08 * unit), 2), col, -1, cv2.LINE_AA), pose["skin"]),
-        (lambda cv, col: cv2.circle(cv, _ip(pts[10]), max(int(0.08 * unit), 2), col, -1, cv2.LINE_AA), pose["skin"]),
+        (lambda cv, col: cv2.circle(cv, _ip(pts[9]), max(int(0.1 * unit), 2), col, -1, cv2.LINE_AA),
+         shade(pose["skin"], 0.8)),
+        (lambda cv, col: cv2.circle(cv, _ip(pts[10]), max(int(0.1 * unit), 2), col, -1, cv2.LINE_AA),
+         shade(pose["skin"], 0.8)),
         # head, ears, face
-        (lambda cv, col: cv2.circle(cv, _ip(pts[3]), max(int(0.25 * head_r), 2), col, -1, cv2.LINE_AA),
-         shade(pose["skin"], 0.85)),
-        (lambda cv, col: cv2.circle(cv, _ip(pts[4]), max(int(0.25 * head_r), 2), col, -1, cv2.LINE_AA),
-         shade(pose["skin"], 0.85)),
+        (lambda cv, col: cv2.circle(cv, _ip(pts[3]), max(int(0.3 * head_r), 2), col, -1, cv2.LINE_AA),
+         shade(pose["skin"], 0.75)),
+        (lambda cv, col: cv2.circle(cv, _ip(pts[4]), max(int(0.3 * head_r), 2), col, -1, cv2.LINE_AA),
+         shade(pose["skin"], 0.75)),
         (lambda cv, col: cv2.circle(cv, _ip(head_c), max(int(head_r), 2), col, -1, cv2.LINE_AA), pose["skin"]),
     ]
     for draw, colour in parts:
         draw(image, colour)
         draw(silhouette, 255)
-    eye_r = max(int(round(0.14 * head_r)), 1)
+    if rng.random() < 0.5:   # hair: the upper half of an ellipse above the eyes, drawn before the face
+        top = head_c - np.array([0.0, 0.35 * head_r])
+        cv2.ellipse(image, _ip(top), (max(int(0.95 * head_r), 1), max(int(0.55 * head_r), 1)), 0, 180, 360,
+                    _random_colour(rng, 0, 140), -1, cv2.LINE_AA)
+    # Face marks large enough to be seen at the model's resolution: the face keypoints have COCO's
+    # tightest OKS sigmas, so they must be locatable to about a pixel of the crop.
+    eye_r = max(int(round(0.18 * head_r)), 1)
     cv2.circle(image, _ip(pts[1]), eye_r, pose["eyes"], -1, cv2.LINE_AA)
     cv2.circle(image, _ip(pts[2]), eye_r, pose["eyes"], -1, cv2.LINE_AA)
-    nose_r = max(int(round(0.12 * head_r)), 1)
-    cv2.circle(image, _ip(pts[0]), nose_r, shade(pose["skin"], 0.6), -1, cv2.LINE_AA)
-    if rng.random() < 0.5:   # hair on top of the head
-        cv2.ellipse(image, _ip(head_c), (max(int(head_r), 1), max(int(0.6 * head_r), 1)), 0, 180, 360,
-                    _random_colour(rng, 0, 140), -1, cv2.LINE_AA)
+    nose_r = max(int(round(0.16 * head_r)), 1)
+    cv2.circle(image, _ip(pts[0]), nose_r, (200, 40, 40), -1, cv2.LINE_AA)
 
 
 def _draw_occluder(image: np.ndarray, owner: np.ndarray, pts: np.ndarray, rng) -> None:

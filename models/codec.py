@@ -28,6 +28,11 @@ REFINE_MODES = ("dark", "quarter", "none")
 _DARK_LOG_FLOOR = 1e-3
 # A peak whose log-Hessian determinant is below this is flat or a saddle: no Taylor step there.
 _DARK_MIN_DET = 1e-6
+# Gaussian factors below this are set to 0. The far tails (beyond ~9.4 sigma in 2D) would otherwise
+# underflow into float32 subnormals, which x86 CPUs process many times slower: 6% of a 64x48 sigma-2
+# target were subnormal, making encode ~3x and DARK's blur ~6x slower on CPU (bench/bench_codec.py).
+# Two factors of at least 1e-15 multiply to at least 1e-30, well above the subnormal range (< 1.2e-38).
+_GAUSSIAN_TAIL_FLOOR = 1e-15
 
 
 def default_blur_kernel_size(sigma: float) -> int:
@@ -118,8 +123,11 @@ class HeatmapCodec:
         # nan_to_num keeps invalid (e.g. NaN) keypoints from poisoning the product; they are masked anyway.
         gx = torch.exp(-(xs - torch.nan_to_num(u)[..., None]) ** 2 / denom)   # [B, K, w]
         gy = torch.exp(-(ys - torch.nan_to_num(v)[..., None]) ** 2 / denom)   # [B, K, h]
+        gx = gx * (gx >= _GAUSSIAN_TAIL_FLOOR)
+        gy = gy * (gy >= _GAUSSIAN_TAIL_FLOOR)
         weights = valid.float()
-        heatmaps = gy[..., :, None] * gx[..., None, :] * weights[..., None, None]
+        # One pass over the [B, K, h, w] output (the only large tensor): the weights go into the small factor.
+        heatmaps = (gy * weights[..., None]).unsqueeze(-1) * gx.unsqueeze(-2)
         if keypoint_weights is not None:
             weights = weights * keypoint_weights.to(weights)
         return heatmaps, weights
@@ -149,44 +157,84 @@ class HeatmapCodec:
         return self.to_input_coords(uv), scores
 
     @staticmethod
-    def _neighbourhood(maps: torch.Tensor, iu: torch.Tensor, iv: torch.Tensor) -> torch.Tensor:
-        """The 3x3 values around (iu, iv) in each map, edge-replicated: [B, K, h, w] -> [B, K, 3, 3]."""
-        b, k, h, w = maps.shape
-        padded = F.pad(maps.reshape(b * k, 1, h, w), (1, 1, 1, 1), mode="replicate").reshape(b, k, -1)
-        offs = torch.arange(-1, 2, device=maps.device)
-        # In the padded map the cell (iv, iu) sits at (iv + 1, iu + 1).
-        rows = (iv[..., None] + 1 + offs)[..., :, None]            # [B, K, 3, 1]
-        cols = (iu[..., None] + 1 + offs)[..., None, :]            # [B, K, 1, 3]
-        index = (rows * (w + 2) + cols).reshape(b, k, 9)
-        return padded.gather(-1, index).reshape(b, k, 3, 3)
+    def _patches(maps: torch.Tensor, cu: torch.Tensor, cv: torch.Tensor, radius: int,
+                 outside: str = "zero") -> torch.Tensor:
+        """The (2r+1)^2 values around (cu, cv) in each map: [B, K, h, w] -> [B, K, 2r+1, 2r+1].
 
-    def _blur(self, hm: torch.Tensor) -> torch.Tensor:
-        """Depthwise Gaussian blur (zero padding, as DARK), [B, K, h, w] -> same."""
+        Cells beyond the map are 0 (``outside="zero"``, the zero padding of a blur) or repeat the nearest
+        edge cell (``"replicate"``). Only these small windows are read, so decoding costs one argmax pass
+        over the heatmaps plus work proportional to B * K.
+        """
+        b, k, h, w = maps.shape
+        offs = torch.arange(-radius, radius + 1, device=maps.device)
+        rows = cv[..., None] + offs                                  # [B, K, n]
+        cols = cu[..., None] + offs
+        rows_c, cols_c = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+        index = (rows_c[..., :, None] * w + cols_c[..., None, :]).reshape(b, k, -1)
+        values = maps.reshape(b, k, h * w).gather(-1, index).reshape(b, k, len(offs), len(offs))
+        if outside == "zero":
+            inside = (rows == rows_c)[..., :, None] & (cols == cols_c)[..., None, :]
+            values = values * inside
+        return values
+
+    def _blur_kernel(self, device, dtype) -> torch.Tensor:
         ks = self.blur_kernel_size
         blur_sigma = 0.3 * ((ks - 1) * 0.5 - 1) + 0.8     # OpenCV's sigma for kernel size ks
-        t = torch.arange(ks, device=hm.device, dtype=hm.dtype) - (ks - 1) / 2
+        t = torch.arange(ks, device=device, dtype=dtype) - (ks - 1) / 2
         g = torch.exp(-t ** 2 / (2 * blur_sigma ** 2))
-        g = g / g.sum()
+        return g / g.sum()
+
+    def _blur(self, hm: torch.Tensor) -> torch.Tensor:
+        """DARK's Gaussian blur of whole maps (zero padding): [B, K, h, w] -> same. Decoding only needs the
+        3x3 cells at each peak (:meth:`_blurred_neighbourhood`); this full version is for inspection."""
+        g = self._blur_kernel(hm.device, hm.dtype)
+        ks = len(g)
         b, k, h, w = hm.shape
-        x = hm.reshape(b * k, 1, h, w)
-        x = F.conv2d(x, g.view(1, 1, 1, ks), padding=(0, ks // 2))
-        x = F.conv2d(x, g.view(1, 1, ks, 1), padding=(ks // 2, 0))
+        # The maps as channels of one image with groups = B * K (depthwise): the same sums as a batch of B * K
+        # one-channel images, which oneDNN runs ~10x slower on CPU.
+        x = hm.reshape(1, b * k, h, w)
+        x = F.conv2d(x, g.view(1, 1, 1, ks).expand(b * k, 1, 1, ks), padding=(0, ks // 2), groups=b * k)
+        x = F.conv2d(x, g.view(1, 1, ks, 1).expand(b * k, 1, ks, 1), padding=(ks // 2, 0), groups=b * k)
         return x.reshape(b, k, h, w)
+
+    def _blurred_neighbourhood(self, hm: torch.Tensor, cu: torch.Tensor, cv: torch.Tensor) -> torch.Tensor:
+        """The 3x3 cells around (cu, cv) of the heatmap blurred with DARK's Gaussian: [B, K, 3, 3].
+
+        Only the window that the Taylor step reads is blurred. Near the border the kernel is truncated (and
+        renormalised) so that it never reaches past the map: DARK's zero padding would pull peaks within a
+        few cells of the border inwards by up to half a cell, and extremities (wrists, ankles) sit there in
+        a padded top-down crop. In the interior this is exactly the full-map blur.
+        """
+        b, k, h, w = hm.shape
+        r = self.blur_kernel_size // 2
+        if r == 0:
+            return self._patches(hm, cu, cv, 1, outside="replicate")
+        patch = self._patches(hm, cu, cv, r + 1, outside="zero")        # [B, K, 2r+3, 2r+3]
+        t = torch.arange(-r, r + 1, device=hm.device)
+        base = self._blur_kernel(hm.device, hm.dtype)                    # [2r+1]
+        # Largest radius whose support stays inside the map for all 3 stencil cells: cells c-1-r .. c+1+r.
+        rx = torch.minimum(cu - 1, w - 2 - cu).clamp(min=0, max=r)
+        ry = torch.minimum(cv - 1, h - 2 - cv).clamp(min=0, max=r)
+        gx = base * (t.abs() <= rx[..., None])
+        gy = base * (t.abs() <= ry[..., None])
+        gx, gy = gx / gx.sum(-1, keepdim=True), gy / gy.sum(-1, keepdim=True)    # [B, K, 2r+1]
+        # Separable 'valid' convolution with a kernel per keypoint: (2r+3) -> 3 along each axis.
+        rows = torch.einsum("bkycs,bks->bkyc", patch.unfold(-1, 2 * r + 1, 1), gx)        # [B, K, 2r+3, 3]
+        return torch.einsum("bkxys,bks->bkyx", rows.transpose(-1, -2).unfold(-1, 2 * r + 1, 1), gy)
 
     def _dark_refine(self, hm: torch.Tensor, iu: torch.Tensor, iv: torch.Tensor) -> torch.Tensor:
         """DARK: one Newton step ``-H^-1 g`` on the log of the (blurred) heatmap near the argmax. [B, K, 2].
 
         On a noiseless Gaussian the log is a quadratic, so the step lands on the true centre exactly (up to
-        the blur's discretisation). At the border the finite differences are taken one cell inwards (a
-        quadratic fitted to three cells is exact wherever its peak lies), instead of on replicated cells
-        that would bias the step; the result stays within one cell of the argmax and inside the map.
+        the blur's discretisation). At the border the finite
+        differences are taken one cell inwards (a quadratic fitted to three cells is exact wherever its peak
+        lies) instead of on cells outside the map; the result stays within one cell of the argmax and
+        inside the map.
         """
         b, k, h, w = hm.shape
-        maps = self._blur(hm) if self.blur_kernel_size > 1 else hm
-        logm = torch.log(maps.clamp(min=_DARK_LOG_FLOOR))
         cu = iu.clamp(1, w - 2) if w >= 3 else iu
         cv = iv.clamp(1, h - 2) if h >= 3 else iv
-        n = self._neighbourhood(logm, cu, cv)                      # n[..., row (y), col (x)]
+        n = torch.log(self._blurred_neighbourhood(hm, cu, cv).clamp(min=_DARK_LOG_FLOOR))   # n[..., y, x]
         dx = 0.5 * (n[..., 1, 2] - n[..., 1, 0])
         dy = 0.5 * (n[..., 2, 1] - n[..., 0, 1])
         dxx = n[..., 1, 2] - 2 * n[..., 1, 1] + n[..., 1, 0]
@@ -207,7 +255,7 @@ class HeatmapCodec:
     @staticmethod
     def _quarter_offsets(hm: torch.Tensor, iu: torch.Tensor, iv: torch.Tensor) -> torch.Tensor:
         """A quarter cell towards the higher neighbour along each axis (SimpleBaseline). [B, K, 2]."""
-        n = HeatmapCodec._neighbourhood(hm, iu, iv)
+        n = HeatmapCodec._patches(hm, iu, iv, 1, outside="replicate")
         return 0.25 * torch.stack([torch.sign(n[..., 1, 2] - n[..., 1, 0]),
                                    torch.sign(n[..., 2, 1] - n[..., 0, 1])], dim=-1)
 

@@ -83,7 +83,7 @@ def test_oracle_scores_ap_one(setup):
     model = OracleModel(codec)
 
     # Route predict() through the oracle: each batch tells the oracle its true crop keypoints.
-    def predict_heatmaps(m, images, flip_test=None, _batches=iter([])):
+    def predict_heatmaps(m, images, flip_test=None):
         return model.codec.encode(model.keypoints)[0]
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=collate_skipping_none)
