@@ -28,7 +28,7 @@ from datasets.skeletons import COCO_KEYPOINT_NAMES, COCO_SKELETON
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SPLITS = ("train", "val")
 _SPLIT_CODES = {"train": 0, "val": 1}
 
@@ -46,7 +46,8 @@ class SyntheticKeypointSpec:
     max_figure_height: float = 150.0
     max_rotation_deg: float = 30.0
     truncation_prob: float = 0.15       # chance that a figure is placed across the image border
-    occluder_prob: float = 0.3          # chance per figure of an occluding shape over it
+    occluder_prob: float = 0.2          # chance per figure of an occluding shape over it
+    max_overlap: float = 0.15           # largest IoU between the figures' keypoint boxes
     seed: int = 0
 
 
@@ -105,18 +106,20 @@ def render_image(rng: np.random.Generator, spec: SyntheticKeypointSpec) -> tuple
                            p=_figure_count_probs(spec.max_figures)))
     figures = []
     placed_boxes: list[np.ndarray] = []
-    for fig_id in range(1, n_fig + 1):
+    for _ in range(n_fig):
         pose = _random_pose(rng)
-        for _ in range(10):
+        for _ in range(20):
             pts, scale = _place(pose, rng, w, h, spec)
             box = np.r_[pts.min(0), pts.max(0)]
-            if all(_iou(box, b) < 0.4 for b in placed_boxes):
+            if all(_iou(box, b) < spec.max_overlap for b in placed_boxes):
                 break
+        else:
+            continue      # no room left for another figure that overlaps little enough
         placed_boxes.append(box)
         silhouette = np.zeros((h, w), np.uint8)
         _draw_figure(image, silhouette, pts, pose, scale, rng)
-        owner[silhouette > 0] = fig_id
         figures.append((pts, silhouette))
+        owner[silhouette > 0] = len(figures)      # figure ids are 1-based positions in `figures`
     for pts, _ in figures:
         if rng.random() < spec.occluder_prob:
             _draw_occluder(image, owner, pts, rng)

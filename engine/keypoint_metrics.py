@@ -54,3 +54,17 @@ def nme(pred: np.ndarray, gt: np.ndarray, boxes: np.ndarray | None = None,
         return float("nan")
     dist = np.linalg.norm(pred - gt[..., :2], axis=-1) / np.where(usable, norm, 1.0)[:, None]
     return float(dist[mask].mean())
+
+
+def estimate_oks_sigmas(kpts_a: np.ndarray, kpts_b: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """Per-keypoint OKS sigmas from two independent annotations of the same instances (COCO's recipe).
+
+    COCO defines ``sigma_i^2 = E[d_i^2 / s^2]`` over redundantly annotated instances, with ``d_i`` the distance
+    between two annotators' keypoint i and ``s^2`` the object area. kpts_a, kpts_b: [N, K, 3]; areas: [N].
+    Keypoints labelled in both annotations count. Returns [K] (NaN where no pair was labelled).
+    """
+    a, b = np.asarray(kpts_a, float), np.asarray(kpts_b, float)
+    both = (a[..., 2] > 0) & (b[..., 2] > 0)
+    d2 = ((a[..., :2] - b[..., :2]) ** 2).sum(-1) / np.maximum(np.asarray(areas, float), 1e-9)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt((d2 * both).sum(0) / both.sum(0))
