@@ -28,7 +28,7 @@ from datasets.skeletons import COCO_KEYPOINT_NAMES, COCO_SKELETON
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 SPLITS = ("train", "val")
 _SPLIT_CODES = {"train": 0, "val": 1}
 
@@ -266,27 +266,39 @@ def _draw_figure(image: np.ndarray, silhouette: np.ndarray, pts: np.ndarray, pos
         cv2.circle(canvas, _ip(a), max(t // 2, 1), colour, -1, cv2.LINE_AA)
         cv2.circle(canvas, _ip(b), max(t // 2, 1), colour, -1, cv2.LINE_AA)
 
+    # Clothes and skin that stand out from the background behind the figure (people in photos mostly do;
+    # a figure the colour of its surroundings is a guess, not a pose).
+    lo, hi = np.floor(pts.min(0)).astype(int), np.ceil(pts.max(0)).astype(int)
+    region = image[max(lo[1], 0):max(hi[1], 1), max(lo[0], 0):max(hi[0], 1)]
+    if region.size:
+        backdrop = region.reshape(-1, 3).mean(0)
+        for key, (c_lo, c_hi) in (("skin", (60, 240)), ("shirt", (20, 235)), ("pants", (20, 235))):
+            for _ in range(10):
+                if np.linalg.norm(np.array(pose[key], float) - backdrop) >= 90:
+                    break
+                pose[key] = _random_colour(rng, c_lo, c_hi)
+
     shade = lambda c, f: tuple(int(np.clip(v * f, 0, 255)) for v in c)  # noqa: E731
     torso = np.array([pts[5], pts[6], pts[12], pts[11]])
     parts = [
         # legs (behind the torso)
-        (lambda cv, col: seg(cv, pts[11], pts[13], col, 0.2), pose["pants"]),
-        (lambda cv, col: seg(cv, pts[12], pts[14], col, 0.2), shade(pose["pants"], 0.85)),
-        (lambda cv, col: seg(cv, pts[13], pts[15], col, 0.16), shade(pose["pants"], 0.9)),
-        (lambda cv, col: seg(cv, pts[14], pts[16], col, 0.16), shade(pose["pants"], 0.75)),
-        (lambda cv, col: cv2.circle(cv, _ip(pts[15]), max(int(0.11 * unit), 2), col, -1, cv2.LINE_AA), pose["shoes"]),
-        (lambda cv, col: cv2.circle(cv, _ip(pts[16]), max(int(0.11 * unit), 2), col, -1, cv2.LINE_AA), pose["shoes"]),
+        (lambda cv, col: seg(cv, pts[11], pts[13], col, 0.24), pose["pants"]),
+        (lambda cv, col: seg(cv, pts[12], pts[14], col, 0.24), shade(pose["pants"], 0.85)),
+        (lambda cv, col: seg(cv, pts[13], pts[15], col, 0.2), shade(pose["pants"], 0.9)),
+        (lambda cv, col: seg(cv, pts[14], pts[16], col, 0.2), shade(pose["pants"], 0.75)),
+        (lambda cv, col: cv2.circle(cv, _ip(pts[15]), max(int(0.13 * unit), 2), col, -1, cv2.LINE_AA), pose["shoes"]),
+        (lambda cv, col: cv2.circle(cv, _ip(pts[16]), max(int(0.13 * unit), 2), col, -1, cv2.LINE_AA), pose["shoes"]),
         # neck and torso
         (lambda cv, col: seg(cv, neck, head_c, col, 0.14), pose["skin"]),
         (lambda cv, col: cv2.fillConvexPoly(cv, np.round(torso).astype(np.int32), col, cv2.LINE_AA), pose["shirt"]),
         # arms (in front of the torso)
-        (lambda cv, col: seg(cv, pts[5], pts[7], col, 0.15), shade(pose["shirt"], 0.9)),
-        (lambda cv, col: seg(cv, pts[6], pts[8], col, 0.15), shade(pose["shirt"], 0.8)),
-        (lambda cv, col: seg(cv, pts[7], pts[9], col, 0.11), pose["skin"]),
-        (lambda cv, col: seg(cv, pts[8], pts[10], col, 0.11), shade(pose["skin"], 0.9)),
-        (lambda cv, col: cv2.circle(cv, _ip(pts[9]), max(int(0.1 * unit), 2), col, -1, cv2.LINE_AA),
+        (lambda cv, col: seg(cv, pts[5], pts[7], col, 0.19), shade(pose["shirt"], 0.75)),
+        (lambda cv, col: seg(cv, pts[6], pts[8], col, 0.19), shade(pose["shirt"], 0.65)),
+        (lambda cv, col: seg(cv, pts[7], pts[9], col, 0.15), pose["skin"]),
+        (lambda cv, col: seg(cv, pts[8], pts[10], col, 0.15), shade(pose["skin"], 0.9)),
+        (lambda cv, col: cv2.circle(cv, _ip(pts[9]), max(int(0.12 * unit), 2), col, -1, cv2.LINE_AA),
          shade(pose["skin"], 0.8)),
-        (lambda cv, col: cv2.circle(cv, _ip(pts[10]), max(int(0.1 * unit), 2), col, -1, cv2.LINE_AA),
+        (lambda cv, col: cv2.circle(cv, _ip(pts[10]), max(int(0.12 * unit), 2), col, -1, cv2.LINE_AA),
          shade(pose["skin"], 0.8)),
         # head, ears, face
         (lambda cv, col: cv2.circle(cv, _ip(pts[3]), max(int(0.3 * head_r), 2), col, -1, cv2.LINE_AA),

@@ -12,16 +12,6 @@ import torchvision
 from models.backbone import Backbone
 
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    """Run these tiny convnets on one thread: with 2 OpenMP threads on a busy 2-core machine every small op
-    waits at a barrier for a descheduled thread (10 Adam steps took 50 s instead of 2.5 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def resnet18() -> Backbone:
     return Backbone("resnet18", out_indices=(1, 2, 3, 4)).eval()

@@ -15,16 +15,6 @@ STRIDES = [4, 8, 16, 32]
 OUT = 12
 
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    """Run these tiny convnets on one thread: with 2 OpenMP threads on a busy 2-core machine every small op
-    waits at a barrier for a descheduled thread (10 Adam steps took 50 s instead of 2.5 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _torchvision_twin(ours: FPN) -> FeaturePyramidNetwork:
     """torchvision's FPN carrying our weights: lateral_convs[i] -> inner_blocks[i][0], output_convs -> layer_blocks."""
     tv = FeaturePyramidNetwork(ours.in_channels, ours.out_channels)

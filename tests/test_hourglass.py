@@ -8,16 +8,6 @@ import torch
 from models.hourglass import Hourglass, HourglassHead
 
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    """Run these tiny convnets on one thread: with 2 OpenMP threads on a busy 2-core machine every small op
-    waits at a barrier for a descheduled thread (10 Adam steps took 50 s instead of 2.5 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("hw", [(16, 12), (15, 13), (9, 11)])
 @pytest.mark.parametrize("num_stacks", [1, 3])
 def test_head_returns_one_heatmap_per_stack(hw, num_stacks):

@@ -16,16 +16,6 @@ from models.pose import TopDownPoseModel, build_pose_model, make_normalizer
 TINY = dict(backbone="resnet18", fpn_channels=16, num_stacks=2, depth=2, head_channels=16)
 
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    """Run these tiny convnets on one thread: with 2 OpenMP threads on a busy 2-core machine every small op
-    waits at a barrier for a descheduled thread (10 Adam steps took 50 s instead of 2.5 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_model() -> TopDownPoseModel:
     torch.manual_seed(0)
