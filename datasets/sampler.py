@@ -24,11 +24,13 @@ class SeededSampler(Sampler):
     """Yields ``(index, sample_seed)``; the order is a permutation fixed by (seed, epoch).
 
     With ``num_replicas > 1`` (DistributedDataParallel) each rank takes every ``num_replicas``-th item of the
-    same permutation, padded by wrapping around so that all ranks run the same number of steps.
+    same permutation, padded by wrapping around so that all ranks run the same number of steps
+    (``pad=False`` for evaluation: no sample twice, ranks may get one sample fewer).
     Call :meth:`set_epoch` before each epoch.
     """
 
-    def __init__(self, num_samples: int, shuffle: bool = True, seed: int = 0, rank: int = 0, num_replicas: int = 1):
+    def __init__(self, num_samples: int, shuffle: bool = True, seed: int = 0, rank: int = 0, num_replicas: int = 1,
+                 pad: bool = True):
         if num_samples <= 0:
             raise ValueError("the dataset is empty: nothing to sample (check the annotation file and split)")
         if not 0 <= rank < num_replicas:
@@ -39,7 +41,9 @@ class SeededSampler(Sampler):
         self.rank = rank
         self.num_replicas = num_replicas
         self.epoch = 0
-        self.per_replica = math.ceil(num_samples / num_replicas)
+        self.pad = pad
+        self.per_replica = math.ceil(num_samples / num_replicas) if pad else len(range(rank, num_samples,
+                                                                                         num_replicas))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -52,7 +56,7 @@ class SeededSampler(Sampler):
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
         else:
             order = np.arange(self.num_samples)
-        total = self.per_replica * self.num_replicas
+        total = self.per_replica * self.num_replicas if self.pad else len(order)
         if total > len(order):
             order = np.concatenate([order, order[: total - len(order)]])
         for index in order[self.rank:total:self.num_replicas]:

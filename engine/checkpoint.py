@@ -12,7 +12,10 @@ import tempfile
 import torch
 from torch import nn
 
-FORMAT_VERSION = 1
+# 1: model, optimizer, scheduler, epoch, global_step, best metric, torch/cuda RNG, config, provenance.
+# 2: + scaler, ema, nonfinite_skips, data (sampler seed, next epoch), numpy and python RNG states as tensors.
+# Version-1 files still load (the missing parts start fresh).
+FORMAT_VERSION = 2
 
 
 def save_checkpoint(state: dict, path: str) -> None:
@@ -34,6 +37,17 @@ def save_checkpoint(state: dict, path: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete the temporary files of saves that were killed midway (call when no save is running)."""
+    removed = []
+    if os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            if name.startswith(".tmp-") and name.endswith(".pt"):
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
+    return removed
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
@@ -77,3 +91,35 @@ def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoi
                          f"backbone, head or keypoint count?")
     model.load_state_dict(state_dict, strict=False)
     return missing, unexpected
+
+
+def load_weights_for_finetuning(model: nn.Module, path: str) -> dict:
+    """Initialise ``model`` from the weights in ``path`` only (no optimiser, schedule, epoch): fine-tuning.
+
+    ``path`` is a checkpoint of this repository (its ``model`` entry) or a plain state dict (also under
+    ``state_dict``). Tensors whose shape differs (a classifier head for another number of classes) are left at
+    their initial values, like missing ones. Returns ``{"loaded", "missing", "unexpected", "shape_mismatch"}``
+    name lists; raises when nothing at all matches (a file for another model).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path} (train.init_weights / --weights)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable weights file ({type(err).__name__}: {err})") from err
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if isinstance(state, dict) and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}     # saved from a DDP wrapper
+    own = model.state_dict()
+    mismatch = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not usable:
+        raise ValueError(f"{path} shares no tensor (name and shape) with this model (first file keys: "
+                         f"{list(state)[:5]}; first model keys: {list(own)[:5]})")
+    model.load_state_dict(usable, strict=False)
+    return {"loaded": sorted(usable), "missing": [k for k in own if k not in state],
+            "unexpected": [k for k in state if k not in own], "shape_mismatch": mismatch}

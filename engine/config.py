@@ -16,7 +16,11 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from datasets.augment import TopDownAugment
+from datasets.detection_transforms import DetectionAugment
+from datasets.input_policy import ClassificationAugment
 from datasets.synthetic import SyntheticKeypointSpec
+from datasets.synthetic_classification import SyntheticClassificationSpec
+from datasets.synthetic_detection import SyntheticDetectionSpec
 
 
 # ---------------------------------------------------------------------------------------------- shared
@@ -33,20 +37,38 @@ class SplitConfig:
 
 @dataclass
 class TrainConfig:
+    """The training craft, shared by every task (docs/training.md has the command that shows each field)."""
+
     epochs: int = 10
-    batch_size: int = 32
-    optimizer: str = "adamw"            # sgd | adam | adamw
+    batch_size: int = 32                # per process; the global batch is batch_size * processes
+    optimizer: str = "adamw"            # sgd | adam | adamw | rmsprop | adagrad
     lr: float = 1e-3
-    momentum: float = 0.9               # sgd only
+    momentum: float = 0.9               # sgd, rmsprop
     nesterov: bool = False              # sgd only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])   # adam, adamw
+    eps: float = 1e-8                   # adam, adamw, rmsprop, adagrad
+    alpha: float = 0.99                 # rmsprop: smoothing of the squared gradient
     weight_decay: float = 1e-4
-    scheduler: str = "cosine"           # cosine | step | multistep | constant (per step, after warmup)
-    warmup_steps: int = 100             # linear warmup from warmup_factor * lr
+    decay_norm_and_bias: bool = False   # false: norm layers and biases get no weight decay
+    scheduler: str = "cosine"           # cosine | linear | step | multistep | constant (per step, after warmup)
+    warmup_steps: int = 100             # linear warmup from warmup_factor * lr (optimiser steps)
     warmup_factor: float = 0.001
-    min_lr_ratio: float = 0.01          # cosine floor, as a fraction of lr
+    min_lr_ratio: float = 0.01          # cosine / linear floor, as a fraction of lr
     step_epochs: list[int] = field(default_factory=lambda: [8])   # step / multistep milestones
     gamma: float = 0.1                  # step / multistep decay
-    grad_clip_norm: float | None = None
+    accumulate_steps: int = 1           # batches whose gradients add up before one optimiser step
+    grad_clip_norm: float | None = None # clip the global gradient norm to this
+    precision: str = "fp32"             # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler)
+    ema_decay: float | None = None      # e.g. 0.999: keep an EMA of the weights, evaluated alongside
+    ema_warmup_steps: int = 0           # ramp the EMA decay up over this many steps
+    freeze: list[str] = field(default_factory=list)   # glob patterns of parameter names to freeze
+    freeze_stages: int = 0              # freeze the first N feature levels of the timm trunk (0: the stem)
+    freeze_bn: str = "none"             # none | frozen (BN layers whose params are frozen) | all: use running stats
+    init_weights: str | None = None     # fine-tuning: load model weights only from this file (reports keys)
+    on_nonfinite: str = "stop"          # stop | skip: what a NaN/Inf loss or gradient does after its report
+    max_nonfinite_skips: int = 20       # with skip: stop anyway after this many skipped steps
+    check_inputs: bool = False          # also check the batch's float inputs every step (one more sync)
+    check_grads: bool = False           # also check the gradient norm every step (one more sync)
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     num_threads: int | None = None      # torch intra-op threads; None keeps torch's default
@@ -94,6 +116,7 @@ class KeypointDataConfig:
 class KeypointEvalConfig:
     flip_test: bool = True
     refine: str = "dark"                # dark | quarter | none
+    blur_kernel_size: int | None = None  # smoothing before DARK's log; None: 2*floor(sigma)+1 (5 for 2); 1: none
     main_metric: str = "AP"             # the metric that picks the `best` checkpoint
     rescore_threshold: float = 0.2      # keypoints above this confidence enter the instance score
     pck_thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
@@ -110,7 +133,113 @@ class KeypointConfig:
     eval: KeypointEvalConfig = field(default_factory=KeypointEvalConfig)
 
 
-SCHEMAS: dict[str, type] = {"keypoints": KeypointConfig}
+# ---------------------------------------------------------------------------------------------- detection
+@dataclass
+class DetectionModelConfig:
+    backbone: str = "resnet18"          # any timm model name
+    out_indices: list[int] = field(default_factory=lambda: [1, 2, 3, 4])   # the first must be the stride-4 level
+    pretrained_path: str | None = None  # local weights file; never downloaded
+    normalization: str = "backbone"     # backbone (timm mean/std) | unit ([0, 1])
+    fpn_channels: int = 128
+    head_channels: int = 64             # hidden channels of each CenterNet branch
+
+
+@dataclass
+class DetectionDataConfig:
+    train: SplitConfig = field(default_factory=SplitConfig)
+    val: SplitConfig = field(default_factory=SplitConfig)
+    # When set, the synthetic set is written to `synthetic_root` (once) and train/val point into it.
+    synthetic: SyntheticDetectionSpec | None = None
+    synthetic_root: str = "data/synthetic_detection"
+    category_ids: list[int] | None = None   # categories to detect, in class order; all of the file's when None
+    input_size: list[int] = field(default_factory=lambda: [512, 512])   # (width, height), multiples of 4
+    min_overlap: float = 0.7            # IoU that sets CenterNet's Gaussian radius
+    max_objects: int = 128              # boxes kept per image in a batch (the rest are counted)
+    on_bad_image: str = "error"         # error | skip
+    augment: DetectionAugment = field(default_factory=DetectionAugment)
+    val_batch_size: int = 16
+
+
+@dataclass
+class DetectionLossConfig:
+    heatmap_weight: float = 1.0         # penalty-reduced focal loss
+    size_weight: float = 0.1            # L1 on box (w, h) in cells (CenterNet's 0.1)
+    offset_weight: float = 1.0          # L1 on the sub-cell centre offset
+    giou_weight: float = 0.0            # 1 - GIoU of the boxes decoded at the object cells; 0 disables
+    focal_alpha: float = 2.0
+    focal_beta: float = 4.0
+
+
+@dataclass
+class DetectionEvalConfig:
+    topk: int = 100                     # detections per image before the score threshold
+    score_threshold: float = 0.01
+    nms: bool = True                    # class-wise NMS after the 3x3 peak extraction
+    nms_iou: float = 0.6
+    main_metric: str = "AP"
+
+
+@dataclass
+class DetectionConfig:
+    task: str = "detection"
+    name: str = "detection"
+    output_dir: str = "runs"
+    model: DetectionModelConfig = field(default_factory=DetectionModelConfig)
+    data: DetectionDataConfig = field(default_factory=DetectionDataConfig)
+    loss: DetectionLossConfig = field(default_factory=DetectionLossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: DetectionEvalConfig = field(default_factory=DetectionEvalConfig)
+
+
+SCHEMAS: dict[str, type] = {"keypoints": KeypointConfig, "detection": DetectionConfig}
+
+
+# ---------------------------------------------------------------------------------------------- classification
+@dataclass
+class ClassifierModelConfig:
+    backbone: str = "resnet18"          # any timm model name; its head gets num_classes from the data
+    pretrained_path: str | None = None  # local weights file; never downloaded
+    normalization: str = "backbone"     # backbone (timm pretrained_cfg mean/std) | unit ([0, 1])
+    drop_rate: float = 0.0              # dropout before the classifier
+
+
+@dataclass
+class ClassificationDataConfig:
+    train_root: str | None = None       # image folder: <root>/<class>/<images>
+    val_root: str | None = None
+    synthetic: SyntheticClassificationSpec | None = None   # the built-in shapes instead of folders
+    input_size: list[int] = field(default_factory=lambda: [64, 64])   # (width, height)
+    input_policy: str = "resize"        # resize | center_crop | random_crop | letterbox | native
+    crop_scale: float = 1.143           # center/random crop: zoom beyond covering the input (256/224)
+    augment: ClassificationAugment = field(default_factory=ClassificationAugment)
+    on_bad_image: str = "error"         # error | skip
+    val_batch_size: int = 64
+
+
+@dataclass
+class ClassificationLossConfig:
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class ClassificationEvalConfig:
+    main_metric: str = "top1"           # the metric that picks the `best` checkpoint
+    topk: list[int] = field(default_factory=lambda: [1, 5])
+
+
+@dataclass
+class ClassificationConfig:
+    task: str = "classification"
+    name: str = "classification"
+    output_dir: str = "runs"
+    model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
+    data: ClassificationDataConfig = field(default_factory=ClassificationDataConfig)
+    loss: ClassificationLossConfig = field(default_factory=ClassificationLossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: ClassificationEvalConfig = field(default_factory=ClassificationEvalConfig)
+
+
+SCHEMAS["classification"] = ClassificationConfig
 
 
 class ConfigError(ValueError):

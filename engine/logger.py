@@ -14,6 +14,18 @@ class CsvLog:
         self.rows: list[dict] = []
         self.columns: list[str] = []
 
+    def restore(self, key: str, last: int) -> None:
+        """Resume into the same folder: keep the existing rows with ``row[key] <= last``, drop the later ones
+        (logged after the checkpoint the run resumes from, so they are about to be logged again)."""
+        if not os.path.isfile(self.path):
+            return
+        with open(self.path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = [r for r in reader if r.get(key) not in (None, "") and float(r[key]) <= last]
+            columns = list(reader.fieldnames or [])
+        self.rows, self.columns = rows, columns
+        self._rewrite()
+
     def append(self, row: dict) -> None:
         self.rows.append(row)
         new = [k for k in row if k not in self.columns]
@@ -64,6 +76,18 @@ class RunLogger:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
                     self.tb.add_scalar(f"epoch/{k}", v, epoch)
+
+    def restore(self, step: int, epoch: int) -> None:
+        """Continue the CSV files of a run folder that is being resumed (TensorBoard appends by itself)."""
+        if self.enabled:
+            self.steps.restore("step", step)
+            self.epochs.restore("epoch", epoch)
+        if self.tb:   # purge_step: TensorBoard hides the events after the checkpoint from the earlier attempt
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir = self.tb.log_dir
+            self.tb.close()
+            self.tb = SummaryWriter(log_dir, purge_step=step + 1)
 
     def close(self) -> None:
         if self.tb:

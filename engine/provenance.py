@@ -45,13 +45,19 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def provenance(seed: int, annotation_files: list[str] = ()) -> dict:
-    """A plain dict (checkpoint- and JSON-safe) describing how a run was made."""
+def provenance(seed: int, annotation_files: list[str] = (), data_hashes: dict | None = None) -> dict:
+    """A plain dict (checkpoint- and JSON-safe) describing how a run was made.
+
+    annotation_files: hashed by content. data_hashes: ``{description: sha256}`` for data without an
+    annotation file (an image-folder listing, a synthetic generator's settings), computed by the data code.
+    """
+    annotations = {p: file_sha256(p) for p in sorted(set(annotation_files)) if os.path.isfile(p)}
+    annotations.update(data_hashes or {})
     return {
         "git": git_state(),
         "packages": package_versions(),
         "seed": int(seed),
-        "annotations": {p: file_sha256(p) for p in sorted(set(annotation_files)) if os.path.isfile(p)},
+        "annotations": annotations,
         "command": " ".join(sys.argv),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

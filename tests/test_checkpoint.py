@@ -70,3 +70,57 @@ def test_mismatch_names_the_tensors():
         ckpt.load_model_state(small, extra)
     missing, unexpected = ckpt.load_model_state(small, extra, strict=False)
     assert unexpected == ["head.weight"] and missing == []
+
+
+KILL_SCRIPT = r"""
+import sys, time
+import torch
+from engine.checkpoint import save_checkpoint
+
+path = sys.argv[1]
+save_checkpoint({"model": {"w": torch.ones(1000)}, "epoch": 1}, path)
+real_save = torch.save
+
+class SlowFile:
+    # Writes the real serialised bytes, then stalls half way so that the parent can kill the process.
+    def __init__(self, f):
+        self.f, self.written = f, 0
+    def write(self, data):
+        n = self.f.write(data)
+        self.written += len(data)
+        if self.written > 1 << 20:
+            self.f.flush()
+            print("writing", flush=True)
+            time.sleep(120)
+        return n
+    def flush(self):
+        self.f.flush()
+
+torch.save = lambda obj, f, *a, **k: real_save(obj, SlowFile(f), *a, **k)
+save_checkpoint({"model": {"w": torch.zeros(4_000_000)}, "epoch": 2}, path)
+"""
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
+    """SIGKILL during the write of a new `last.pt`: the old one is still there and loads."""
+    import signal
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = tmp_path / "last.pt"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(path)], cwd=repo, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        partial = [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+        assert len(partial) == 1 and os.path.getsize(tmp_path / partial[0]) > 1 << 20
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    state = ckpt.load_checkpoint(str(path))
+    assert state["epoch"] == 1 and torch.equal(state["model"]["w"], torch.ones(1000))
+    removed = ckpt.remove_stale_temporaries(str(tmp_path))
+    assert removed == partial and not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]

@@ -1,19 +1,25 @@
-"""Train a model from a config.
+"""Train a model from a config (keypoints, classification or detection: one trainer, the task differs).
 
     python -m tools.train --config configs/hg-fpn_resnet18_synthetic-kpt_64x96.yaml [key=value ...]
+    python -m tools.train --config configs/cls_resnet10t_synthetic-shapes_32x32.yaml train.epochs=2
     python -m tools.train --config ... --run-dir runs/exp1 --resume runs/exp1/last.pt
+    python -m tools.train --config ... --weights runs/other/best.pt        # fine-tune: weights only
+    torchrun --nproc_per_node 2 -m tools.train --config ...                 # DistributedDataParallel
 
-Writes ``config.yaml``, ``provenance.json``, ``last.pt``, ``best.pt``, ``steps.csv``, ``epochs.csv``,
-``training_curves.png`` and ``metrics.json`` into one run folder.
+Writes ``config.yaml``, ``provenance.json``, ``parameters.txt``, ``last.pt``, ``best.pt``, ``steps.csv``,
+``epochs.csv``, TensorBoard events, ``training_curves.png`` and ``metrics.json`` into one run folder (rank 0
+only when distributed). docs/training.md shows every option.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from engine import distributed as dist_utils
 from engine.config import load_config
 from engine.experiment import train
-from tools._common import default_run_dir, resolve_device, setup_logging
+from engine.nonfinite import NonFiniteError
+from tools._common import default_run_dir, setup_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -21,8 +27,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML experiment config")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=0.01 data.input_size=[64,96]")
     p.add_argument("--run-dir", help="output folder (default: <output_dir>/<name>-<timestamp>)")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: train.device from the config)")
-    p.add_argument("--resume", help="checkpoint to continue from (model, optimiser, schedule, epoch, RNG)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: train.device from the config); under "
+                                    "torchrun each process uses cuda:LOCAL_RANK or the CPU")
+    p.add_argument("--resume", help="checkpoint to continue from (model, optimiser, schedule, scaler, EMA, epoch, "
+                                    "step, RNG, data order)")
+    p.add_argument("--weights", help="fine-tune: initialise the model from this file's weights only "
+                                     "(same as train.init_weights=...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -30,11 +40,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     setup_logging()
-    cfg = load_config(args.config, args.overrides)
-    device = resolve_device(args.device or cfg.train.device)
-    run_dir = args.run_dir or default_run_dir(cfg.output_dir, cfg.name)
-    return train(cfg, run_dir, device, resume=args.resume, progress=not args.no_progress)
+    overrides = list(args.overrides) + ([f"train.init_weights={args.weights}"] if args.weights else [])
+    cfg = load_config(args.config, overrides)
+    info, device = dist_utils.init_distributed(args.device or cfg.train.device)
+    try:
+        run_dir = args.run_dir or default_run_dir(cfg.output_dir, cfg.name)
+        if info.distributed:   # every rank must write to (rank 0) and read from the same folder
+            run_dir = dist_utils.broadcast_object(run_dir)
+        return train(cfg, run_dir, device, resume=args.resume, progress=not args.no_progress)
+    finally:
+        if info.distributed:
+            dist_utils.cleanup()
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except NonFiniteError:   # the report is in the log already; no traceback on top of it
+        raise SystemExit(1) from None
