@@ -24,6 +24,7 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/bench_codec.py
 	$(PY) bench/bench_train.py
+	$(PY) bench/bench_detection.py
 
 clean:
-	rm -rf outputs runs data/synthetic_keypoints
+	rm -rf outputs runs data/synthetic_keypoints data/synthetic_detection

@@ -1,4 +1,4 @@
-"""Top-down inference on whole images: boxes in, keypoints in image coordinates out.
+"""Inference on whole images: top-down keypoints for given boxes, and whole-image detection.
 
 The crops are taken exactly as in evaluation (same box -> centre/size, same affine matrix), so a model
 scores the same through ``tools.infer`` as through ``tools.eval``.
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from datasets.affine import crop_matrix, invert_affine
+from datasets.detection_transforms import view_matrix
 from models.bbox import DEFAULT_CROP_PADDING, box_to_center_size
 
 
@@ -62,3 +63,44 @@ class TopDownPredictor:
             pred = self.task.predict_batch(self.model, batch, flip_test)
             out.append(torch.cat([pred["keypoints"], pred["scores"][..., None]], dim=-1).cpu().numpy())
         return np.concatenate(out).astype(np.float64)
+
+
+class DetectionPredictor:
+    """Whole-image detection: letterbox into the model input exactly as evaluation does, decode, map back.
+
+    Args:
+        model: a detector in eval mode.
+        task: the DetectionTask (codec, classes, score threshold, NMS) the model was trained with.
+        input_size: model input ``(width, height)``.
+        batch_size: images per forward pass in :meth:`predict_many`.
+    """
+
+    def __init__(self, model: nn.Module, task, input_size: Sequence[int], batch_size: int = 8):
+        self.model = model
+        self.task = task
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.batch_size = batch_size
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The letterboxed model input of an RGB uint8 image: ``(input [H, W, 3] uint8, input_to_image [2, 3])``."""
+        m = view_matrix((image.shape[1], image.shape[0]), self.input_size)
+        warped = cv2.warpAffine(image, m, self.input_size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                borderValue=(0, 0, 0))
+        return warped, invert_affine(m)
+
+    @torch.no_grad()
+    def predict_many(self, images: Sequence[np.ndarray]) -> list[dict]:
+        """Detections of each RGB uint8 image: dicts of numpy ``boxes`` [n, 4] (inclusive xyxy, image pixels),
+        ``scores`` [n], ``labels`` [n] and ``category_ids`` [n], by decreasing score."""
+        out: list[dict] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            inputs, mats = zip(*(self.prepare(im) for im in chunk))
+            batch = {"image": torch.from_numpy(np.stack(inputs)).permute(0, 3, 1, 2).contiguous(),
+                     "input_to_image": torch.from_numpy(np.stack(mats)).float(),
+                     "image_size": torch.tensor([[im.shape[1], im.shape[0]] for im in chunk])}
+            out.extend(self.task.predict_batch(self.model, batch))
+        return out
+
+    def predict(self, image: np.ndarray) -> dict:
+        return self.predict_many([image])[0]

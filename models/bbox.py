@@ -218,3 +218,55 @@ def box_to_center_size(box: Array, aspect_ratio: float, padding: float = DEFAULT
     else:
         w = h * aspect_ratio
     return center, np.array([w, h], dtype=np.float64) * padding
+
+
+def affine_boxes(boxes: Array, matrix: Array) -> Array:
+    """Move inclusive xyxy boxes by a 2x3 affine matrix through their pixel edges.
+
+    The matrix acts on pixel-index coordinates (the convention of ``cv2.warpAffine`` and
+    ``datasets.affine``). The four corners of the box's edge rectangle (``x1 - 0.5 .. x2 + 0.5``) are
+    mapped and the enclosing edge rectangle is turned back into inclusive pixels. For a scale by ``f``
+    the width becomes ``w * f`` exactly (as :func:`scale_boxes`), a mirror ``x -> W - 1 - x`` gives
+    :func:`flip_boxes_horizontal`; under a rotation the result is the enclosing axis-aligned box.
+
+    boxes: [..., 4]; matrix: [2, 3], or [B, 2, 3] with boxes [B, N, 4]. Returns [..., 4] of the boxes' type.
+    """
+    _check_last_dim(boxes)
+    boxes = _as_float(boxes)
+    if isinstance(boxes, torch.Tensor):
+        m = torch.as_tensor(matrix, dtype=boxes.dtype, device=boxes.device)
+    else:
+        m = np.asarray(matrix, dtype=boxes.dtype)
+    if m.shape[-2:] != (2, 3):
+        raise ValueError(f"matrix must be [2, 3] or [B, 2, 3], got {tuple(m.shape)}")
+    if m.ndim == 3:
+        m = m[:, None]            # [B, 1, 2, 3]: one matrix per image, broadcast over its N boxes
+    ex = [boxes[..., 0] - 0.5, boxes[..., 2] + 0.5]
+    ey = [boxes[..., 1] - 0.5, boxes[..., 3] + 0.5]
+    xs = [m[..., 0, 0] * x + m[..., 0, 1] * y + m[..., 0, 2] for x in ex for y in ey]
+    ys = [m[..., 1, 0] * x + m[..., 1, 1] * y + m[..., 1, 2] for x in ex for y in ey]
+    if isinstance(boxes, torch.Tensor):
+        xs, ys = torch.stack(xs, -1), torch.stack(ys, -1)
+        lo_x, hi_x, lo_y, hi_y = xs.amin(-1), xs.amax(-1), ys.amin(-1), ys.amax(-1)
+    else:
+        xs, ys = np.stack(xs, -1), np.stack(ys, -1)
+        lo_x, hi_x, lo_y, hi_y = xs.min(-1), xs.max(-1), ys.min(-1), ys.max(-1)
+    return _stack([lo_x + 0.5, lo_y + 0.5, hi_x - 0.5, hi_y - 0.5], boxes)
+
+
+def aligned_box_giou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Generalised IoU (Rezatofighi et al., 2019) of matching pairs of inclusive xyxy boxes, +1 widths.
+
+    a, b: [..., 4] tensors. Returns [...] in [-1, 1]: ``IoU - (hull - union) / hull``, where ``hull`` is
+    the area of the smallest box enclosing both. Equals ``torchvision.ops.generalized_box_iou`` on the
+    ``x2 + 1`` boxes. ``eps`` keeps the divisions finite for empty boxes.
+    """
+    _check_last_dim(a, "a")
+    _check_last_dim(b, "b")
+    inter = box_area(torch.stack([torch.maximum(a[..., 0], b[..., 0]), torch.maximum(a[..., 1], b[..., 1]),
+                                  torch.minimum(a[..., 2], b[..., 2]), torch.minimum(a[..., 3], b[..., 3])], -1))
+    union = box_area(a) + box_area(b) - inter
+    hull = box_area(torch.stack([torch.minimum(a[..., 0], b[..., 0]), torch.minimum(a[..., 1], b[..., 1]),
+                                 torch.maximum(a[..., 2], b[..., 2]), torch.maximum(a[..., 3], b[..., 3])], -1))
+    iou = inter / union.clamp(min=eps)
+    return iou - (hull - union) / hull.clamp(min=eps)

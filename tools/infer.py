@@ -1,14 +1,24 @@
-"""Run a keypoint model on images and draw the results.
+"""Run a keypoint model, a detector, or both (two-stage) on images and draw the results.
 
     python -m tools.infer --checkpoint runs/X/best.pt --input photo.jpg
     python -m tools.infer --checkpoint runs/X/best.pt --input images/ --boxes detections.json \
         [--image-info annotations.json] [--output-dir out/]
+    python -m tools.infer --det-checkpoint runs/D/best.pt --checkpoint runs/K/best.pt --input images/
+    python -m tools.infer --det-checkpoint runs/D/best.pt --input images/          # detection only
 
-Without ``--boxes`` each image is treated as one instance (its whole frame is the box). With a COCO
-detection-results file (``image_id``, ``bbox`` [x, y, w, h], ``score``) it runs top-down on every box.
-Image ids are matched to files through ``--image-info`` (a COCO json with ``images``), or else through
-numeric file names (``000000000785.jpg`` is id 785), as COCO names them. Writes the drawn images under
-``vis/`` and COCO keypoint results to ``keypoint_results.json``.
+Where the boxes come from (one of them, said in the log and the returned summary):
+
+* ``--det-checkpoint``: a detector (tools.train with a ``task: detection`` config) finds the instances;
+  ``--det-category`` picks which of its classes go to the keypoint model (all by default).
+* ``--boxes``: a COCO detection-results file (``image_id``, ``bbox`` [x, y, w, h], ``score``), the standard
+  top-down protocol. Image ids are matched to files through ``--image-info`` (a COCO json with ``images``),
+  or else through numeric file names (``000000000785.jpg`` is id 785); ids that match no input are named.
+* neither: each image is one instance (its whole frame is the box).
+
+With a keypoint model, each box is cropped (padded to the model's aspect ratio), its keypoints estimated and
+mapped back, each instance rescored (box score x mean keypoint confidence) and duplicates removed by OKS-NMS.
+Writes the drawn images under ``vis/``, COCO keypoint results to ``keypoint_results.json`` and, with a
+detector, COCO detection results to ``detection_results.json``.
 """
 
 from __future__ import annotations
@@ -25,10 +35,12 @@ from tqdm import tqdm
 
 from datasets.topdown import read_image_rgb
 from engine.experiment import load_for_inference
-from engine.inference import TopDownPredictor
+from engine.inference import DetectionPredictor, TopDownPredictor
+from engine.tasks import detection as det_task
 from engine.tasks import keypoints as kp
-from engine.visualize import draw_keypoints, save_rgb
-from models.bbox import coco_xywh_to_xyxy
+from engine.two_stage import DetectionFileBoxes, DetectorBoxes, TwoStagePipeline, WholeImageBoxes, select_categories
+from engine.two_stage import load_detections as _load_detections
+from engine.visualize import draw_detections, draw_keypoints, save_rgb
 from tools._common import resolve_device, setup_logging
 
 log = logging.getLogger("tools.infer")
@@ -37,7 +49,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by tools.train")
+    p.add_argument("--checkpoint", help="a keypoint checkpoint written by tools.train")
+    p.add_argument("--det-checkpoint", help="a detection checkpoint: detect the instances first (two-stage)")
+    p.add_argument("--det-category", help="detector classes to pass to the keypoint model: comma-separated names "
+                                          "or category ids (default: all)")
+    p.add_argument("--det-score-threshold", type=float, default=0.3,
+                   help="keep detector boxes at or above this score (default 0.3)")
     p.add_argument("--input", required=True, help="an image, a folder of images, or a glob pattern (quote it)")
     p.add_argument("--boxes", help="COCO detection results JSON; without it the whole image is one instance")
     p.add_argument("--image-info", help="COCO json whose 'images' map file names to the ids used in --boxes")
@@ -47,6 +64,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, help="process only the first N images (sorted by name)")
     p.add_argument("--no-flip", action="store_true", help="disable flip testing")
     p.add_argument("--draw-threshold", type=float, default=0.2, help="draw keypoints above this confidence")
+    p.add_argument("--oks-nms-threshold", type=float, default=0.9,
+                   help="drop a pose whose OKS with a higher-scored pose of the image exceeds this (default 0.9)")
+    p.add_argument("--no-oks-nms", action="store_true", help="keep every pose (no OKS-NMS)")
     p.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
                    help="what to do with an unreadable image (default: warn and skip)")
     p.add_argument("--no-progress", action="store_true")
@@ -87,48 +107,55 @@ def image_ids_for(files: list[str], image_info: str | None) -> list[int | None]:
 
 
 def load_detections(path: str, score_threshold: float) -> dict[int, list[dict]]:
-    with open(path) as f:
-        dets = json.load(f)
-    if not isinstance(dets, list):
-        raise ValueError(f"{path}: a detection-results file is a JSON list of {{image_id, bbox, score}}")
-    by_image: dict[int, list[dict]] = {}
-    for i, d in enumerate(dets):
-        if "image_id" not in d or "bbox" not in d or len(d["bbox"]) != 4:
-            raise ValueError(f"{path}: entry {i} lacks image_id or a 4-number bbox [x, y, w, h]")
-        if d.get("score", 1.0) < score_threshold:
-            continue
-        by_image.setdefault(int(d["image_id"]), []).append(d)
-    return by_image
+    """COCO detection results grouped by image id (see :func:`engine.two_stage.load_detections`)."""
+    return _load_detections(path, score_threshold)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     setup_logging()
+    if not args.checkpoint and not args.det_checkpoint:
+        raise SystemExit("tools.infer: give --checkpoint (keypoints), --det-checkpoint (detection) or both")
+    if args.boxes and args.det_checkpoint:
+        raise SystemExit("tools.infer: --boxes and --det-checkpoint are two sources of boxes; give one")
     device = resolve_device(args.device)
-    cfg, model, state = load_for_inference(args.checkpoint, device)
-    meta = kp.KeypointMeta.from_dict(state["meta"])
-    task = kp.KeypointTask(kp.build_codec(cfg), meta, flip_test=not args.no_flip and cfg.eval.flip_test,
-                           rescore_threshold=cfg.eval.rescore_threshold)
-    predictor = TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding)
-
     files = list_images(args.input)
     ids = image_ids_for(files, args.image_info)
-    detections = None
-    if args.boxes:
-        detections = load_detections(args.boxes, args.box_score_threshold)
-        known = {i for i in ids if i is not None}
-        unknown = sorted(set(detections) - known)
-        if detections and not (set(detections) & known):
-            raise ValueError(f"{args.boxes}: none of its {len(detections)} image ids matches an input image "
-                             f"(e.g. {unknown[:5]}); pass --image-info with the images' COCO json")
-        if unknown:
-            log.warning("%s: %d image ids have no matching input image and are ignored, e.g. %s",
-                        args.boxes, len(unknown), unknown[:10])
+
+    pipeline = meta = None
+    if args.checkpoint:
+        cfg, model, state = load_for_inference(args.checkpoint, device)
+        if cfg.task != "keypoints":
+            raise ValueError(f"--checkpoint {args.checkpoint} is a {cfg.task!r} checkpoint; pass a detector as "
+                             f"--det-checkpoint and a keypoint model as --checkpoint")
+        meta = kp.KeypointMeta.from_dict(state["meta"])
+        task = kp.KeypointTask(kp.build_codec(cfg), meta, flip_test=not args.no_flip and cfg.eval.flip_test,
+                               rescore_threshold=cfg.eval.rescore_threshold)
+        predictor = TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding)
+        pipeline = TwoStagePipeline(predictor, meta.oks_sigmas,
+                                    None if args.no_oks_nms else args.oks_nms_threshold)
+
+    det_meta, unknown_ids = None, []
+    if args.det_checkpoint:
+        dcfg, dmodel, dstate = load_for_inference(args.det_checkpoint, device)
+        if dcfg.task != "detection":
+            raise ValueError(f"--det-checkpoint {args.det_checkpoint} is a {dcfg.task!r} checkpoint, not a detector")
+        det_meta = det_task.DetectionMeta.from_dict(dstate["meta"])
+        cats = select_categories(det_meta.class_names, det_meta.category_ids, args.det_category)
+        det_predictor = DetectionPredictor(dmodel, det_task.build_task(dcfg, det_meta, progress=False),
+                                           dcfg.data.input_size)
+        source = DetectorBoxes(det_predictor, cats, args.det_score_threshold, args.det_checkpoint)
+    elif args.boxes:
+        source = DetectionFileBoxes(args.boxes, args.box_score_threshold)
+        unknown_ids = source.check_image_ids(ids)
+    else:
+        source = WholeImageBoxes()
+    log.info("boxes: %s", source.description)
     if args.max_images:
         files, ids = files[: args.max_images], ids[: args.max_images]
 
     vis_dir = os.path.join(args.output_dir, "vis")
-    records, n_instances, skipped = [], 0, []
+    records, detections, n_boxes, skipped = [], [], 0, []
     for n, (path, image_id) in enumerate(tqdm(list(zip(files, ids)), desc="infer", disable=args.no_progress)):
         image = read_image_rgb(path)
         if image is None:
@@ -137,29 +164,46 @@ def main(argv: list[str] | None = None) -> dict:
             warnings.warn(f"cannot read image {path} (missing or corrupt); skipped", stacklevel=1)
             skipped.append(path)
             continue
-        h, w = image.shape[:2]
         image_id = image_id if image_id is not None else n + 1
-        if detections is None:
-            boxes, box_scores = np.array([[0, 0, w - 1, h - 1]], float), np.ones(1)
+        boxes, box_scores = source.boxes_for(image_id, image)
+        n_boxes += len(boxes)
+        if isinstance(source, DetectorBoxes):
+            detections.append({"image_id": image_id, **source.last})
+        drawn = image
+        if pipeline is not None:
+            kept = pipeline.run(image, image_id, boxes, box_scores)
+            records.extend(kept)
+            poses = np.stack([np.concatenate([r["keypoints"], r["scores"][:, None]], 1) for r in kept]) if kept \
+                else np.zeros((0, len(meta.keypoint_names), 3))
+            drawn = draw_keypoints(image, poses, meta.skeleton, meta.flip_index, args.draw_threshold,
+                                   boxes=None if isinstance(source, WholeImageBoxes) else
+                                   np.array([r["bbox"] for r in kept]).reshape(-1, 4))
         else:
-            dets = detections.get(image_id, [])
-            boxes = coco_xywh_to_xyxy(np.array([d["bbox"] for d in dets], float).reshape(-1, 4))
-            box_scores = np.array([d.get("score", 1.0) for d in dets], float)
-        pred = predictor.predict(image, boxes)
-        for box, score, kpts in zip(boxes, box_scores, pred):
-            records.append({"image_id": image_id, "keypoints": kpts[:, :2], "scores": kpts[:, 2],
-                            "box_score": float(score), "bbox": box})
-        n_instances += len(boxes)
-        drawn = draw_keypoints(image, pred, meta.skeleton, meta.flip_index, args.draw_threshold,
-                               boxes=boxes if detections is not None else None)
+            names = [det_meta.class_names[int(c)] for c in source.last["labels"]]
+            keep = source.last["scores"] >= args.det_score_threshold
+            drawn = draw_detections(image, source.last["boxes"][keep], source.last["scores"][keep],
+                                    [nm for nm, k in zip(names, keep) if k])
         save_rgb(os.path.join(vis_dir, os.path.splitext(os.path.basename(path))[0] + ".jpg"), drawn)
 
-    results = task.to_coco_results(records)
-    out_json = os.path.join(args.output_dir, "keypoint_results.json")
-    kp.write_results(out_json, results)
-    log.info("%d images, %d instances -> %s and %s", len(files) - len(skipped), n_instances, vis_dir, out_json)
-    return {"images": len(files) - len(skipped), "instances": n_instances, "skipped": skipped,
-            "results": out_json, "vis_dir": vis_dir}
+    summary = {"images": len(files) - len(skipped), "boxes": n_boxes, "box_source": source.description,
+               "skipped": skipped, "vis_dir": vis_dir, "unknown_image_ids": unknown_ids}
+    if pipeline is not None:
+        results = pipeline.task.to_coco_results(records)
+        out_json = os.path.join(args.output_dir, "keypoint_results.json")
+        kp.write_results(out_json, results)
+        # "instances": poses written (after OKS-NMS); "boxes": instances cropped before it.
+        summary.update(instances=len(results), results=out_json)
+        log.info("%d images, %d boxes from %s -> %d poses after OKS-NMS -> %s and %s", summary["images"], n_boxes,
+                 source.description, len(results), vis_dir, out_json)
+    if detections:
+        det_json = os.path.join(args.output_dir, "detection_results.json")
+        kp.write_results(det_json, det_task.DetectionTask.to_coco_results(detections))
+        summary["detection_results"] = det_json
+        if pipeline is None:
+            summary["instances"] = n_boxes
+            log.info("%d images, %d detections (score >= %g) -> %s and %s", summary["images"], n_boxes,
+                     args.det_score_threshold, vis_dir, det_json)
+    return summary
 
 
 if __name__ == "__main__":

@@ -1,0 +1,283 @@
+"""The detection task (CenterNet-style): targets, loss, prediction (decode, back to the image) and COCO bbox AP.
+
+Data flows one way, as for keypoints: the loader ships uint8 letterboxed images and raw padded boxes with a
+mask; here they move to the model's device, the codec builds the heatmap, size and offset targets there for
+the whole batch, the losses compare, and at prediction the codec decodes peaks into boxes that the
+input -> image matrices map back to the image (through the boxes' pixel edges).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from datasets.coco_detection import DetectionDataset, coco_detection_subset, load_coco_detection
+from datasets.detection_transforms import DetectionTransformDataset, detection_collate_fn
+from datasets.sampler import SeededSampler
+from datasets.synthetic_detection import ensure_synthetic_detection_dataset
+from engine.checkpoint import load_model_state
+from engine.coco_eval import coco_eval
+from models.bbox import affine_boxes, batched_nms, box_is_empty, clip_boxes, xyxy_to_coco_xywh
+from models.box_codec import CenterNetCodec
+from models.detector import DETECTION_STRIDE, CenterNetDetector, build_detector
+from models.losses import centernet_focal_loss, giou_loss, masked_l1_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DetectionMeta:
+    """What a detector needs to know about its classes; stored in every checkpoint."""
+
+    class_names: list[str]
+    category_ids: list[int]            # COCO category id of each class index
+
+    def to_dict(self) -> dict:
+        return {"class_names": list(self.class_names), "category_ids": [int(c) for c in self.category_ids]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DetectionMeta:
+        return cls(class_names=list(d["class_names"]), category_ids=[int(c) for c in d["category_ids"]])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+
+class DetectionTask:
+    """Args:
+        codec: the CenterNet codec (input size, stride, classes, Gaussian radius, top-k).
+        meta: class names and COCO category ids.
+        val_gt: COCO ground-truth dict of the validation images (for ``validate``).
+        heatmap_weight, size_weight, offset_weight, giou_weight: loss weights (giou 0 disables it).
+        focal_alpha, focal_beta: focal loss exponents.
+        score_threshold: detections below this score are dropped at prediction.
+        nms, nms_iou: class-wise NMS (+1 IoU through torchvision) after decoding.
+    """
+
+    name = "detection"
+
+    def __init__(self, codec: CenterNetCodec, meta: DetectionMeta, val_gt: dict | None = None,
+                 heatmap_weight: float = 1.0, size_weight: float = 0.1, offset_weight: float = 1.0,
+                 giou_weight: float = 0.0, focal_alpha: float = 2.0, focal_beta: float = 4.0,
+                 score_threshold: float = 0.01, nms: bool = True, nms_iou: float = 0.6, progress: bool = True):
+        if codec.num_classes != meta.num_classes:
+            raise ValueError(f"codec has {codec.num_classes} classes but meta names {meta.num_classes}")
+        self.codec = codec
+        self.meta = meta
+        self.val_gt = val_gt
+        self.weights = {"heatmap": heatmap_weight, "size": size_weight, "offset": offset_weight, "giou": giou_weight}
+        self.focal_alpha = focal_alpha
+        self.focal_beta = focal_beta
+        self.score_threshold = score_threshold
+        self.nms = nms
+        self.nms_iou = nms_iou
+        self.progress = progress
+
+    # ------------------------------------------------------------------ training
+    def losses(self, outputs: dict, boxes: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict:
+        """Loss terms of model ``outputs`` against padded boxes [B, N, 4] (input pixels), labels and mask."""
+        t = self.codec.encode(boxes, labels, mask)
+        heat = centernet_focal_loss(outputs["heatmap"], t.heatmap, self.focal_alpha, self.focal_beta)
+        size = self.codec.gather(outputs["size"], t.index)
+        offset = self.codec.gather(outputs["offset"], t.index)
+        terms = {"loss_heatmap": heat, "loss_size": masked_l1_loss(size, t.size, t.mask),
+                 "loss_offset": masked_l1_loss(offset, t.offset, t.mask)}
+        if self.weights["giou"] > 0:
+            w = self.codec.heatmap_size[0]
+            cell = torch.stack([t.index % w, torch.div(t.index, w, rounding_mode="floor")], -1).float()
+            pred = self.codec.boxes_from_cells(cell, offset.float(), size.float())
+            terms["loss_giou"] = giou_loss(pred, t.boxes, t.mask)
+        total = sum(self.weights[k[5:]] * v for k, v in terms.items())
+        return {"loss": total, **terms, "num_objects": t.mask.sum()}
+
+    def training_step(self, model: nn.Module, batch: dict) -> dict:
+        device = _device_of(model)
+        images = batch["image"].to(device, non_blocking=True)
+        out = self.losses(model(images), batch["boxes"].to(device, non_blocking=True),
+                          batch["labels"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True))
+        out["batch_size"] = images.shape[0]
+        # Boxes the augmentation's crop removed (logged with the other scalars every log_interval steps).
+        out["boxes_dropped"] = torch.tensor(float(batch.get("dropped", 0)))
+        return out
+
+    @staticmethod
+    def batch_ids(batch: dict) -> list:
+        return [f"image {int(i)}" for i in batch["image_id"]]
+
+    # ------------------------------------------------------------------ prediction
+    @torch.no_grad()
+    def predict_batch(self, model: nn.Module, batch: dict) -> list[dict]:
+        """Detections of each image of a batch in image pixels.
+
+        batch: ``image`` [B, 3, H, W] (the model input), ``input_to_image`` [B, 2, 3] and ``image_size``
+        [B, 2] (w, h). Returns one dict per image with numpy ``boxes`` [n, 4] (inclusive xyxy), ``scores``
+        [n], ``labels`` [n] (class index) and ``category_ids`` [n], by decreasing score.
+        """
+        device = _device_of(model)
+        out = model(batch["image"].to(device, non_blocking=True))
+        boxes, scores, labels = self.codec.decode(torch.sigmoid(out["heatmap"].float()), out["size"], out["offset"])
+        boxes = affine_boxes(boxes, batch["input_to_image"].to(device))
+        results = []
+        category_ids = np.asarray(self.meta.category_ids, dtype=np.int64)
+        for i in range(boxes.shape[0]):
+            w, h = (int(v) for v in batch["image_size"][i])
+            b = clip_boxes(boxes[i], w, h)
+            keep = (scores[i] >= self.score_threshold) & ~box_is_empty(b)
+            b, s, c = b[keep], scores[i][keep], labels[i][keep]
+            if self.nms and len(b):
+                kept = batched_nms(b, s, c, self.nms_iou)
+                b, s, c = b[kept], s[kept], c[kept]
+            c = c.cpu().numpy()
+            results.append({"boxes": b.cpu().numpy().astype(np.float64), "scores": s.cpu().numpy().astype(np.float64),
+                            "labels": c, "category_ids": category_ids[c]})
+        return results
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, loader) -> list[dict]:
+        """Run the model over a loader; one record per image (``image_id`` plus :meth:`predict_batch`'s fields)."""
+        was_training = model.training
+        model.eval()
+        records: list[dict] = []
+        try:
+            for batch in tqdm(loader, desc="detect", disable=not self.progress, leave=False, dynamic_ncols=True):
+                if batch is None:
+                    continue
+                for image_id, det in zip(batch["image_id"], self.predict_batch(model, batch)):
+                    records.append({"image_id": int(image_id), **det})
+        finally:
+            model.train(was_training)
+        return records
+
+    @staticmethod
+    def to_coco_results(records: list[dict]) -> list[dict]:
+        """COCO detection results: ``image_id``, ``category_id``, ``bbox`` [x, y, w, h] (+1 widths), ``score``."""
+        results = []
+        for r in records:
+            xywh = xyxy_to_coco_xywh(r["boxes"])
+            for box, score, cat in zip(xywh, r["scores"], r["category_ids"]):
+                results.append({"image_id": int(r["image_id"]), "category_id": int(cat),
+                                "bbox": [round(float(v), 2) for v in box], "score": round(float(score), 5)})
+        return results
+
+    # ------------------------------------------------------------------ evaluation
+    def validate(self, model: nn.Module, loader) -> dict[str, float]:
+        metrics, _ = self.evaluate(model, loader)
+        return metrics
+
+    def evaluate(self, model: nn.Module, loader, gt: dict | None = None) -> tuple[dict[str, float], list[dict]]:
+        """COCO bbox AP/AR (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l) through pycocotools.
+
+        Returns ``(metrics, coco_results)``.
+        """
+        gt = gt if gt is not None else self.val_gt
+        if gt is None:
+            raise ValueError("no ground truth to evaluate against (val_gt)")
+        results = self.to_coco_results(self.predict(model, loader))
+        metrics = coco_eval(gt, results, "bbox")
+        metrics["detections_per_image"] = len(results) / max(len(gt["images"]), 1)
+        return metrics, results
+
+
+# ---------------------------------------------------------------------------------------------- builders
+def build_codec(cfg, num_classes: int) -> CenterNetCodec:
+    return CenterNetCodec(cfg.data.input_size, num_classes, stride=DETECTION_STRIDE,
+                          min_overlap=cfg.data.min_overlap, topk=cfg.eval.topk)
+
+
+def build_model(cfg, num_classes: int, pretrained: bool = True) -> CenterNetDetector:
+    m = cfg.model
+    model = build_detector(num_classes, backbone=m.backbone, out_indices=m.out_indices,
+                           pretrained_path=m.pretrained_path if pretrained else None, fpn_channels=m.fpn_channels,
+                           head_channels=m.head_channels, normalization=m.normalization)
+    w, h = (int(v) for v in cfg.data.input_size)
+    if w % DETECTION_STRIDE or h % DETECTION_STRIDE:
+        raise ValueError(f"data.input_size {[w, h]} must be a multiple of the detection stride {DETECTION_STRIDE}")
+    if w % model.max_stride or h % model.max_stride:
+        log.warning("data.input_size %s is not a multiple of the backbone's coarsest stride %d: the model runs, "
+                    "but the FPN levels are no longer exactly aligned", [w, h], model.max_stride)
+    return model
+
+
+def build_task(cfg, meta: DetectionMeta, val_gt: dict | None = None, progress: bool = True) -> DetectionTask:
+    lo, ev = cfg.loss, cfg.eval
+    return DetectionTask(build_codec(cfg, meta.num_classes), meta, val_gt=val_gt, heatmap_weight=lo.heatmap_weight,
+                         size_weight=lo.size_weight, offset_weight=lo.offset_weight, giou_weight=lo.giou_weight,
+                         focal_alpha=lo.focal_alpha, focal_beta=lo.focal_beta, score_threshold=ev.score_threshold,
+                         nms=ev.nms, nms_iou=ev.nms_iou, progress=progress)
+
+
+def prepare_data(cfg) -> None:
+    """Write the synthetic set if the config asks for it and it is not there yet."""
+    if cfg.data.synthetic is not None:
+        ensure_synthetic_detection_dataset(cfg.data.synthetic_root, cfg.data.synthetic)
+
+
+def load_split(cfg, split_cfg) -> DetectionDataset:
+    return load_coco_detection(split_cfg.ann_file, split_cfg.image_root, category_ids=cfg.data.category_ids,
+                               missing_images=cfg.data.on_bad_image, subset=split_cfg.subset,
+                               holdout_fraction=split_cfg.holdout_fraction, holdout_seed=split_cfg.holdout_seed)
+
+
+def make_dataset(cfg, data: DetectionDataset, train: bool) -> DetectionTransformDataset:
+    if not data.images:
+        raise ValueError(f"{data.ann_file}: no images in the {'train' if train else 'val'} split; nothing to "
+                         f"{'train on' if train else 'evaluate'}")
+    return DetectionTransformDataset(data.images, cfg.data.input_size, train=train, augment=cfg.data.augment,
+                                     on_bad_image=cfg.data.on_bad_image)
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, max_objects: int | None = None,
+                rank: int = 0, world_size: int = 1, pin_memory: bool = False):
+    sampler = SeededSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, num_replicas=world_size)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                                       collate_fn=detection_collate_fn(max_objects), pin_memory=pin_memory,
+                                       persistent_workers=num_workers > 0, drop_last=False)
+
+
+def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int = 0, world_size: int = 1) -> dict:
+    """Everything a detection run needs, from its config."""
+    prepare_data(cfg)
+    train_data = load_split(cfg, cfg.data.train)
+    val_data = load_split(cfg, cfg.data.val)
+    if train_data.category_ids != val_data.category_ids:
+        raise ValueError(f"train ({cfg.data.train.ann_file}) and val ({cfg.data.val.ann_file}) have different "
+                         f"categories: {train_data.category_ids} vs {val_data.category_ids}; set data.category_ids")
+    overlap = set(train_data.image_ids) & set(val_data.image_ids)
+    if overlap and cfg.data.train.ann_file == cfg.data.val.ann_file:
+        log.warning("train and val share %d images (e.g. %s): the validation numbers are not held out",
+                    len(overlap), sorted(overlap)[:5])
+    meta = DetectionMeta(class_names=train_data.class_names, category_ids=train_data.category_ids)
+    log.info("detection: %d classes %s; train %d images (%d objects), val %d images (%d objects)", meta.num_classes,
+             meta.class_names, len(train_data.images), train_data.num_objects, len(val_data.images),
+             val_data.num_objects)
+    train_set = make_dataset(cfg, train_data, train=True)
+    val_set = make_dataset(cfg, val_data, train=False)
+    model = build_model(cfg, meta.num_classes).to(device)
+    val_gt = coco_detection_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_ids)
+    task = build_task(cfg, meta, val_gt, progress)
+    pin = device.type == "cuda"
+    train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.train.seed, cfg.train.num_workers,
+                               cfg.data.max_objects, rank, world_size, pin)
+    val_loader = make_loader(val_set, cfg.data.val_batch_size, False, cfg.train.seed, cfg.train.num_workers,
+                             cfg.data.max_objects, pin_memory=pin)
+    return {"model": model, "task": task, "train_loader": train_loader, "val_loader": val_loader, "meta": meta,
+            "annotation_files": sorted({cfg.data.train.ann_file, cfg.data.val.ann_file}),
+            "checkpoint_extra": {"meta": meta.to_dict()}}
+
+
+def load_detector(state: dict, cfg, device: torch.device) -> tuple[CenterNetDetector, DetectionMeta]:
+    """Model (eval mode, on ``device``) and meta from a detection checkpoint's state and config."""
+    meta = DetectionMeta.from_dict(state["meta"])
+    model = build_model(cfg, meta.num_classes, pretrained=False)
+    load_model_state(model, state["model"], source="detection checkpoint")
+    return model.to(device).eval(), meta
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

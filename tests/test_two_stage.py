@@ -1,0 +1,267 @@
+"""Detect, then estimate keypoints: OKS-NMS, rescoring, the real COCO person detections on coco_mini, and
+the CLIs with a detector checkpoint, a detection file or ground-truth boxes (and saying which)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from datasets.skeletons import COCO_FLIP_INDEX, COCO_KEYPOINT_NAMES, COCO_SIGMAS, COCO_SKELETON
+from engine.checkpoint import save_checkpoint
+from engine.config import KeypointConfig, config_to_dict, load_config
+from engine.oks_nms import oks_matrix, oks_nms
+from engine.tasks import keypoints as kp
+from engine.two_stage import TwoStagePipeline
+
+DET_FILE = "coco_mini/test_coco_det_AP_H_56.json"
+
+
+# ---------------------------------------------------------------------------------------------- OKS-NMS
+def _hrnet_oks_nms(kpts, scores, areas, sigmas, thr):
+    """HRNet's oks_iou / oks_nms loop (lib/nms/nms.py), for comparison."""
+    sig = np.asarray(sigmas)
+    var = (sig * 2) ** 2
+    order = scores.argsort()[::-1]
+    keep = []
+    while order.size > 0:
+        i = order[0]
+        keep.append(i)
+        ious = []
+        for j in order[1:]:
+            dx, dy = kpts[j, :, 0] - kpts[i, :, 0], kpts[j, :, 1] - kpts[i, :, 1]
+            e = (dx ** 2 + dy ** 2) / var / ((areas[i] + areas[j]) / 2 + np.spacing(1)) / 2
+            ious.append(np.exp(-e).mean())
+        order = order[np.where(np.asarray(ious) <= thr)[0] + 1]
+    return keep
+
+
+def test_oks_nms_equals_hrnets_loop():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 100, (4, 17, 2))
+    kpts = np.concatenate([base[rng.integers(0, 4, 30)] + rng.normal(0, 3, (30, 17, 2)), np.ones((30, 17, 1))], -1)
+    scores, areas = rng.uniform(0, 1, 30), rng.uniform(2000, 6000, 30)
+    for thr in (0.5, 0.9):
+        assert oks_nms(kpts, scores, areas, COCO_SIGMAS, thr).tolist() == _hrnet_oks_nms(kpts, scores, areas,
+                                                                                          COCO_SIGMAS, thr)
+
+
+def test_oks_hand_value():
+    # One keypoint moved by 10 px, area 400 for both, sigma 0.1: exp(-100 / (2 * 400 * 0.04)) = exp(-3.125).
+    a = np.zeros((1, 2, 3))
+    b = a.copy()
+    b[0, 0, 0] = 10
+    m = oks_matrix(np.concatenate([a, b]), np.array([400.0, 400.0]), [0.1, 0.1])
+    assert m[0, 1] == pytest.approx((np.exp(-3.125) + 1) / 2, rel=1e-6) and m[0, 0] == pytest.approx(1.0)
+
+
+class _StubPredictor:
+    """Returns fixed poses per box: the keypoint task only rescores them."""
+
+    def __init__(self, poses):
+        self.poses = poses
+        self.task = kp.KeypointTask(None, kp.KeypointMeta(["a", "b"], [], [0, 1], [0.1, 0.1]), rescore_threshold=0.2)
+
+    def predict(self, image, boxes, flip_test=None):
+        return self.poses[: len(boxes)]
+
+
+def test_pipeline_rescores_and_drops_duplicate_poses():
+    poses = np.array([[[10, 10, 0.9], [20, 20, 0.5]],        # a person
+                      [[10.5, 10, 0.8], [20, 20.5, 0.1]],    # the same person from a second box
+                      [[60, 60, 0.6], [70, 70, 0.6]]])       # someone else
+    boxes = np.array([[0, 0, 29, 29], [1, 1, 30, 30], [50, 50, 79, 79]], float)
+    pipe = TwoStagePipeline(_StubPredictor(poses), [0.1, 0.1], oks_nms_threshold=0.9)
+    out = pipe.run(np.zeros((100, 100, 3), np.uint8), 5, boxes, np.array([0.9, 0.95, 0.5]))
+    # Instance score = box score x mean confidence of keypoints above 0.2: 0.9 * 0.7, 0.95 * 0.8, 0.5 * 0.6.
+    assert [round(r["score"], 4) for r in out] == [0.76, 0.3]
+    assert [r["bbox"].tolist() for r in out] == [[1, 1, 30, 30], [50, 50, 79, 79]]
+    keep_all = TwoStagePipeline(_StubPredictor(poses), [0.1, 0.1], oks_nms_threshold=None)
+    assert len(keep_all.run(np.zeros((100, 100, 3), np.uint8), 5, boxes, np.ones(3))) == 3
+    assert pipe.run(np.zeros((9, 9, 3), np.uint8), 5, np.zeros((0, 4)), np.zeros(0)) == []
+
+
+# ---------------------------------------------------------------------------------------------- CLIs
+TINY_KPT = {"model": {"out_indices": [1, 2, 3], "fpn_channels": 16, "head_channels": 16, "depth": 2, "num_stacks": 1},
+            "data": {"input_size": [32, 48], "flip_index": COCO_FLIP_INDEX, "val_batch_size": 8},
+            "train": {"num_workers": 0}}
+
+
+@pytest.fixture(scope="module")
+def keypoint_checkpoint(tmp_path_factory) -> str:
+    """An untrained tiny keypoint model saved like tools.train saves one (the pipeline, not its accuracy)."""
+    from engine.config import config_from_dict
+
+    torch.manual_seed(0)
+    split = {"ann_file": "x", "image_root": "x"}
+    data = {**TINY_KPT["data"], "train": split, "val": split}
+    cfg = config_from_dict({"task": "keypoints", **TINY_KPT, "data": data})
+    assert isinstance(cfg, KeypointConfig)
+    model = kp.build_model(cfg, 17, pretrained=False)
+    meta = kp.KeypointMeta(COCO_KEYPOINT_NAMES, [(a - 1, b - 1) for a, b in COCO_SKELETON], COCO_FLIP_INDEX,
+                           COCO_SIGMAS, category_id=1)
+    path = str(tmp_path_factory.mktemp("kpt") / "kpt.pt")
+    save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg), "meta": meta.to_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def coco_mini_config(shared_data, tmp_path_factory) -> str:
+    root = os.path.join(shared_data, "coco_mini")
+    path = tmp_path_factory.mktemp("cfg") / "coco_mini.yaml"
+    split = f"{{ann_file: {root}/test_coco.json, image_root: {root}}}"
+    path.write_text(f"""task: keypoints
+model: {json.dumps(TINY_KPT['model'])}
+data:
+  train: {split}
+  val: {split}
+  input_size: [32, 48]
+  flip_index: {COCO_FLIP_INDEX}
+train: {{num_workers: 0}}
+""")
+    return str(path)
+
+
+def test_real_detection_file_on_coco_mini_through_infer(shared_data, keypoint_checkpoint, tmp_path):
+    from tools import infer
+
+    root = os.path.join(shared_data, "coco_mini")
+    dets = json.load(open(os.path.join(shared_data, DET_FILE)))
+    out = infer.main(["--checkpoint", keypoint_checkpoint, "--input", root, "--boxes",
+                      os.path.join(shared_data, DET_FILE), "--image-info", os.path.join(root, "test_coco.json"),
+                      "--output-dir", str(tmp_path),
+                      "--no-progress", "--no-flip"])
+    assert out["images"] == 4 and out["boxes"] == len(dets) == 118
+    assert "detections from" in out["box_source"] and out["unknown_image_ids"] == []
+    results = json.load(open(out["results"]))
+    assert 0 < len(results) == out["instances"] <= 118
+    assert {r["image_id"] for r in results} <= {785, 40083, 196141, 197388}
+    assert all(len(r["keypoints"]) == 51 and r["category_id"] == 1 for r in results)
+    # Rescored: an instance never scores above its box.
+    assert max(r["score"] for r in results) <= max(d["score"] for d in dets) + 1e-6
+    assert len(os.listdir(out["vis_dir"])) == 4
+
+
+def test_detection_file_with_unknown_image_ids_says_which(shared_data, keypoint_checkpoint, tmp_path, caplog):
+    from tools import infer
+
+    root = os.path.join(shared_data, "coco_mini")
+    dets = json.load(open(os.path.join(shared_data, DET_FILE)))[:3]
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(dets + [{"image_id": 123456, "bbox": [0, 0, 10, 10], "score": 0.9}]))
+    out = infer.main(["--checkpoint", keypoint_checkpoint, "--input", root, "--boxes", str(path), "--image-info",
+                      os.path.join(root, "test_coco.json"), "--output-dir", str(tmp_path / "o"), "--no-progress"])
+    assert out["unknown_image_ids"] == [123456] and "123456" in caplog.text and out["boxes"] == 3
+    path.write_text(json.dumps([{"image_id": 123456, "bbox": [0, 0, 10, 10], "score": 0.9}]))
+    with pytest.raises(ValueError, match="123456"):
+        infer.main(["--checkpoint", keypoint_checkpoint, "--input", root, "--boxes", str(path), "--image-info",
+                    os.path.join(root, "test_coco.json"), "--output-dir", str(tmp_path / "o"), "--no-progress"])
+
+
+def test_eval_says_which_boxes_it_used(shared_data, keypoint_checkpoint, coco_mini_config, tmp_path):
+    from tools import eval as eval_tool
+
+    gt = eval_tool.main(["--config", coco_mini_config, "--checkpoint", keypoint_checkpoint, "--output-dir",
+                         str(tmp_path / "gt"), "--no-progress", "eval.flip_test=false"])
+    det = eval_tool.main(["--config", coco_mini_config, "--checkpoint", keypoint_checkpoint, "--output-dir",
+                          str(tmp_path / "det"), "--no-progress", "--boxes", os.path.join(shared_data, DET_FILE),
+                          "eval.flip_test=false"])
+    assert gt["boxes"] == "ground truth" and "PCK@0.1" in gt["metrics"]
+    assert det["boxes"].startswith("detections from") and det["boxes_used"] == 118
+    assert "AP" in det["metrics"] and "PCK@0.1" not in det["metrics"]
+    saved = json.load(open(tmp_path / "det" / "metrics.json"))
+    assert saved["boxes"] == det["boxes"]
+    # One code path: the ground-truth boxes given as a detection file (score 1, no OKS-NMS) give the same
+    # poses as the ground-truth evaluation.
+    ann = json.load(open(os.path.join(shared_data, "coco_mini", "test_coco.json")))
+    gt_dets = [{"image_id": a["image_id"], "bbox": a["bbox"], "score": 1.0, "category_id": 1}
+               for a in ann["annotations"] if not a.get("iscrowd") and a["num_keypoints"] > 0]
+    (tmp_path / "gt_dets.json").write_text(json.dumps(gt_dets))
+    same = eval_tool.main(["--config", coco_mini_config, "--checkpoint", keypoint_checkpoint, "--output-dir",
+                           str(tmp_path / "same"), "--no-progress", "--boxes", str(tmp_path / "gt_dets.json"),
+                           "--oks-nms-threshold", "2", "eval.flip_test=false"])
+    assert same["metrics"]["AP"] == pytest.approx(gt["metrics"]["AP"])
+
+    def poses(folder):
+        return sorted((r["image_id"], *np.round(r["keypoints"], 2)) for r in
+                      json.load(open(tmp_path / folder / "keypoint_results.json")))
+    assert poses("same") == poses("gt") and len(poses("gt")) == len(gt_dets)
+
+
+# ---------------------------------------------------------------------------------------------- detector
+TINY_DET = ["model.out_indices=[1,2,3]", "model.fpn_channels=16", "model.head_channels=16", "data.input_size=[64,64]",
+            "train.batch_size=8", "data.val_batch_size=8", "train.num_workers=0", "train.log_interval=2",
+            "train.warmup_steps=2", "eval.topk=3", "eval.nms=true"]
+
+
+@pytest.fixture(scope="module")
+def trained_detector(tmp_path_factory, tiny_synthetic_detection):
+    from tools import train
+
+    t = tiny_synthetic_detection
+    tmp = tmp_path_factory.mktemp("det")
+    cfg = tmp / "det.yaml"
+    cfg.write_text(f"""task: detection
+name: tiny-det
+data:
+  train: {{ann_file: {t['train']}, image_root: {t['images']}}}
+  val: {{ann_file: {t['val']}, image_root: {t['images']}}}
+""")
+    run = str(tmp / "run")
+    summary = train.main(["--config", str(cfg), "--run-dir", run, "--no-progress", "train.epochs=1", *TINY_DET])
+    return {"cfg": str(cfg), "run": run, "summary": summary}
+
+
+@pytest.mark.slow
+def test_detector_trains_evaluates_and_infers(trained_detector, tiny_synthetic_detection, tmp_path):
+    from tools import eval as eval_tool
+    from tools import infer
+
+    run = trained_detector["run"]
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.json"):
+        assert os.path.isfile(os.path.join(run, name)), name
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"} <= set(trained_detector["summary"]["last"])
+    report = eval_tool.main(["--config", trained_detector["cfg"], "--checkpoint", os.path.join(run, "best.pt"),
+                             "--output-dir", str(tmp_path / "eval"), "--no-progress", *TINY_DET])
+    assert report["task"] == "detection" and report["images"] == 8 and "APs" in report["metrics"]
+    val_dir = os.path.join(tiny_synthetic_detection["images"], "val")
+    out = infer.main(["--det-checkpoint", os.path.join(run, "best.pt"), "--input", val_dir, "--output-dir",
+                      str(tmp_path / "infer"), "--det-score-threshold", "0", "--no-progress"])
+    assert out["images"] == 8 and out["boxes"] <= 3 * 8 and len(os.listdir(out["vis_dir"])) == 8
+    dets = json.load(open(out["detection_results"]))
+    assert all(len(d["bbox"]) == 4 and d["category_id"] in (1, 2, 3, 4) for d in dets)
+    # Nothing above a score of 0.99 from a one-epoch model: empty results, not a crash.
+    out = infer.main(["--det-checkpoint", os.path.join(run, "best.pt"), "--input", val_dir, "--output-dir",
+                      str(tmp_path / "none"), "--det-score-threshold", "0.99", "--no-progress"])
+    assert out["boxes"] == 0
+
+
+@pytest.mark.slow
+def test_two_stage_detector_then_keypoints(trained_detector, keypoint_checkpoint, tiny_synthetic_detection, tmp_path):
+    from tools import infer
+
+    best = os.path.join(trained_detector["run"], "best.pt")
+    val_dir = os.path.join(tiny_synthetic_detection["images"], "val")
+    out = infer.main(["--det-checkpoint", best, "--checkpoint", keypoint_checkpoint, "--input", val_dir,
+                      "--output-dir", str(tmp_path), "--det-score-threshold", "0", "--det-category", "disc,square",
+                      "--max-images", "3", "--no-progress", "--no-flip"])
+    assert out["box_source"].startswith("detector") and "categories [1, 2]" in out["box_source"]
+    assert 0 < out["boxes"] <= 9 and out["instances"] <= out["boxes"]
+    results = json.load(open(out["results"]))
+    assert len(results) == out["instances"] and all(len(r["keypoints"]) == 51 for r in results)
+    assert os.path.isfile(out["detection_results"])
+    with pytest.raises(ValueError, match="not one of the detector's classes"):
+        infer.main(["--det-checkpoint", best, "--checkpoint", keypoint_checkpoint, "--input", val_dir,
+                    "--output-dir", str(tmp_path), "--det-category", "person", "--no-progress"])
+    with pytest.raises(ValueError, match="is a 'detection' checkpoint"):
+        infer.main(["--checkpoint", best, "--input", val_dir, "--output-dir", str(tmp_path), "--no-progress"])
+
+
+def test_detection_configs_load():
+    for name in ("centernet-fpn_resnet18_synthetic-det_128x128.yaml",
+                 "centernet-fpn_resnet18_fruits-nuts_320x240.yaml"):
+        cfg = load_config(os.path.join("configs", name))
+        assert cfg.task == "detection" and cfg.data.input_size[0] % 16 == 0 and cfg.data.input_size[1] % 16 == 0
