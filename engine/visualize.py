@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import zlib
 from collections.abc import Sequence
 
 import cv2
@@ -11,6 +12,7 @@ import numpy as np
 
 # RGB. Keypoints with a flip partner are coloured by side, so a left/right mix-up is visible at a glance.
 SIDE_COLOURS = {"first": (255, 140, 0), "second": (30, 144, 255), "centre": (50, 205, 50)}
+DETECTION_COLOURS = [(255, 255, 0), (255, 0, 255), (0, 255, 255), (255, 96, 96), (96, 255, 96), (96, 96, 255)]
 
 
 def side_of_keypoints(flip_index: Sequence[int]) -> list[str]:
@@ -51,6 +53,25 @@ def draw_keypoints(image: np.ndarray, keypoints: np.ndarray, skeleton: Sequence[
             if labels:
                 cv2.putText(out, str(k), (_pt(inst[k])[0] + r, _pt(inst[k])[1] - r), cv2.FONT_HERSHEY_SIMPLEX,
                             0.25 * max(scale, 1), (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray | None = None,
+                    labels: Sequence[str] | None = None) -> np.ndarray:
+    """Draw inclusive-xyxy boxes [N, 4] with optional scores and label names on a copy of an RGB image."""
+    out = np.ascontiguousarray(image.copy())
+    scale = max(out.shape[:2]) / 256
+    thick = max(int(round(1.5 * scale)), 1)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    for i, box in enumerate(boxes):
+        colour = DETECTION_COLOURS[zlib.crc32(labels[i].encode()) % len(DETECTION_COLOURS) if labels is not None else 0]
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
+        text = " ".join(t for t in ((labels[i] if labels is not None else ""),
+                                    (f"{scores[i]:.2f}" if scores is not None else "")) if t)
+        if text:
+            cv2.putText(out, text, (x1, max(y1 - 2, 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.3 * max(scale, 1), colour,
+                        max(thick // 2, 1), cv2.LINE_AA)
     return out
 
 

@@ -7,9 +7,13 @@ with data-dependent shapes), so a training step stays asynchronous on a GPU.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
+
+from models.bbox import aligned_box_giou
 
 
 def keypoint_mse_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -60,3 +64,62 @@ def stacked_heatmap_loss(preds: Sequence[torch.Tensor], target: torch.Tensor, we
     else:
         per_stack = [keypoint_mse_loss(p, target, weights) for p in preds]
     return torch.stack(per_stack).sum(), per_stack
+
+
+# ---------------------------------------------------------------------------------------------- detection
+# CenterNet clamps sigmoid outputs to [1e-4, 1 - 1e-4] before the log; clamping the logits to the matching
+# range does the same in float32 and also catches inf logits from an fp16 overflow.
+FOCAL_PROB_EPS = 1e-4
+_FOCAL_LOGIT_CLAMP = math.log((1 - FOCAL_PROB_EPS) / FOCAL_PROB_EPS)
+# Target cells at or above this are an object's peak (the codec's Gaussians peak at exactly 1).
+FOCAL_POSITIVE_THRESHOLD = 1.0 - 1e-4
+
+
+def centernet_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0,
+                         beta: float = 4.0) -> torch.Tensor:
+    """Penalty-reduced pixel-wise focal loss of CenterNet/CornerNet on heatmap logits.
+
+    logits: [B, C, h, w] (any float dtype; computed in float32), target: [B, C, h, w] Gaussians in [0, 1]
+    with 1 at object centres. Returns a scalar: ``-(sum over positives of (1 - p)^alpha log p + sum over the
+    rest of (1 - y)^beta p^alpha log(1 - p)) / max(number of positives, 1)``. With no object in the batch
+    only the negative term remains, divided by 1: finite, and it still pushes the background down.
+    """
+    if logits.shape != target.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
+    x = logits.float().clamp(-_FOCAL_LOGIT_CLAMP, _FOCAL_LOGIT_CLAMP)
+    y = target.float()
+    p = torch.sigmoid(x)
+    log_p, log_1mp = F.logsigmoid(x), F.logsigmoid(-x)
+    pos = (y >= FOCAL_POSITIVE_THRESHOLD).float()
+    pos_loss = (1 - p) ** alpha * log_p * pos
+    neg_loss = (1 - y) ** beta * p ** alpha * log_1mp * (1 - pos)
+    num_pos = pos.sum().clamp(min=1.0)
+    return -(pos_loss.sum() + neg_loss.sum()) / num_pos
+
+
+def masked_l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """L1 over the real objects of a padded batch.
+
+    pred, target: [B, N, D]; mask: [B, N] (1 for real objects, 0 for padding). Returns a scalar: the sum of
+    ``|pred - target|`` over masked entries divided by ``max(D * number of objects, 1)`` (CenterNet's
+    RegL1Loss), so 0 for a batch without objects.
+    """
+    if pred.shape != target.shape or mask.shape != pred.shape[:2]:
+        raise ValueError(f"pred {tuple(pred.shape)}, target {tuple(target.shape)} and mask {tuple(mask.shape)} "
+                         f"must be [B, N, D], [B, N, D] and [B, N]")
+    m = mask.float()[..., None]
+    diff = (pred.float() - target.float()).abs() * m
+    return diff.sum() / (m.sum() * pred.shape[-1]).clamp(min=1.0)
+
+
+def giou_loss(pred_boxes: torch.Tensor, target_boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - GIoU`` over the real objects of a padded batch (inclusive xyxy, +1 widths).
+
+    pred_boxes, target_boxes: [B, N, 4]; mask: [B, N]. Returns a scalar in [0, 2]; 0 without objects.
+    """
+    if pred_boxes.shape != target_boxes.shape or mask.shape != pred_boxes.shape[:2]:
+        raise ValueError(f"pred_boxes {tuple(pred_boxes.shape)}, target_boxes {tuple(target_boxes.shape)} and "
+                         f"mask {tuple(mask.shape)} must be [B, N, 4], [B, N, 4] and [B, N]")
+    m = mask.float()
+    giou = aligned_box_giou(pred_boxes.float(), target_boxes.float())
+    return ((1 - giou) * m).sum() / m.sum().clamp(min=1.0)

@@ -25,6 +25,7 @@ from datasets.skeletons import COCO_SIGMAS
 from datasets.synthetic import ensure_synthetic_dataset
 from datasets.topdown import TopDownKeypointDataset, check_flip_index, collate_skipping_none
 from engine.coco_eval import coco_eval
+from engine.distributed import all_gather_list
 from engine.keypoint_metrics import nme, pck
 from models.codec import HeatmapCodec
 from models.losses import stacked_heatmap_loss
@@ -172,7 +173,8 @@ class KeypointTask:
         gt = gt if gt is not None else self.val_gt
         if gt is None:
             raise ValueError("no ground truth to evaluate against (val_gt)")
-        records = self.predict(model, loader, flip_test)
+        # Under DistributedDataParallel each rank predicts its share of the loader: gather them all.
+        records = all_gather_list(self.predict(model, loader, flip_test))
         results = self.to_coco_results(records)
         metrics = coco_eval(gt, results, "keypoints", sigmas=self.meta.oks_sigmas)
         instances = loader.dataset.instances
@@ -235,7 +237,7 @@ def check_input_size(input_size: Sequence[int], max_stride: int) -> tuple[int, i
 def build_codec(cfg) -> HeatmapCodec:
     w, h = int(cfg.data.input_size[0]), int(cfg.data.input_size[1])
     return HeatmapCodec((w, h), (w // HEATMAP_STRIDE, h // HEATMAP_STRIDE), sigma=cfg.data.sigma,
-                        refine=cfg.eval.refine)
+                        refine=cfg.eval.refine, blur_kernel_size=cfg.eval.blur_kernel_size)
 
 
 def build_model(cfg, num_keypoints: int, pretrained: bool = True) -> TopDownPoseModel:
@@ -270,9 +272,13 @@ def make_topdown_dataset(cfg, data: KeypointDataset, meta: KeypointMeta, train: 
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, rank: int = 0,
-                world_size: int = 1, pin_memory: bool = False):
-    sampler = SeededSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, num_replicas=world_size)
+                world_size: int = 1, pin_memory: bool = False, pad: bool = True):
+    sampler = SeededSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, num_replicas=world_size, pad=pad)
+    # The loader's own generator: creating an iterator would otherwise draw from the global torch RNG (which
+    # dropout uses), once per epoch, or once per run with persistent workers, and a resume would shift it.
+    generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                                       generator=generator,
                                        collate_fn=collate_skipping_none, pin_memory=pin_memory,
                                        persistent_workers=num_workers > 0, drop_last=False)
 
@@ -309,7 +315,7 @@ def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int
     train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.train.seed, cfg.train.num_workers,
                                rank, world_size, pin)
     val_loader = make_loader(val_set, cfg.data.val_batch_size, False, cfg.train.seed, cfg.train.num_workers,
-                             pin_memory=pin)
+                             rank, world_size, pin_memory=pin, pad=False)   # each rank its share, gathered
     return {"model": model, "task": task, "train_loader": train_loader, "val_loader": val_loader, "meta": meta,
             "annotation_files": [cfg.data.train.ann_file, cfg.data.val.ann_file],
             "checkpoint_extra": {"meta": meta.to_dict()}}
