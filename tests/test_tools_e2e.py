@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 TINY_MODEL = ["model.out_indices=[1,2,3]", "model.fpn_channels=16", "model.head_channels=16", "model.depth=2",
               "model.num_stacks=2", "data.input_size=[32,48]", "train.batch_size=8", "data.val_batch_size=8",
-              "train.num_workers=0", "train.log_interval=2", "train.warmup_steps=2", "train.num_threads=2"]
+              "train.num_workers=0", "train.log_interval=2", "train.warmup_steps=2"]
 
 
 def write_config(tmp_path, tiny, extra: str = "") -> str:
@@ -51,7 +51,7 @@ def test_train_writes_a_complete_run_folder(trained):
                  "training_curves.png", "metrics.json"):
         assert os.path.isfile(os.path.join(run, name)), name
     state = load_checkpoint(os.path.join(run, "last.pt"))
-    assert state["epoch"] == 2 and state["format_version"] == 1
+    assert state["epoch"] == 2 and state["format_version"] == 2
     assert state["config"]["model"]["fpn_channels"] == 16
     assert state["meta"]["keypoint_names"][0] == "nose" and len(state["meta"]["flip_index"]) == 17
     prov = state["provenance"]
@@ -183,3 +183,30 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "AP" in summary["metrics"] and summary["seconds"]["train"] > 0
     best = load_checkpoint(str(tmp_path / "demo" / "train" / "best.pt"))
     assert torch.is_tensor(best["model"]["head.heatmaps.0.weight"])
+
+
+def test_show_heatmaps_draws_rows(trained, tmp_path):
+    from tools import show_heatmaps
+
+    out = show_heatmaps.main(["--config", trained["cfg"], "--checkpoint", os.path.join(trained["run_dir"], "best.pt"),
+                              "--num", "2", "--output", str(tmp_path / "h.png"), *TINY_MODEL])
+    import cv2
+
+    img = cv2.imread(out)
+    assert img is not None and img.shape[0] > 2 * 48 * 3     # two rows of upscaled 48-pixel-high crops
+
+
+def test_what_training_changes(trained):
+    from tools import what_training_changes
+
+    report = what_training_changes.main(["--config", trained["cfg"], "--checkpoint",
+                                         os.path.join(trained["run_dir"], "best.pt"), *TINY_MODEL])
+    assert report["eval_forward_changes"] == []
+    # A train-mode forward touches only BatchNorm buffers; an optimiser step touches only parameters.
+    assert set(report["train_forward_changes"]) == {"buffers (num_batches_tracked)", "buffers (running_mean)",
+                                                    "buffers (running_var)"}
+    assert all(k.startswith("parameters") for k in report["optimizer_step_changes"])
+    assert report["train_vs_eval_output_max_abs_diff"] > 0
+    # Training changed weights and BN statistics, never the input normalisation constants.
+    assert "normalizer.scale" in report["checkpoint_unchanged"]
+    assert "normalizer.shift" in report["checkpoint_unchanged"]

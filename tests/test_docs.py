@@ -1,0 +1,74 @@
+"""The commands in the README and docs/ must stay valid: tools exist and accept the flags, configs load, test
+files exist. (Each tool's behaviour is tested in its own test file with tiny settings.)"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import os
+import re
+import shlex
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = sorted(glob.glob(os.path.join(REPO, "docs", "*.md"))) + [os.path.join(REPO, "README.md")]
+
+
+def _commands(path: str) -> list[str]:
+    """Shell commands inside ```bash blocks, with backslash continuations joined."""
+    text = open(path).read()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.split("  #")[0].strip()
+            if line and not line.startswith("#"):
+                commands.append(line)
+    return commands
+
+
+ALL = [(os.path.relpath(p, REPO), c) for p in DOCS for c in _commands(p)]
+
+
+def test_docs_have_commands():
+    assert any("tools." in c for _, c in ALL)
+
+
+@pytest.mark.parametrize("doc,command", ALL, ids=[f"{d}:{c[:60]}" for d, c in ALL])
+def test_documented_command_is_valid(doc, command):
+    argv = shlex.split(command)
+    while argv and "=" in argv[0] and not argv[0].startswith("-"):
+        argv = argv[1:]                                  # leading VAR=value environment settings
+    prog = os.path.basename(argv[0])
+    if prog == "make":
+        makefile = open(os.path.join(REPO, "Makefile")).read()
+        for target in argv[1:]:
+            assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.M), f"{doc}: no make target {target}"
+        return
+    if prog in ("pytest",) or argv[1:3] == ["-m", "pytest"]:
+        for arg in argv[1:]:
+            if arg.startswith("tests/"):
+                assert os.path.exists(os.path.join(REPO, arg.split("::")[0])), f"{doc}: {arg} does not exist"
+        return
+    if "-m" in argv and argv[argv.index("-m") + 1].startswith("tools."):
+        module = argv[argv.index("-m") + 1]
+        args = argv[argv.index("-m") + 2:]
+    elif argv[1:2] == ["-c"]:
+        code = argv[2]
+        compile(code, f"{doc}: python -c", "exec")                 # a syntax error fails here
+        for module in re.findall(r"from ([\w.]+) import", code) + re.findall(r"^import ([\w.]+)", code):
+            importlib.import_module(module)                          # so does a module that moved
+        return
+    elif len(argv) > 1 and argv[1].endswith(".py"):
+        assert os.path.isfile(os.path.join(REPO, argv[1])), f"{doc}: {argv[1]} does not exist"
+        return
+    else:
+        pytest.skip(f"not a repository command: {command}")
+    tool = importlib.import_module(module)
+    parsed = tool.get_args_parser().parse_args(args)          # exits (SystemExit) on unknown flags
+    config = getattr(parsed, "config", None)
+    if config and not config.startswith("<") and "/my" not in config and "X." not in config:
+        from engine.config import load_config
+
+        load_config(os.path.join(REPO, config), [o for o in getattr(parsed, "overrides", []) or [] if "=" in o])
