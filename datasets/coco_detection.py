@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from datasets.coco_keypoints import resolve_image_path, split_image_ids
+from datasets.coco_common import index_image_records, read_coco_json, resolve_image_path, split_image_ids
 from models.bbox import box_area, box_is_empty, clip_boxes, coco_xywh_to_xyxy
 
 log = logging.getLogger(__name__)
@@ -68,21 +68,7 @@ def load_coco_detection(ann_file: str, image_root: str, category_ids: list[int] 
         missing_images: ``"error"`` or ``"skip"`` (drop images that are not on disk).
         subset: ``"all"``, ``"holdout"`` or ``"rest"``: a seeded split of the images (as for keypoints).
     """
-    if missing_images not in ("error", "skip"):
-        raise ValueError(f"missing_images={missing_images!r}: use 'error' or 'skip' (data.on_bad_image)")
-    if not os.path.isfile(ann_file):
-        raise FileNotFoundError(f"annotation file not found: {ann_file}")
-    if not os.path.isdir(image_root):
-        raise FileNotFoundError(f"image folder not found: {image_root} (for {ann_file})")
-    try:
-        with open(ann_file) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{ann_file} is not valid JSON: {err}") from err
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise ValueError(f"{ann_file}: missing or non-list field {key!r} (a COCO detection file has images, "
-                             f"annotations and categories)")
+    data = read_coco_json(ann_file, image_root, missing_images, kind="detection")
     cats = {int(c["id"]): c for c in data["categories"]}
     if category_ids is None:
         category_ids = sorted(cats)
@@ -94,12 +80,7 @@ def load_coco_detection(ann_file: str, image_root: str, category_ids: list[int] 
         raise ValueError(f"{ann_file}: no categories to detect")
     label_of = {int(c): i for i, c in enumerate(category_ids)}
 
-    records = {}
-    for img in data["images"]:
-        for key in ("id", "file_name", "width", "height"):
-            if key not in img:
-                raise ValueError(f"{ann_file}: image record {img.get('id', '?')} lacks {key!r}")
-        records[int(img["id"])] = img
+    records = index_image_records(data, ann_file)
     keep_ids = split_image_ids(sorted(records), subset, holdout_fraction, holdout_seed)
 
     stats = {"annotations": 0, "crowd": 0, "other_category": 0, "other_subset": 0, "degenerate": 0,

@@ -7,13 +7,13 @@ deep in training.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from datasets.coco_common import index_image_records, read_coco_json, resolve_image_path, split_image_ids
 from models.bbox import coco_xywh_to_xyxy
 
 log = logging.getLogger(__name__)
@@ -51,16 +51,6 @@ class KeypointDataset:
         return len(self.keypoint_names)
 
 
-def resolve_image_path(image_root: str, file_name: str, ann_file: str = "") -> str:
-    """``image_root/file_name``, refusing names that escape the root (``../``, absolute paths, links out)."""
-    root = os.path.realpath(image_root)
-    path = os.path.realpath(os.path.join(root, file_name))
-    if os.path.commonpath([root, path]) != root:
-        raise ValueError(f"{ann_file}: file_name {file_name!r} resolves to {path}, outside the image root {root}; "
-                         f"file names must be relative paths inside the image root")
-    return path
-
-
 def load_coco_keypoints(ann_file: str, image_root: str, category_id: int | None = None,
                         missing_images: str = "error", subset: str = "all", holdout_fraction: float = 0.1,
                         holdout_seed: int = 0) -> KeypointDataset:
@@ -78,32 +68,13 @@ def load_coco_keypoints(ann_file: str, image_root: str, category_id: int | None 
     keypoints outside the image are marked unlabelled (they would put targets on padding). A box with zero
     or negative width/height, or a keypoint list of the wrong length, is an error naming the annotation id.
     """
-    if missing_images not in ("error", "skip"):
-        raise ValueError(f"missing_images={missing_images!r}: use 'error' or 'skip' (data.on_bad_image)")
-    if not os.path.isfile(ann_file):
-        raise FileNotFoundError(f"annotation file not found: {ann_file}")
-    if not os.path.isdir(image_root):
-        raise FileNotFoundError(f"image folder not found: {image_root} (for {ann_file})")
-    try:
-        with open(ann_file) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{ann_file} is not valid JSON: {err}") from err
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise ValueError(f"{ann_file}: missing or non-list field {key!r} (a COCO keypoint file has images, "
-                             f"annotations and categories)")
+    data = read_coco_json(ann_file, image_root, missing_images, kind="keypoint")
     category = _pick_category(data["categories"], category_id, ann_file)
     names = list(category["keypoints"])
     num_k = len(names)
     skeleton = _read_skeleton(category.get("skeleton") or [], num_k, ann_file)
 
-    images = {}
-    for img in data["images"]:
-        for key in ("id", "file_name", "width", "height"):
-            if key not in img:
-                raise ValueError(f"{ann_file}: image record {img.get('id', '?')} lacks {key!r}")
-        images[int(img["id"])] = img
+    images = index_image_records(data, ann_file)
     keep_ids = split_image_ids(sorted(images), subset, holdout_fraction, holdout_seed)
 
     stats = {"annotations": 0, "crowd": 0, "no_keypoints": 0, "missing_image": 0, "outside_image": 0,
@@ -201,15 +172,3 @@ def _read_skeleton(skeleton: list, num_k: int, ann_file: str) -> list[tuple[int,
         pairs.append((int(pair[0]) - 1, int(pair[1]) - 1))
     return pairs
 
-
-def split_image_ids(ids: list[int], subset: str, fraction: float, seed: int) -> set[int]:
-    if subset == "all":
-        return set(ids)
-    if subset not in ("holdout", "rest"):
-        raise ValueError(f"subset={subset!r}: use 'all', 'holdout' or 'rest'")
-    if not 0 < fraction < 1:
-        raise ValueError(f"holdout_fraction must be in (0, 1), got {fraction}")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    n_hold = max(1, round(fraction * len(ids)))
-    hold = {ids[i] for i in order[:n_hold]}
-    return hold if subset == "holdout" else set(ids) - hold

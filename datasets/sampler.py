@@ -3,16 +3,18 @@
 The sampler yields ``(index, sample_seed)`` pairs; the dataset draws all of a sample's randomness from
 ``sample_seed``. So the augmentation of a sample depends only on the run seed, the epoch and the index, not
 on which worker process loads it, how many workers there are, or whether the run was interrupted and
-resumed (albumentations ignores the global seeds, so it is seeded from this too).
+resumed (albumentations ignores the global seeds, so it is seeded from this too). :func:`seeded_loader` puts
+the sampler in a DataLoader whose own generator is seeded as well.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
-from torch.utils.data import Sampler
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -61,3 +63,15 @@ class SeededSampler(Sampler):
             order = np.concatenate([order, order[: total - len(order)]])
         for index in order[self.rank:total:self.num_replicas]:
             yield int(index), sample_seed(self.seed, self.epoch, int(index))
+
+
+def seeded_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, collate_fn: Callable,
+                  rank: int = 0, world_size: int = 1, pin_memory: bool = False, pad: bool = True) -> DataLoader:
+    """A DataLoader over a :class:`SeededSampler` (this rank's share; ``pad=False`` for evaluation)."""
+    sampler = SeededSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, num_replicas=world_size, pad=pad)
+    # The loader's own generator: creating an iterator would otherwise draw from the global torch RNG (which
+    # dropout uses), once per epoch, or once per run with persistent workers, and a resume would shift it.
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, generator=generator,
+                      collate_fn=collate_fn, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      drop_last=False)

@@ -51,7 +51,7 @@ def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]
     """
     world = env_world_size()
     if world <= 1:
-        return DistInfo(), _single_device(device_name)
+        return DistInfo(), resolve_device(device_name)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if device_name.startswith("cuda") and not torch.cuda.is_available():
@@ -72,7 +72,9 @@ def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]
     return info, device
 
 
-def _single_device(name: str) -> torch.device:
+def resolve_device(name: str = "auto") -> torch.device:
+    """The device of a single process: ``auto`` picks CUDA when available; ``cuda`` without a GPU is an error
+    that says so."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

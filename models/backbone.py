@@ -8,12 +8,13 @@ from a local file the user names; nothing is ever downloaded.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 
 import timm
 import torch
 from torch import nn
+
+from models.weights_file import read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,7 @@ class Backbone(nn.Module):
         Raises when no tensor matches at all (a file for another model), or when a matching key has a
         different shape (it names the keys and both shapes).
         """
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"backbone weights file not found: {path} (model.pretrained_path)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model", "state_dict_ema"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-                break
+        state = read_state_dict(path, "backbone")
         own = self.body.state_dict()
         state = _strip_prefixes(state, own)
         mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 
 import timm
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from models.normalize import InputNormalizer
+from models.weights_file import read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,7 @@ class ImageClassifier(nn.Module):
 
     def load_weights(self, path: str) -> dict:
         """Load a local state dict into ``net``; returns ``{"missing", "unexpected", "shape_mismatch"}``."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"classifier weights file not found: {path} (model.pretrained_path)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model", "state_dict_ema"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-                break
+        state = read_state_dict(path, "classifier")
         own = self.net.state_dict()
         for prefix in ("module.", "net."):
             if state and all(k.startswith(prefix) for k in state):

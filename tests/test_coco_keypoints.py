@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets.coco_keypoints import load_coco_keypoints, resolve_image_path, split_image_ids
+from datasets.coco_common import resolve_image_path, split_image_ids
+from datasets.coco_keypoints import load_coco_keypoints
 
 NAMES = ["a", "b", "c"]
 

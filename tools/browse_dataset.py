@@ -69,10 +69,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     cfg = load_config(args.config, args.overrides)
-    kp.prepare_data(cfg)
     split_cfg = cfg.data.train if args.split == "train" else cfg.data.val
-    data = kp.load_split(cfg, split_cfg)
-    meta = kp.resolve_meta(cfg, data)
+    data, meta = kp.load_split_and_meta(cfg, split_cfg)
     dataset = kp.make_topdown_dataset(cfg, data, meta, train=args.split == "train")
     codec = kp.build_codec(cfg)
     rng = np.random.default_rng(args.seed)

@@ -28,16 +28,17 @@ import os
 
 from tqdm import tqdm
 
-from datasets.coco_keypoints import resolve_image_path
+from datasets.coco_common import resolve_image_path
 from datasets.topdown import read_image_rgb
 from engine.checkpoint import load_checkpoint, load_model_state
 from engine.coco_eval import coco_eval
 from engine.config import config_from_dict, load_config
+from engine.distributed import resolve_device
 from engine.inference import DetectionPredictor, TopDownPredictor
 from engine.tasks import detection as det_task
 from engine.tasks import keypoints as kp
 from engine.two_stage import DetectionFileBoxes, DetectorBoxes, TwoStagePipeline, select_categories
-from tools._common import resolve_device, setup_logging
+from tools._common import setup_logging
 
 log = logging.getLogger("tools.eval")
 
@@ -76,9 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.boxes and args.det_checkpoint:
         raise SystemExit("tools.eval: --boxes and --det-checkpoint are two sources of boxes; give one")
 
-    kp.prepare_data(cfg)
-    val_data = kp.load_split(cfg, cfg.data.val)
-    meta = kp.resolve_meta(cfg, val_data)
+    val_data, meta = kp.load_split_and_meta(cfg, cfg.data.val)
     state = load_checkpoint(args.checkpoint, map_location=device)
     model = kp.build_model(cfg, len(meta.keypoint_names), pretrained=False)
     load_model_state(model, state["model"], source=args.checkpoint)

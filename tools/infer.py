@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.topdown import read_image_rgb
+from engine.distributed import resolve_device
 from engine.experiment import load_for_inference
 from engine.inference import DetectionPredictor, TopDownPredictor
 from engine.tasks import detection as det_task
@@ -41,7 +42,7 @@ from engine.tasks import keypoints as kp
 from engine.two_stage import DetectionFileBoxes, DetectorBoxes, TwoStagePipeline, WholeImageBoxes, select_categories
 from engine.two_stage import load_detections as _load_detections
 from engine.visualize import draw_detections, draw_keypoints, save_rgb
-from tools._common import resolve_device, setup_logging
+from tools._common import setup_logging
 
 log = logging.getLogger("tools.infer")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from datasets.image_folder import ImageFolderDataset
 from datasets.input_policy import ClassificationAugment, collate_padded
-from datasets.sampler import SeededSampler
+from datasets.sampler import seeded_loader
 from datasets.synthetic_classification import SyntheticClassificationDataset
 from engine import distributed as dist_utils
 from models.classifier import ImageClassifier, backbone_mean, letterbox_fill
@@ -186,14 +186,9 @@ def build_datasets(cfg, fill: Sequence[int] = (0, 0, 0)) -> tuple:
 
 def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, rank: int = 0,
                 world_size: int = 1, pin_memory: bool = False, pad: bool = True):
-    sampler = SeededSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, num_replicas=world_size, pad=pad)
-    # The loader's own generator: creating an iterator would otherwise draw from the global torch RNG (which
-    # dropout uses), once per epoch, or once per run with persistent workers, and a resume would shift it.
-    generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                                       generator=generator,
-                                       collate_fn=collate_padded, pin_memory=pin_memory,
-                                       persistent_workers=num_workers > 0, drop_last=False)
+    """A seeded loader (:func:`datasets.sampler.seeded_loader`) batching with ``collate_padded``."""
+    return seeded_loader(dataset, batch_size, shuffle, seed, num_workers, collate_padded, rank=rank,
+                         world_size=world_size, pin_memory=pin_memory, pad=pad)
 
 
 def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int = 0, world_size: int = 1) -> dict:

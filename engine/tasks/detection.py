@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from datasets.coco_detection import DetectionDataset, coco_detection_subset, load_coco_detection
 from datasets.detection_transforms import DetectionTransformDataset, detection_collate_fn
-from datasets.sampler import SeededSampler
+from datasets.sampler import seeded_loader
 from datasets.synthetic_detection import ensure_synthetic_detection_dataset
 from engine.checkpoint import load_model_state
 from engine.coco_eval import coco_eval
@@ -234,10 +234,9 @@ def make_dataset(cfg, data: DetectionDataset, train: bool) -> DetectionTransform
 
 def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, max_objects: int | None = None,
                 rank: int = 0, world_size: int = 1, pin_memory: bool = False):
-    sampler = SeededSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, num_replicas=world_size)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                                       collate_fn=detection_collate_fn(max_objects), pin_memory=pin_memory,
-                                       persistent_workers=num_workers > 0, drop_last=False)
+    # The seeded loader (its own generator), so that a resumed detection run continues bit-identically too.
+    return seeded_loader(dataset, batch_size, shuffle, seed, num_workers, detection_collate_fn(max_objects), rank,
+                         world_size, pin_memory)
 
 
 def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int = 0, world_size: int = 1) -> dict:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from datasets.affine import apply_affine
 from datasets.coco_keypoints import KeypointDataset, load_coco_keypoints
-from datasets.sampler import SeededSampler
+from datasets.sampler import seeded_loader
 from datasets.skeletons import COCO_SIGMAS
 from datasets.synthetic import ensure_synthetic_dataset
 from datasets.topdown import TopDownKeypointDataset, check_flip_index, collate_skipping_none
@@ -262,6 +262,14 @@ def prepare_data(cfg) -> None:
         ensure_synthetic_dataset(cfg.data.synthetic_root, cfg.data.synthetic)
 
 
+def load_split_and_meta(cfg, split_cfg) -> tuple[KeypointDataset, KeypointMeta]:
+    """One split and the keypoint meta resolved from it (the synthetic set written first if needed): what a
+    tool that looks at a single split starts from."""
+    prepare_data(cfg)
+    data = load_split(cfg, split_cfg)
+    return data, resolve_meta(cfg, data)
+
+
 def make_topdown_dataset(cfg, data: KeypointDataset, meta: KeypointMeta, train: bool) -> TopDownKeypointDataset:
     if not data.instances:
         raise ValueError(f"{data.ann_file}: no usable instances (after skipping crowd/empty ones and the split "
@@ -273,14 +281,9 @@ def make_topdown_dataset(cfg, data: KeypointDataset, meta: KeypointMeta, train: 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, rank: int = 0,
                 world_size: int = 1, pin_memory: bool = False, pad: bool = True):
-    sampler = SeededSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, num_replicas=world_size, pad=pad)
-    # The loader's own generator: creating an iterator would otherwise draw from the global torch RNG (which
-    # dropout uses), once per epoch, or once per run with persistent workers, and a resume would shift it.
-    generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                                       generator=generator,
-                                       collate_fn=collate_skipping_none, pin_memory=pin_memory,
-                                       persistent_workers=num_workers > 0, drop_last=False)
+    """A seeded loader (:func:`datasets.sampler.seeded_loader`) batching with ``collate_skipping_none``."""
+    return seeded_loader(dataset, batch_size, shuffle, seed, num_workers, collate_skipping_none, rank=rank,
+                         world_size=world_size, pin_memory=pin_memory, pad=pad)
 
 
 def coco_subset(ann_file: str, image_ids, category_id: int) -> dict:
