@@ -28,7 +28,7 @@ from datasets.skeletons import COCO_KEYPOINT_NAMES, COCO_SKELETON
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 SPLITS = ("train", "val")
 _SPLIT_CODES = {"train": 0, "val": 1}
 
@@ -155,10 +155,10 @@ def _background(rng, w: int, h: int) -> np.ndarray:
         colour = _random_colour(rng)
         kind = rng.random()
         p = rng.uniform([0, 0], [w, h]).astype(int)
-        if kind < 0.4:        # limb-like stroke
+        if kind < 0.15:       # a thin stroke (thick limb-like strokes made arms a coin toss at 64 x 96)
             q = (p + rng.normal(0, max(w, h) / 5, 2)).astype(int)
-            cv2.line(img, tuple(map(int, p)), tuple(map(int, q)), colour, int(rng.integers(2, 9)), cv2.LINE_AA)
-        elif kind < 0.7:
+            cv2.line(img, tuple(map(int, p)), tuple(map(int, q)), colour, int(rng.integers(1, 4)), cv2.LINE_AA)
+        elif kind < 0.6:
             cv2.circle(img, tuple(map(int, p)), int(rng.integers(3, 20)), colour, -1, cv2.LINE_AA)
         else:
             q = (p + rng.uniform(5, 40, 2)).astype(int)
