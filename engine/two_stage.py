@@ -17,64 +17,206 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
 from engine.inference import DetectionPredictor, TopDownPredictor
 from engine.oks_nms import oks_nms
-from models.bbox import box_area, coco_xywh_to_xyxy
+from models.bbox import box_area, box_is_empty, clip_boxes, coco_xywh_to_xyxy
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- box sources
+def croppable(boxes: np.ndarray) -> np.ndarray:
+    """True where an inclusive xyxy box can be cropped: finite and at least one pixel wide and high
+    (``x2 >= x1`` and ``y2 >= y1``, i.e. COCO ``w >= 1`` and ``h >= 1``). boxes: [N, 4] -> bool [N]."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(boxes).all(-1) & ~box_is_empty(boxes)
+
+
+def clip_to_image(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip croppable boxes to an image (the ``+1`` convention: pixels ``0..W-1``) and drop those left empty.
+
+    Returns ``(kept boxes, kept mask [N], clipped mask [N])``: a box is clipped when clipping moved it and it
+    still covers a pixel, and dropped when it lies entirely outside the image.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    clipped = clip_boxes(boxes, int(width), int(height))
+    keep = ~box_is_empty(clipped)
+    moved = (clipped != boxes).any(-1) & keep
+    return clipped[keep], keep, moved
+
+
 class WholeImageBoxes:
     """The whole frame ``[0, 0, W - 1, H - 1]`` as one box with score 1."""
 
     description = "whole image"
 
+    def __init__(self):
+        self.stats: dict[str, int] = {}
+
     def boxes_for(self, image_id: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = image.shape[:2]
         return np.array([[0, 0, w - 1, h - 1]], dtype=np.float64), np.ones(1)
 
+    def log_summary(self) -> dict[str, int]:
+        return self.stats
 
-def load_detections(path: str, score_threshold: float = 0.0,
-                    category_ids: Sequence[int] | None = None) -> dict[int, list[dict]]:
-    """COCO detection results grouped by image id; entries below ``score_threshold`` (or of other categories)
-    are left out. Raises on entries without an ``image_id`` or a 4-number ``bbox``, naming the entry."""
+
+def read_detections(path: str) -> list[dict]:
+    """The entries of a COCO detection-results file, checked and normalised: ``index`` (position in the file),
+    ``image_id`` (int), ``bbox`` (4 floats, COCO ``[x, y, w, h]``), ``score`` (float, 1 when absent) and
+    ``category_id`` (int, or None when absent). Raises naming the entry on a missing ``image_id``, a ``bbox``
+    that is not 4 numbers or a non-numeric ``score``; boxes too small to crop are checked later."""
     with open(path) as f:
         dets = json.load(f)
     if not isinstance(dets, list):
         raise ValueError(f"{path}: a detection-results file is a JSON list of {{image_id, bbox, score}}")
-    cats = None if category_ids is None else {int(c) for c in category_ids}
-    by_image: dict[int, list[dict]] = {}
+    out = []
     for i, d in enumerate(dets):
-        if not isinstance(d, dict) or "image_id" not in d or "bbox" not in d or len(d["bbox"]) != 4:
+        bbox = d.get("bbox") if isinstance(d, dict) else None
+        if not isinstance(d, dict) or "image_id" not in d or not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
             raise ValueError(f"{path}: entry {i} lacks image_id or a 4-number bbox [x, y, w, h]")
-        if d.get("score", 1.0) < score_threshold:
-            continue
-        if cats is not None and int(d.get("category_id", -1)) not in cats:
-            continue
-        by_image.setdefault(int(d["image_id"]), []).append(d)
+        try:
+            bbox = [float(v) for v in bbox]
+            score = float(d.get("score", 1.0))
+            image_id = int(d["image_id"])
+            cat = None if d.get("category_id") is None else int(d["category_id"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: entry {i} (image {d.get('image_id')!r}) has a non-numeric image_id, bbox, "
+                             f"score or category_id: {e}") from None
+        out.append({**d, "index": i, "image_id": image_id, "bbox": bbox, "score": score, "category_id": cat})
+    return out
+
+
+def _filter_detections(path: str, entries: list[dict], score_threshold: float,
+                       category_ids: Sequence[int] | None, stats: dict[str, int]) -> dict[int, list[dict]]:
+    """Keep the entries of ``category_ids`` (all when None) scoring at least ``score_threshold`` whose box can be
+    cropped; group them by image id. Counts what it leaves out in ``stats`` and warns about unusable boxes."""
+    cats = None if category_ids is None else {int(c) for c in category_ids}
+    entries = [e for e in entries if cats is None or e["category_id"] in cats]
+    stats["other_category"] = stats["entries"] - len(entries)
+    kept = [e for e in entries if not e["score"] < score_threshold]      # a NaN score is not below: checked next
+    stats["below_score"] = len(entries) - len(kept)
+    xyxy = coco_xywh_to_xyxy(np.array([e["bbox"] for e in kept], dtype=np.float64).reshape(-1, 4))
+    ok = croppable(xyxy) & np.isfinite([e["score"] for e in kept]).reshape(-1)
+    bad = [e for e, good in zip(kept, ok) if not good]
+    stats["unusable"] = len(bad)
+    if bad:
+        log.warning("%s: %d boxes are left out: less than one pixel wide or high (w or h < 1), or a bbox or score "
+                    "that is not finite; e.g. %s", path, len(bad),
+                    "; ".join(f"entry {e['index']} (image {e['image_id']}, bbox {e['bbox']}, score {e['score']})"
+                              for e in bad[:5]))
+    by_image: dict[int, list[dict]] = {}
+    for e, good in zip(kept, ok):
+        if good:
+            by_image.setdefault(e["image_id"], []).append(e)
     return by_image
+
+
+def load_detections(path: str, score_threshold: float = 0.0, category_ids: Sequence[int] | None = None,
+                    stats: dict[str, int] | None = None) -> dict[int, list[dict]]:
+    """COCO detection results grouped by image id, as :func:`read_detections` normalises them.
+
+    Left out: entries below ``score_threshold``, of other categories (all are kept when ``category_ids`` is
+    None; an entry without ``category_id`` only then), and boxes that cannot be cropped (``w`` or ``h`` < 1,
+    or a non-finite bbox or score: a warning counts them and names the first few by index, image id and
+    bbox). ``stats``, when given, receives the counts. Raises on entries without an ``image_id`` or a 4-number
+    ``bbox``, naming the entry."""
+    entries = read_detections(path)
+    stats = {} if stats is None else stats
+    stats["entries"] = len(entries)
+    return _filter_detections(path, entries, score_threshold, category_ids, stats)
+
+
+def parse_categories(wanted: str | None, names: dict[int, str] | None = None) -> list[int] | None:
+    """Category ids named by ``wanted`` (comma-separated ids, or names found in ``names`` {id: name}); None when
+    ``wanted`` is empty. Raises on a name that is not in ``names``."""
+    if not wanted:
+        return None
+    names = names or {}
+    by_name = {v: k for k, v in names.items()}
+    out = []
+    for token in (t.strip() for t in wanted.split(",") if t.strip()):
+        if token.lstrip("-").isdigit():
+            out.append(int(token))
+        elif token in by_name:
+            out.append(int(by_name[token]))
+        else:
+            known = f"known names: {[f'{n} (id {i})' for i, n in sorted(names.items())]}" if names else \
+                "no category names are known here"
+            raise ValueError(f"category {token!r} is not a category id and not a known category name ({known}); "
+                             f"give the category_id of the detection file's entries")
+    return out
+
+
+def _describe_categories(counts: Counter, names: dict[int, str]) -> str:
+    parts = []
+    for c in sorted(counts, key=lambda c: (c is None, c if c is not None else 0)):
+        label = "no category_id" if c is None else (f"{c} ({names[c]})" if c in names else str(c))
+        parts.append(f"{label}: {counts[c]}")
+    return "{" + ", ".join(parts) + "}"
 
 
 class DetectionFileBoxes:
     """Boxes from a COCO detection-results file.
 
+    Boxes that cannot be cropped (``w`` or ``h`` < 1, non-finite) are left out when the file is read, with a
+    warning naming the first few entries. Per image, boxes reaching beyond the image are clipped to it and
+    boxes entirely outside it are dropped; :meth:`log_summary` counts both.
+
     Args:
         path: the JSON list.
         score_threshold: ignore detections below this score.
-        category_ids: keep only these categories (all when None).
+        category_ids: keep only these categories; each must occur in the file (an error lists the file's).
+            None: ``default_category_id`` when the file has entries of it, else every category.
+        default_category_id: the keypoint model's category id; entries without ``category_id`` count as it.
+        category_names: {id: name}, only to name categories in messages.
     """
 
-    def __init__(self, path: str, score_threshold: float = 0.0, category_ids: Sequence[int] | None = None):
+    def __init__(self, path: str, score_threshold: float = 0.0, category_ids: Sequence[int] | None = None,
+                 default_category_id: int | None = None, category_names: dict[int, str] | None = None):
         self.path = path
         self.score_threshold = score_threshold
-        self.by_image = load_detections(path, score_threshold, category_ids)
+        names = {int(k): v for k, v in (category_names or {}).items()}
+        entries = read_detections(path)
+        no_category = sum(e["category_id"] is None for e in entries)
+        if default_category_id is not None:          # as the keypoint annotations are read
+            for e in entries:
+                if e["category_id"] is None:
+                    e["category_id"] = int(default_category_id)
+        counts = Counter(e["category_id"] for e in entries)
+        in_file = _describe_categories(counts, names)
+        if no_category and default_category_id is not None:
+            in_file += f" ({no_category} without category_id, taken as {default_category_id})"
+        if category_ids is not None:
+            missing = sorted({int(c) for c in category_ids} - set(counts))
+            if missing:
+                raise ValueError(f"{path}: --det-category {missing} has no entries in the file; its categories "
+                                 f"(entries per category_id): {in_file}")
+            used, why = sorted({int(c) for c in category_ids}), "--det-category"
+        elif default_category_id is not None and int(default_category_id) in counts:
+            used, why = [int(default_category_id)], "the keypoint model's category"
+        elif default_category_id is not None:
+            used, why = None, f"the file has no entry of the keypoint model's category {default_category_id}"
+        else:
+            used, why = None, "no --det-category"
+        self.category_ids = used
+        cats = "all categories" if used is None else f"categories {used}"
+        if used is None and default_category_id is not None and any(c is not None for c in counts):
+            log.warning("%s: using %s (%s): its categories are %s; pass --det-category to choose", path, cats, why,
+                        in_file)
+        else:
+            log.info("%s: using %s (%s); the file's entries per category_id: %s", path, cats, why, in_file)
+        self.stats: dict[str, int] = {"entries": len(entries)}
+        self.by_image = _filter_detections(path, entries, score_threshold, used, self.stats)
         self.num_boxes = sum(len(v) for v in self.by_image.values())
-        self.description = f"detections from {path} ({self.num_boxes} boxes with score >= {score_threshold})"
+        self.stats.update(clipped=0, outside_image=0)
+        self.description = f"detections from {path} ({cats}, {self.num_boxes} boxes with score >= {score_threshold})"
 
     def check_image_ids(self, known_ids, what: str = "input image") -> list[int]:
         """Image ids of the file that match no ``known_ids``; raises when none matches, warns otherwise."""
@@ -90,9 +232,23 @@ class DetectionFileBoxes:
         return unknown
 
     def boxes_for(self, image_id: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The image's boxes (inclusive xyxy) clipped to it, and their scores; boxes entirely outside it are
+        dropped. Counted in ``stats`` (``clipped``, ``outside_image``)."""
         dets = self.by_image.get(int(image_id), [])
         boxes = coco_xywh_to_xyxy(np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4))
-        return boxes, np.array([d.get("score", 1.0) for d in dets], dtype=np.float64)
+        scores = np.array([d["score"] for d in dets], dtype=np.float64)
+        h, w = image.shape[:2]
+        boxes, keep, moved = clip_to_image(boxes, w, h)
+        self.stats["clipped"] += int(moved.sum())
+        self.stats["outside_image"] += int((~keep).sum())
+        return boxes, scores[keep]
+
+    def log_summary(self) -> dict[str, int]:
+        """Log how many boxes were clipped to their image or dropped outside it; returns ``stats``."""
+        if self.stats["clipped"] or self.stats["outside_image"]:
+            log.warning("%s: %d boxes reaching beyond their image were clipped to it, %d boxes entirely outside "
+                        "their image were dropped", self.path, self.stats["clipped"], self.stats["outside_image"])
+        return self.stats
 
 
 class DetectorBoxes:
@@ -113,6 +269,7 @@ class DetectorBoxes:
         cats = "all classes" if category_ids is None else f"categories {sorted(category_ids)}"
         self.description = f"detector {name} ({cats}, score >= {score_threshold})"
         self.last: dict | None = None          # the latest image's full detections (all classes), for drawing
+        self.stats: dict[str, int] = {"unusable": 0, "outside_image": 0}
 
     def boxes_for(self, image_id: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         det = self.predictor.predict(image)
@@ -120,7 +277,20 @@ class DetectorBoxes:
         keep = det["scores"] >= self.score_threshold
         if self.category_ids is not None:
             keep &= np.isin(det["category_ids"], self.category_ids)
-        return det["boxes"][keep], det["scores"][keep]
+        boxes, scores = np.asarray(det["boxes"], dtype=np.float64)[keep].reshape(-1, 4), det["scores"][keep]
+        # The detector clips its boxes and drops empty ones; this guards the crop against anything else.
+        ok = croppable(boxes)
+        self.stats["unusable"] += int((~ok).sum())
+        h, w = image.shape[:2]
+        boxes, inside, _ = clip_to_image(boxes[ok], w, h)
+        self.stats["outside_image"] += int((~inside).sum())
+        return boxes, scores[ok][inside]
+
+    def log_summary(self) -> dict[str, int]:
+        if self.stats["unusable"] or self.stats["outside_image"]:
+            log.warning("detector: %d boxes that could not be cropped (non-finite or less than one pixel) and %d "
+                        "outside their image were dropped", self.stats["unusable"], self.stats["outside_image"])
+        return self.stats
 
 
 def select_categories(class_names: Sequence[str], category_ids: Sequence[int], wanted: str | None) -> list[int] | None:

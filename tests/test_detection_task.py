@@ -143,3 +143,42 @@ def test_predictor_equals_the_evaluation_path(tiny_synthetic_detection):
         direct = predictor.predict(read_image_rgb(im.image_path))
         np.testing.assert_allclose(direct["boxes"], rec["boxes"], atol=1e-4)
         np.testing.assert_allclose(direct["scores"], rec["scores"], atol=1e-6)
+
+
+def test_predict_batch_drops_non_finite_boxes():
+    """Every box the detector hands on (DetectionPredictor, the two-stage pipeline) can be cropped."""
+    codec = CenterNetCodec((64, 64), 1)
+    task = DetectionTask(codec, DetectionMeta(["c0"], [1]), nms=False, progress=False)
+    heat = torch.full((1, 1, 16, 16), -10.0)
+    heat[0, 0, 4, 4] = heat[0, 0, 10, 10] = 5.0
+    size = torch.full((1, 2, 16, 16), 3.0)
+    size[0, :, 10, 10] = float("nan")
+    model = OracleDetector()
+    model.outputs.append({"heatmap": heat, "size": size, "offset": torch.zeros(1, 2, 16, 16)})
+    batch = {"image": torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "input_to_image": torch.eye(2, 3)[None],
+             "image_size": torch.tensor([[64, 64]])}
+    det = task.predict_batch(model, batch)[0]
+    assert det["boxes"].shape == (1, 4) and np.isfinite(det["boxes"]).all()
+    np.testing.assert_allclose(det["boxes"][0], [12, 12, 23, 23])     # cell 4: centre 17.5, 12 pixels wide
+
+
+def test_training_step_logs_boxes_over_max_objects(tiny_synthetic_detection, caplog):
+    t = tiny_synthetic_detection
+    data = load_coco_detection(t["train"], t["images"])
+    images = sorted(data.images, key=lambda im: -len(im.boxes))[:2]
+    dataset = DetectionTransformDataset(images, (64, 64))
+    samples = [dataset[i] for i in range(2)]
+    batch = collate_detection(samples, max_objects=1)
+    expected = sum(len(s["boxes"]) - 1 for s in samples)
+    assert expected > 0 and batch["truncated"] == expected
+    torch.manual_seed(0)
+    model, task = _tiny_model(), _tiny_task()
+    out = task.training_step(model, batch)
+    # A CPU scalar like boxes_dropped: the trainer reads it only every log_interval steps, no device sync.
+    assert out["boxes_over_max_objects"].ndim == 0 and out["boxes_over_max_objects"].device.type == "cpu"
+    assert float(out["boxes_over_max_objects"]) == expected
+    assert "data.max_objects" in caplog.text
+    caplog.clear()
+    task.training_step(model, batch)
+    assert "data.max_objects" not in caplog.text          # warned once, then only logged
+    assert float(task.training_step(model, collate_detection(samples))["boxes_over_max_objects"]) == 0

@@ -4,7 +4,9 @@ the CLIs with a detector checkpoint, a detection file or ground-truth boxes (and
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +17,8 @@ from engine.checkpoint import save_checkpoint
 from engine.config import KeypointConfig, config_to_dict, load_config
 from engine.oks_nms import oks_matrix, oks_nms
 from engine.tasks import keypoints as kp
-from engine.two_stage import TwoStagePipeline
+from engine.two_stage import DetectionFileBoxes, DetectorBoxes, TwoStagePipeline, load_detections
+from models.bbox import box_to_center_size
 
 DET_FILE = "coco_mini/test_coco_det_AP_H_56.json"
 
@@ -82,6 +85,87 @@ def test_pipeline_rescores_and_drops_duplicate_poses():
     keep_all = TwoStagePipeline(_StubPredictor(poses), [0.1, 0.1], oks_nms_threshold=None)
     assert len(keep_all.run(np.zeros((100, 100, 3), np.uint8), 5, boxes, np.ones(3))) == 3
     assert pipe.run(np.zeros((9, 9, 3), np.uint8), 5, np.zeros((0, 4)), np.zeros(0)) == []
+
+
+# ---------------------------------------------------------------------------------------------- box sources
+def _write(path, entries) -> str:
+    path.write_text(json.dumps(entries))
+    return str(path)
+
+
+def test_detection_file_leaves_out_uncroppable_boxes_and_clips_to_the_image(tmp_path, caplog):
+    entries = [{"image_id": 7, "bbox": [10, 10, 20, 30], "score": 0.9, "category_id": 1},        # 0 kept
+               {"image_id": 7, "bbox": [5, 5, 0.5, 10], "score": 0.8, "category_id": 1},         # 1 w < 1
+               {"image_id": 7, "bbox": [5, 5, 10, 0], "score": 0.8, "category_id": 1},           # 2 h = 0
+               {"image_id": 8, "bbox": [float("nan"), 5, 10, 10], "score": 0.8, "category_id": 1},  # 3 not finite
+               {"image_id": 7, "bbox": [-5, 70, 20, 30], "score": 0.7, "category_id": 1},        # 4 partly outside
+               {"image_id": 7, "bbox": [200, 10, 20, 30], "score": 0.6, "category_id": 1},       # 5 outside
+               {"image_id": 7, "bbox": [1, 1, 1, 1], "score": 0.5, "category_id": 1}]            # 6 one pixel: kept
+    path = _write(tmp_path / "dets.json", entries)
+    with caplog.at_level(logging.WARNING):
+        src = DetectionFileBoxes(path)
+    # Counted and named (index in the file, image id, bbox) when the file is read, not at the crop.
+    assert src.stats["unusable"] == 3 and src.num_boxes == 4
+    assert "3 boxes are left out" in caplog.text
+    assert "entry 1 (image 7, bbox [5.0, 5.0, 0.5, 10.0]" in caplog.text
+    assert "entry 2 (image 7, bbox [5.0, 5.0, 10.0, 0.0]" in caplog.text
+    assert "entry 3 (image 8, bbox [nan, 5.0, 10.0, 10.0]" in caplog.text
+    boxes, scores = src.boxes_for(7, np.zeros((80, 100, 3), np.uint8))     # 100 wide, 80 high
+    # Partly outside: clipped to the image (+1 convention: pixels 0..99, 0..79); entirely outside: dropped.
+    np.testing.assert_allclose(boxes, [[10, 10, 29, 39], [0, 70, 14, 79], [1, 1, 1, 1]])
+    np.testing.assert_allclose(scores, [0.9, 0.7, 0.5])
+    assert src.boxes_for(8, np.zeros((80, 100, 3), np.uint8))[0].shape == (0, 4)
+    caplog.clear()
+    stats = src.log_summary()
+    assert stats["clipped"] == 1 and stats["outside_image"] == 1
+    assert "1 boxes reaching beyond their image were clipped" in caplog.text
+    assert "1 boxes entirely outside" in caplog.text
+    # Every box handed on can be cropped.
+    for b in boxes:
+        box_to_center_size(b, 0.75)
+    # The module-level reader leaves out the same boxes and counts them.
+    stats = {}
+    by_image = load_detections(path, stats=stats)
+    assert sum(len(v) for v in by_image.values()) == 4 and stats["unusable"] == 3
+
+
+def test_detection_file_categories_default_to_the_keypoint_models(tmp_path, caplog):
+    entries = ([{"image_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9, "category_id": 1}] * 2 +
+               [{"image_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9, "category_id": 2}] * 3)
+    path = _write(tmp_path / "dets.json", entries)
+    with caplog.at_level(logging.INFO):
+        src = DetectionFileBoxes(path, default_category_id=1, category_names={1: "person", 2: "dog"})
+    assert src.category_ids == [1] and src.num_boxes == 2 and src.stats["other_category"] == 3
+    assert "using categories [1] (the keypoint model's category)" in caplog.text
+    assert "1 (person): 2, 2 (dog): 3" in caplog.text
+    assert DetectionFileBoxes(path, category_ids=[2], default_category_id=1).num_boxes == 3
+    assert DetectionFileBoxes(path, category_ids=[1, 2], default_category_id=1).num_boxes == 5
+    with pytest.raises(ValueError, match=r"--det-category \[3\] has no entries.*1: 2, 2: 3"):
+        DetectionFileBoxes(path, category_ids=[3])
+    # Not the model's category in the file: all of them, with a warning that says so.
+    caplog.clear()
+    src = DetectionFileBoxes(path, default_category_id=5)
+    assert src.category_ids is None and src.num_boxes == 5
+    assert "using all categories" in caplog.text and "category 5" in caplog.text
+
+
+class _StubDetector:
+    def __init__(self, boxes, scores):
+        self.det = {"boxes": np.asarray(boxes, float), "scores": np.asarray(scores, float),
+                    "labels": np.zeros(len(scores), np.int64), "category_ids": np.ones(len(scores), np.int64)}
+
+    def predict(self, image):
+        return self.det
+
+
+def test_detector_boxes_never_hand_on_an_uncroppable_box():
+    det = _StubDetector([[10, 10, 20, 20], [5, 5, 4.6, 9], [np.nan, 0, 5, 5], [-20, 5, 30, 9], [200, 0, 210, 9]],
+                        [0.9, 0.9, 0.9, 0.8, 0.7])
+    src = DetectorBoxes(det, score_threshold=0.5)
+    boxes, scores = src.boxes_for(1, np.zeros((50, 100, 3), np.uint8))
+    np.testing.assert_allclose(boxes, [[10, 10, 20, 20], [0, 5, 30, 9]])
+    np.testing.assert_allclose(scores, [0.9, 0.8])
+    assert src.log_summary() == {"unusable": 2, "outside_image": 1}
 
 
 # ---------------------------------------------------------------------------------------------- CLIs
@@ -260,8 +344,102 @@ def test_two_stage_detector_then_keypoints(trained_detector, keypoint_checkpoint
         infer.main(["--checkpoint", best, "--input", val_dir, "--output-dir", str(tmp_path), "--no-progress"])
 
 
+@pytest.mark.slow
+def test_eval_takes_the_detector_threshold_from_det_score_threshold(trained_detector, keypoint_checkpoint,
+                                                                    coco_mini_config, tmp_path):
+    from tools import eval as eval_tool
+
+    common = ["--config", coco_mini_config, "--checkpoint", keypoint_checkpoint, "--no-progress",
+              "--det-checkpoint", os.path.join(trained_detector["run"], "best.pt"), "eval.flip_test=false"]
+    every = eval_tool.main([*common, "--output-dir", str(tmp_path / "a")])
+    assert "score >= 0.0)" in every["boxes"] and every["boxes_used"] > 0      # AP's default: every box
+    none = eval_tool.main([*common, "--output-dir", str(tmp_path / "b"), "--det-score-threshold", "0.99"])
+    assert "score >= 0.99)" in none["boxes"] and none["boxes_used"] == 0
+
+
 def test_detection_configs_load():
     for name in ("centernet-fpn_resnet18_synthetic-det_128x128.yaml",
                  "centernet-fpn_resnet18_fruits-nuts_320x240.yaml"):
         cfg = load_config(os.path.join("configs", name))
         assert cfg.task == "detection" and cfg.data.input_size[0] % 16 == 0 and cfg.data.input_size[1] % 16 == 0
+
+
+# ---------------------------------------------------------------------------------------------- CLI checks
+def test_infer_leaves_out_tiny_boxes_and_clips_with_counts(shared_data, keypoint_checkpoint, tmp_path, caplog):
+    from tools import infer
+
+    root = os.path.join(shared_data, "coco_mini")
+    dets = [d for d in json.load(open(os.path.join(shared_data, DET_FILE))) if d["image_id"] == 785][:2]
+    dets += [{"image_id": 785, "bbox": [10, 10, 0.5, 40], "score": 0.9, "category_id": 1},      # under a pixel
+             {"image_id": 785, "bbox": [5000, 10, 20, 20], "score": 0.9, "category_id": 1},     # outside the image
+             {"image_id": 785, "bbox": [-30, -30, 60, 60], "score": 0.9, "category_id": 1}]     # partly outside
+    path = _write(tmp_path / "dets.json", dets)
+    with caplog.at_level(logging.INFO):
+        out = infer.main(["--checkpoint", keypoint_checkpoint, "--input", os.path.join(root, "000000000785.jpg"),
+                          "--boxes", path, "--output-dir", str(tmp_path / "o"), "--no-progress", "--no-flip"])
+    assert out["boxes"] == 3 and out["box_stats"]["unusable"] == 1
+    assert out["box_stats"]["outside_image"] == 1 and out["box_stats"]["clipped"] == 1
+    assert "entry 2 (image 785, bbox [10.0, 10.0, 0.5, 40.0]" in caplog.text
+    assert "1 boxes reaching beyond their image were clipped" in caplog.text
+    assert len(json.load(open(out["results"]))) == out["instances"] >= 1
+
+
+def test_infer_with_boxes_needs_every_images_id(shared_data, keypoint_checkpoint, tmp_path):
+    from tools import infer
+
+    root = os.path.join(shared_data, "coco_mini")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(os.path.join(root, "000000000785.jpg"), inputs / "2.jpg")
+    shutil.copy(os.path.join(root, "000000040083.jpg"), inputs / "frame.jpg")
+    path = _write(tmp_path / "dets.json", [{"image_id": 2, "bbox": [10, 10, 100, 200], "score": 0.9},
+                                           {"image_id": 3, "bbox": [50, 50, 100, 200], "score": 0.9}])
+    # frame.jpg has no id: it must not borrow one (3 here, or 2) and with it another image's boxes.
+    with pytest.raises(ValueError, match=r"frame\.jpg.*--image-info ann\.json"):
+        infer.main(["--checkpoint", keypoint_checkpoint, "--input", str(inputs), "--boxes", path,
+                    "--output-dir", str(tmp_path / "o"), "--no-progress"])
+    # Without --boxes a made-up id is fine, and it is not another input's.
+    out = infer.main(["--checkpoint", keypoint_checkpoint, "--input", str(inputs), "--output-dir",
+                      str(tmp_path / "w"), "--no-progress", "--no-flip"])
+    assert sorted(r["image_id"] for r in json.load(open(out["results"]))) == [2, 3]
+
+
+def test_boxes_and_det_checkpoint_are_refused(coco_mini_config, tmp_path):
+    from tools import eval as eval_tool
+    from tools import infer
+
+    with pytest.raises(SystemExit, match="two sources of boxes"):
+        infer.main(["--checkpoint", "k.pt", "--det-checkpoint", "d.pt", "--boxes", "b.json", "--input", "x"])
+    with pytest.raises(SystemExit, match="two sources of boxes"):
+        eval_tool.main(["--config", coco_mini_config, "--checkpoint", "k.pt", "--det-checkpoint", "d.pt",
+                        "--boxes", "b.json", "--output-dir", str(tmp_path)])
+    # Each threshold belongs to one source: given with the other, it would silently do nothing.
+    for tool, extra in ((infer, ["--input", "x"]), (eval_tool, ["--config", coco_mini_config])):
+        with pytest.raises(SystemExit, match="--det-score-threshold"):
+            tool.main(["--checkpoint", "k.pt", "--det-checkpoint", "d.pt", "--box-score-threshold", "0.5", *extra])
+        with pytest.raises(SystemExit, match="--box-score-threshold"):
+            tool.main(["--checkpoint", "k.pt", "--boxes", "b.json", "--det-score-threshold", "0.5", *extra])
+
+
+def test_boxes_of_several_categories_default_to_the_keypoint_models(shared_data, keypoint_checkpoint,
+                                                                     coco_mini_config, tmp_path):
+    from tools import eval as eval_tool
+    from tools import infer
+
+    root = os.path.join(shared_data, "coco_mini")
+    dets = json.load(open(os.path.join(shared_data, DET_FILE)))
+    others = [{**d, "category_id": 18} for d in dets[:5]]          # five "dog" boxes on top of the people
+    path = _write(tmp_path / "dets.json", dets + others)
+    common = ["--checkpoint", keypoint_checkpoint, "--input", root, "--boxes", path, "--image-info",
+              os.path.join(root, "test_coco.json"), "--no-progress", "--no-flip", "--max-images", "1"]
+    out = infer.main([*common, "--output-dir", str(tmp_path / "a")])
+    n_first = sum(d["image_id"] == 785 for d in dets)
+    assert "categories [1]" in out["box_source"] and out["boxes"] == n_first
+    out = infer.main([*common, "--output-dir", str(tmp_path / "b"), "--det-category", "18"])
+    assert "categories [18]" in out["box_source"] and out["boxes"] == sum(d["image_id"] == 785 for d in others)
+    with pytest.raises(ValueError, match=r"\[7\] has no entries"):
+        infer.main([*common, "--output-dir", str(tmp_path / "c"), "--det-category", "7"])
+    report = eval_tool.main(["--config", coco_mini_config, "--checkpoint", keypoint_checkpoint, "--output-dir",
+                             str(tmp_path / "e"), "--no-progress", "--boxes", path, "--det-category", "person",
+                             "eval.flip_test=false"])
+    assert "categories [1]" in report["boxes"] and report["boxes_used"] == len(dets)

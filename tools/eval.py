@@ -13,7 +13,11 @@ says which it used (``boxes`` in the printout and in metrics.json):
   (normalised by data.nme_normalize's keypoint pair, else the box diagonal);
 * detected boxes (``--boxes`` a COCO detection-results file, or ``--det-checkpoint`` a detector): the
   two-stage pipeline of tools.infer on every validation image (crop, keypoints, rescoring, OKS-NMS); COCO
-  keypoint AP/AR only (PCK and NME need a ground-truth instance per prediction).
+  keypoint AP/AR only (PCK and NME need a ground-truth instance per prediction). ``--det-category`` selects
+  the categories of either source (detector: all by default; file: the keypoint model's category when the
+  file has it, else all); ``--det-score-threshold`` is the detector's lowest score and
+  ``--box-score-threshold`` the file's, both 0 by default (AP wants every box; tools.infer's detector default
+  is 0.3).
 
 A detection config is evaluated with COCO bbox AP/AR (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l).
 Writes the COCO results JSON and the metrics JSON.
@@ -37,7 +41,7 @@ from engine.distributed import resolve_device
 from engine.inference import DetectionPredictor, TopDownPredictor
 from engine.tasks import detection as det_task
 from engine.tasks import keypoints as kp
-from engine.two_stage import DetectionFileBoxes, DetectorBoxes, TwoStagePipeline, select_categories
+from engine.two_stage import DetectionFileBoxes, DetectorBoxes, TwoStagePipeline, parse_categories, select_categories
 from tools._common import setup_logging
 
 log = logging.getLogger("tools.eval")
@@ -55,9 +59,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                                    "the ground-truth boxes")
     p.add_argument("--det-checkpoint", help="keypoints: evaluate on the boxes of this detector instead of the "
                                             "ground-truth boxes")
-    p.add_argument("--det-category", help="detector classes to use (comma-separated names or ids; default: all)")
-    p.add_argument("--box-score-threshold", type=float, default=0.0,
-                   help="detected boxes below this score are ignored (default 0: all, as COCO's protocol)")
+    p.add_argument("--det-category",
+                   help="categories whose boxes to use, comma-separated names or category ids. With "
+                        "--det-checkpoint: the detector's classes (default: all). With --boxes: the file's "
+                        "category_id values, names through the validation json's categories (default: the "
+                        "keypoint model's category if the file has it, else all)")
+    p.add_argument("--det-score-threshold", type=float, default=None,
+                   help="--det-checkpoint only: keep detector boxes at or above this score (default 0: AP wants "
+                        "every box; tools.infer defaults to 0.3)")
+    p.add_argument("--box-score-threshold", type=float, default=None,
+                   help="--boxes only: ignore the file's detections below this score (default 0: all, as COCO's "
+                        "protocol)")
     p.add_argument("--oks-nms-threshold", type=float, default=0.9, help="OKS-NMS threshold with detected boxes")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -66,6 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     setup_logging()
+    check_flags(args)
     cfg = load_config(args.config, args.overrides)
     device = resolve_device(args.device or cfg.train.device)
     out_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
@@ -74,8 +87,6 @@ def main(argv: list[str] | None = None) -> dict:
         if args.boxes or args.det_checkpoint:
             raise SystemExit("tools.eval: --boxes/--det-checkpoint are for keypoint configs; this is a detector")
         return evaluate_detector(args, cfg, device, out_dir)
-    if args.boxes and args.det_checkpoint:
-        raise SystemExit("tools.eval: --boxes and --det-checkpoint are two sources of boxes; give one")
 
     val_data, meta = kp.load_split_and_meta(cfg, cfg.data.val)
     state = load_checkpoint(args.checkpoint, map_location=device)
@@ -110,6 +121,20 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def check_flags(args) -> None:
+    """Refuse flag combinations that would silently do something else than asked."""
+    if args.boxes and args.det_checkpoint:
+        raise SystemExit("tools.eval: --boxes and --det-checkpoint are two sources of boxes; give one")
+    if args.box_score_threshold is not None and not args.boxes:
+        raise SystemExit("tools.eval: --box-score-threshold filters the entries of --boxes; for a detector use "
+                         "--det-score-threshold")
+    if args.det_score_threshold is not None and not args.det_checkpoint:
+        raise SystemExit("tools.eval: --det-score-threshold is the threshold of --det-checkpoint; for a --boxes "
+                         "file use --box-score-threshold")
+    if args.det_category and not (args.boxes or args.det_checkpoint):
+        raise SystemExit("tools.eval: --det-category selects the categories of --boxes or --det-checkpoint")
+
+
 def evaluate_on_detections(args, cfg, device, out_dir: str, model, task, val_data, gt: dict) -> dict:
     """Keypoint AP on detected boxes: the two-stage pipeline over every validation image."""
     if args.det_checkpoint:
@@ -120,9 +145,16 @@ def evaluate_on_detections(args, cfg, device, out_dir: str, model, task, val_dat
         dmodel, dmeta = det_task.load_detector(dstate, dcfg, device)
         cats = select_categories(dmeta.class_names, dmeta.category_ids, args.det_category)
         predictor = DetectionPredictor(dmodel, det_task.build_task(dcfg, dmeta, progress=False), dcfg.data.input_size)
-        source = DetectorBoxes(predictor, cats, args.box_score_threshold, args.det_checkpoint)
+        source = DetectorBoxes(predictor, cats, args.det_score_threshold or 0.0, args.det_checkpoint)
     else:
-        source = DetectionFileBoxes(args.boxes, args.box_score_threshold)
+        cats = gt.get("categories", [])
+        if args.det_category:                   # names of every category of the validation json
+            with open(cfg.data.val.ann_file) as f:
+                cats = json.load(f).get("categories") or cats
+        names = {int(c["id"]): str(c["name"]) for c in cats if isinstance(c, dict) and "id" in c and "name" in c}
+        source = DetectionFileBoxes(args.boxes, args.box_score_threshold or 0.0,
+                                    parse_categories(args.det_category, names),
+                                    default_category_id=task.meta.category_id, category_names=names)
         source.check_image_ids(val_data.image_ids, what=f"image of the validation split ({cfg.data.val.ann_file})")
     pipeline = TwoStagePipeline(TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding),
                                 task.meta.oks_sigmas, args.oks_nms_threshold)
@@ -140,13 +172,14 @@ def evaluate_on_detections(args, cfg, device, out_dir: str, model, task, val_dat
         boxes, scores = source.boxes_for(image_id, image)
         n_boxes += len(boxes)
         records.extend(pipeline.run(image, image_id, boxes, scores))
+    box_stats = source.log_summary()
     if unreadable:
         log.warning("%d validation images could not be read and have no predictions, e.g. %s", len(unreadable),
                     unreadable[:3])
     results = task.to_coco_results(records)
     metrics = coco_eval(gt, results, "keypoints", sigmas=task.meta.oks_sigmas)
     report = {"checkpoint": args.checkpoint, "ann_file": cfg.data.val.ann_file, "boxes": source.description,
-              "boxes_used": n_boxes, "instances": len(results), "flip_test": cfg.eval.flip_test,
+              "boxes_used": n_boxes, "box_stats": box_stats, "instances": len(results), "flip_test": cfg.eval.flip_test,
               "refine": cfg.eval.refine, "oks_nms_threshold": args.oks_nms_threshold, "metrics": metrics}
     kp.write_results(os.path.join(out_dir, "keypoint_results.json"), results)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:

@@ -9,11 +9,19 @@
 Where the boxes come from (one of them, said in the log and the returned summary):
 
 * ``--det-checkpoint``: a detector (tools.train with a ``task: detection`` config) finds the instances;
-  ``--det-category`` picks which of its classes go to the keypoint model (all by default).
+  ``--det-category`` picks which of its classes go to the keypoint model (all by default) and
+  ``--det-score-threshold`` (0.3) its lowest score.
 * ``--boxes``: a COCO detection-results file (``image_id``, ``bbox`` [x, y, w, h], ``score``), the standard
   top-down protocol. Image ids are matched to files through ``--image-info`` (a COCO json with ``images``),
-  or else through numeric file names (``000000000785.jpg`` is id 785); ids that match no input are named.
+  or else through numeric file names (``000000000785.jpg`` is id 785); ids that match no input are named, and
+  an input whose id cannot be told is an error. ``--det-category`` picks the file's categories (default: the
+  keypoint model's category when the file has it, else all) and ``--box-score-threshold`` (0) its lowest score.
+  Boxes under one pixel (or not finite) are left out with a warning; boxes reaching beyond their image are
+  clipped to it and boxes entirely outside it dropped, both counted in the log.
 * neither: each image is one instance (its whole frame is the box).
+
+Without ``--boxes``, an input whose id cannot be told (no ``--image-info`` entry, no numeric name) gets a
+made-up id, above the largest known one, in ``keypoint_results.json``.
 
 With a keypoint model, each box is cropped (padded to the model's aspect ratio), its keypoints estimated and
 mapped back, each instance rescored (box score x mean keypoint confidence) and duplicates removed by OKS-NMS.
@@ -39,7 +47,14 @@ from engine.experiment import load_for_inference
 from engine.inference import DetectionPredictor, TopDownPredictor
 from engine.tasks import detection as det_task
 from engine.tasks import keypoints as kp
-from engine.two_stage import DetectionFileBoxes, DetectorBoxes, TwoStagePipeline, WholeImageBoxes, select_categories
+from engine.two_stage import (
+    DetectionFileBoxes,
+    DetectorBoxes,
+    TwoStagePipeline,
+    WholeImageBoxes,
+    parse_categories,
+    select_categories,
+)
 from engine.two_stage import load_detections as _load_detections
 from engine.visualize import draw_detections, draw_keypoints, save_rgb
 from tools._common import setup_logging
@@ -52,14 +67,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="a keypoint checkpoint written by tools.train")
     p.add_argument("--det-checkpoint", help="a detection checkpoint: detect the instances first (two-stage)")
-    p.add_argument("--det-category", help="detector classes to pass to the keypoint model: comma-separated names "
-                                          "or category ids (default: all)")
-    p.add_argument("--det-score-threshold", type=float, default=0.3,
-                   help="keep detector boxes at or above this score (default 0.3)")
+    p.add_argument("--det-category",
+                   help="categories to pass to the keypoint model, comma-separated names or category ids. With "
+                        "--det-checkpoint: the detector's classes (default: all). With --boxes: the file's "
+                        "category_id values, names through --image-info's categories (default: the keypoint "
+                        "model's category if the file has it, else all)")
+    p.add_argument("--det-score-threshold", type=float, default=None,
+                   help="--det-checkpoint only: keep detector boxes at or above this score (default 0.3; "
+                        "tools.eval defaults to 0, since AP wants every box)")
     p.add_argument("--input", required=True, help="an image, a folder of images, or a glob pattern (quote it)")
-    p.add_argument("--boxes", help="COCO detection results JSON; without it the whole image is one instance")
-    p.add_argument("--image-info", help="COCO json whose 'images' map file names to the ids used in --boxes")
-    p.add_argument("--box-score-threshold", type=float, default=0.0, help="ignore detections below this score")
+    p.add_argument("--boxes", help="COCO detection results JSON; without it (and without --det-checkpoint) the "
+                                   "whole image is one instance")
+    p.add_argument("--image-info", help="COCO json whose 'images' map file names to the ids used in --boxes. With "
+                                        "--boxes every input needs an id (from here or a numeric file name); "
+                                        "without --boxes, inputs without one get made-up ids")
+    p.add_argument("--box-score-threshold", type=float, default=None,
+                   help="--boxes only: ignore the file's detections below this score (default 0)")
     p.add_argument("--output-dir", default="outputs/infer")
     p.add_argument("--device", default="auto")
     p.add_argument("--max-images", type=int, help="process only the first N images (sorted by name)")
@@ -107,21 +130,68 @@ def image_ids_for(files: list[str], image_info: str | None) -> list[int | None]:
     return [int(stem) if (stem := os.path.splitext(os.path.basename(p))[0]).isdigit() else None for p in files]
 
 
-def load_detections(path: str, score_threshold: float) -> dict[int, list[dict]]:
+def load_detections(path: str, score_threshold: float, category_ids=None) -> dict[int, list[dict]]:
     """COCO detection results grouped by image id (see :func:`engine.two_stage.load_detections`)."""
-    return _load_detections(path, score_threshold)
+    return _load_detections(path, score_threshold, category_ids)
+
+
+def category_names_of(image_info: str | None) -> dict[int, str]:
+    """{category id: name} of --image-info's ``categories`` (empty without it)."""
+    if not image_info:
+        return {}
+    with open(image_info) as f:
+        cats = json.load(f).get("categories") or []
+    return {int(c["id"]): str(c["name"]) for c in cats if isinstance(c, dict) and "id" in c and "name" in c}
+
+
+def check_flags(args) -> None:
+    """Refuse flag combinations that would silently do something else than asked."""
+    if not args.checkpoint and not args.det_checkpoint:
+        raise SystemExit("tools.infer: give --checkpoint (keypoints), --det-checkpoint (detection) or both")
+    if args.boxes and args.det_checkpoint:
+        raise SystemExit("tools.infer: --boxes and --det-checkpoint are two sources of boxes; give one")
+    if args.box_score_threshold is not None and not args.boxes:
+        raise SystemExit("tools.infer: --box-score-threshold filters the entries of --boxes; for a detector use "
+                         "--det-score-threshold")
+    if args.det_score_threshold is not None and not args.det_checkpoint:
+        raise SystemExit("tools.infer: --det-score-threshold is the threshold of --det-checkpoint; for a --boxes "
+                         "file use --box-score-threshold")
+    if args.det_category and not (args.boxes or args.det_checkpoint):
+        raise SystemExit("tools.infer: --det-category selects the categories of --boxes or --det-checkpoint")
+
+
+def resolve_image_ids(files: list[str], ids: list[int | None], boxes: str | None,
+                      image_info: str | None) -> list[int]:
+    """Every file's id. With --boxes an unknown id is an error (a made-up id could be another image's and take
+    its boxes); without, files get made-up ids above the largest known one, in file order."""
+    unresolved = [f for f, i in zip(files, ids) if i is None]
+    if unresolved and boxes:
+        why = (f"--image-info {image_info} does not list them" if image_info else
+               "their names are not numbers and no --image-info was given")
+        raise ValueError(f"--boxes {boxes}: cannot tell the image id of {len(unresolved)} input files, e.g. "
+                         f"{unresolved[:3]} ({why}); pass --image-info ann.json, the COCO json of these images whose "
+                         f"'images' give each file_name its id, so that each image gets its own boxes")
+    next_id = max((i for i in ids if i is not None), default=0) + 1
+    out = []
+    for i in ids:
+        if i is None:
+            i, next_id = next_id, next_id + 1
+        out.append(i)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     setup_logging()
-    if not args.checkpoint and not args.det_checkpoint:
-        raise SystemExit("tools.infer: give --checkpoint (keypoints), --det-checkpoint (detection) or both")
-    if args.boxes and args.det_checkpoint:
-        raise SystemExit("tools.infer: --boxes and --det-checkpoint are two sources of boxes; give one")
-    device = resolve_device(args.device)
+    check_flags(args)
+    det_threshold = 0.3 if args.det_score_threshold is None else args.det_score_threshold
+    box_threshold = 0.0 if args.box_score_threshold is None else args.box_score_threshold
     files = list_images(args.input)
     ids = image_ids_for(files, args.image_info)
+    # Only the images processed need an id; unknown-id warnings still look at every input.
+    n_used = args.max_images or len(files)
+    ids = resolve_image_ids(files[:n_used], ids[:n_used], args.boxes, args.image_info) + ids[n_used:]
+    device = resolve_device(args.device)
 
     pipeline = meta = None
     if args.checkpoint:
@@ -145,9 +215,11 @@ def main(argv: list[str] | None = None) -> dict:
         cats = select_categories(det_meta.class_names, det_meta.category_ids, args.det_category)
         det_predictor = DetectionPredictor(dmodel, det_task.build_task(dcfg, det_meta, progress=False),
                                            dcfg.data.input_size)
-        source = DetectorBoxes(det_predictor, cats, args.det_score_threshold, args.det_checkpoint)
+        source = DetectorBoxes(det_predictor, cats, det_threshold, args.det_checkpoint)
     elif args.boxes:
-        source = DetectionFileBoxes(args.boxes, args.box_score_threshold)
+        names = category_names_of(args.image_info)
+        source = DetectionFileBoxes(args.boxes, box_threshold, parse_categories(args.det_category, names),
+                                    default_category_id=meta.category_id, category_names=names)
         unknown_ids = source.check_image_ids(ids)
     else:
         source = WholeImageBoxes()
@@ -157,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     vis_dir = os.path.join(args.output_dir, "vis")
     records, detections, n_boxes, skipped = [], [], 0, []
-    for n, (path, image_id) in enumerate(tqdm(list(zip(files, ids)), desc="infer", disable=args.no_progress)):
+    for path, image_id in tqdm(list(zip(files, ids)), desc="infer", disable=args.no_progress):
         image = read_image_rgb(path)
         if image is None:
             if args.on_bad_image == "error":
@@ -165,7 +237,6 @@ def main(argv: list[str] | None = None) -> dict:
             warnings.warn(f"cannot read image {path} (missing or corrupt); skipped", stacklevel=1)
             skipped.append(path)
             continue
-        image_id = image_id if image_id is not None else n + 1
         boxes, box_scores = source.boxes_for(image_id, image)
         n_boxes += len(boxes)
         if isinstance(source, DetectorBoxes):
@@ -181,13 +252,14 @@ def main(argv: list[str] | None = None) -> dict:
                                    np.array([r["bbox"] for r in kept]).reshape(-1, 4))
         else:
             names = [det_meta.class_names[int(c)] for c in source.last["labels"]]
-            keep = source.last["scores"] >= args.det_score_threshold
+            keep = source.last["scores"] >= det_threshold
             drawn = draw_detections(image, source.last["boxes"][keep], source.last["scores"][keep],
                                     [nm for nm, k in zip(names, keep) if k])
         save_rgb(os.path.join(vis_dir, os.path.splitext(os.path.basename(path))[0] + ".jpg"), drawn)
 
     summary = {"images": len(files) - len(skipped), "boxes": n_boxes, "box_source": source.description,
-               "skipped": skipped, "vis_dir": vis_dir, "unknown_image_ids": unknown_ids}
+               "skipped": skipped, "vis_dir": vis_dir, "unknown_image_ids": unknown_ids,
+               "box_stats": source.log_summary()}
     if pipeline is not None:
         results = pipeline.task.to_coco_results(records)
         out_json = os.path.join(args.output_dir, "keypoint_results.json")
@@ -203,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         if pipeline is None:
             summary["instances"] = n_boxes
             log.info("%d images, %d detections (score >= %g) -> %s and %s", summary["images"], n_boxes,
-                     args.det_score_threshold, vis_dir, det_json)
+                     det_threshold, vis_dir, det_json)
     return summary
 
 

@@ -78,6 +78,7 @@ class DetectionTask:
         self.nms = nms
         self.nms_iou = nms_iou
         self.progress = progress
+        self._warned_max_objects = False
 
     # ------------------------------------------------------------------ training
     def losses(self, outputs: dict, boxes: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict:
@@ -102,8 +103,15 @@ class DetectionTask:
         out = self.losses(model(images), batch["boxes"].to(device, non_blocking=True),
                           batch["labels"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True))
         out["batch_size"] = images.shape[0]
-        # Boxes the augmentation's crop removed (logged with the other scalars every log_interval steps).
+        # Boxes the augmentation's crop removed, and boxes beyond data.max_objects that the collate cut from an
+        # image: CPU counts from the loader, logged with the other scalars every log_interval steps (no sync).
         out["boxes_dropped"] = torch.tensor(float(batch.get("dropped", 0)))
+        truncated = int(batch.get("truncated", 0))
+        out["boxes_over_max_objects"] = torch.tensor(float(truncated))
+        if truncated and not self._warned_max_objects:
+            self._warned_max_objects = True
+            log.warning("a training batch had %d boxes beyond data.max_objects, left out of its targets (logged "
+                        "as boxes_over_max_objects); raise data.max_objects to keep them", truncated)
         return out
 
     @staticmethod
@@ -117,7 +125,9 @@ class DetectionTask:
 
         batch: ``image`` [B, 3, H, W] (the model input), ``input_to_image`` [B, 2, 3] and ``image_size``
         [B, 2] (w, h). Returns one dict per image with numpy ``boxes`` [n, 4] (inclusive xyxy), ``scores``
-        [n], ``labels`` [n] (class index) and ``category_ids`` [n], by decreasing score.
+        [n], ``labels`` [n] (class index) and ``category_ids`` [n], by decreasing score. Boxes are clipped to
+        the image; those below the score threshold, empty after clipping (less than one pixel) or not finite
+        are dropped, so every box returned can be cropped.
         """
         device = _device_of(model)
         out = model(batch["image"].to(device, non_blocking=True))
@@ -128,7 +138,7 @@ class DetectionTask:
         for i in range(boxes.shape[0]):
             w, h = (int(v) for v in batch["image_size"][i])
             b = clip_boxes(boxes[i], w, h)
-            keep = (scores[i] >= self.score_threshold) & ~box_is_empty(b)
+            keep = (scores[i] >= self.score_threshold) & ~box_is_empty(b) & torch.isfinite(b).all(-1)
             b, s, c = b[keep], scores[i][keep], labels[i][keep]
             if self.nms and len(b):
                 kept = batched_nms(b, s, c, self.nms_iou)
