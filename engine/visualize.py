@@ -105,7 +105,8 @@ def plot_training_curves(epoch_csv: str, step_csv: str, path: str, main_metric: 
         metric_keys = [k for k in epochs[0] if k.startswith("val_")]
         for key in metric_keys:
             pts = [(int(r["epoch"]), float(r[key])) for r in epochs if r.get(key) not in (None, "")]
-            if pts:
+            # pycocotools reports -1 for an area range with no instances (e.g. APl on small figures): not a value
+            if pts and any(v != -1.0 for _, v in pts):
                 lw = 2.5 if main_metric and key == f"val_{main_metric}" else 1.0
                 axes[1].plot(*zip(*pts), "o-", lw=lw, label=key[4:])
     axes[0].set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
