@@ -15,21 +15,20 @@ OKS uses), ``bbox`` the silhouette's tight box (COCO ``[x, y, w, h]``, ``w = x2 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from datasets.skeletons import COCO_KEYPOINT_NAMES, COCO_SKELETON
+from datasets.synthetic_writer import ensure_written
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 5
-SPLITS = ("train", "val")
 _SPLIT_CODES = {"train": 0, "val": 1}
 
 
@@ -53,21 +52,7 @@ class SyntheticKeypointSpec:
 
 def ensure_synthetic_dataset(root: str, spec: SyntheticKeypointSpec) -> dict[str, str]:
     """Write the set under ``root`` unless an identical one is already there. Returns the json paths."""
-    manifest_path = os.path.join(root, "manifest.json")
-    wanted = {"generator_version": GENERATOR_VERSION, **asdict(spec)}
-    paths = {s: os.path.join(root, "annotations", f"{s}.json") for s in SPLITS}
-    if os.path.isfile(manifest_path):
-        with open(manifest_path) as f:
-            if json.load(f) == wanted and all(os.path.isfile(p) for p in paths.values()):
-                return paths
-    log.info("writing the synthetic keypoint set to %s", root)
-    for split in SPLITS:
-        n = spec.num_train_images if split == "train" else spec.num_val_images
-        coco = generate_split(root, split, n, spec)
-        os.makedirs(os.path.dirname(paths[split]), exist_ok=True)
-        _write_json_atomic(paths[split], coco)
-    _write_json_atomic(manifest_path, wanted)
-    return paths
+    return ensure_written(root, spec, GENERATOR_VERSION, "keypoint", generate_split)
 
 
 def generate_split(root: str, split: str, num_images: int, spec: SyntheticKeypointSpec,
@@ -377,10 +362,3 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)

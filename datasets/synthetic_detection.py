@@ -18,21 +18,20 @@ of its settings, written once to ``root/`` as JPEG images and COCO json (like da
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from datasets.synthetic_writer import ensure_written
 from models.bbox import box_center, box_iou, xyxy_to_coco_xywh
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
-SPLITS = ("train", "val")
 _SPLIT_CODES = {"train": 0, "val": 1}
 CLASS_NAMES = ("disc", "square", "triangle", "cross")
 # Objects whose boxes overlap more than this are re-placed.
@@ -59,21 +58,7 @@ class SyntheticDetectionSpec:
 
 def ensure_synthetic_detection_dataset(root: str, spec: SyntheticDetectionSpec) -> dict[str, str]:
     """Write the set under ``root`` unless an identical one is already there. Returns the json paths."""
-    manifest_path = os.path.join(root, "manifest.json")
-    wanted = {"generator_version": GENERATOR_VERSION, **asdict(spec)}
-    paths = {s: os.path.join(root, "annotations", f"{s}.json") for s in SPLITS}
-    if os.path.isfile(manifest_path):
-        with open(manifest_path) as f:
-            if json.load(f) == wanted and all(os.path.isfile(p) for p in paths.values()):
-                return paths
-    log.info("writing the synthetic detection set to %s", root)
-    for split in SPLITS:
-        n = spec.num_train_images if split == "train" else spec.num_val_images
-        coco = generate_split(root, split, n, spec)
-        os.makedirs(os.path.dirname(paths[split]), exist_ok=True)
-        _write_json_atomic(paths[split], coco)
-    _write_json_atomic(manifest_path, wanted)
-    return paths
+    return ensure_written(root, spec, GENERATOR_VERSION, "detection", generate_split)
 
 
 def generate_split(root: str, split: str, num_images: int, spec: SyntheticDetectionSpec,
@@ -235,10 +220,3 @@ def _add_noise(img: np.ndarray, rng) -> np.ndarray:
     if rng.random() < 0.3:
         out = cv2.GaussianBlur(out, (3, 3), 0)
     return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
