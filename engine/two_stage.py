@@ -30,6 +30,21 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- box sources
+def check_box_source_flags(args, tool: str) -> None:
+    """Refuse box-source flag combinations (``tools.eval``, ``tools.infer``) that would silently do something
+    else than asked: two sources at once, or a threshold or category filter for a source that is not given."""
+    if args.boxes and args.det_checkpoint:
+        raise SystemExit(f"{tool}: --boxes and --det-checkpoint are two sources of boxes; give one")
+    if args.box_score_threshold is not None and not args.boxes:
+        raise SystemExit(f"{tool}: --box-score-threshold filters the entries of --boxes; for a detector use "
+                         "--det-score-threshold")
+    if args.det_score_threshold is not None and not args.det_checkpoint:
+        raise SystemExit(f"{tool}: --det-score-threshold is the threshold of --det-checkpoint; for a --boxes "
+                         "file use --box-score-threshold")
+    if args.det_category and not (args.boxes or args.det_checkpoint):
+        raise SystemExit(f"{tool}: --det-category selects the categories of --boxes or --det-checkpoint")
+
+
 def croppable(boxes: np.ndarray) -> np.ndarray:
     """True where an inclusive xyxy box can be cropped: finite and at least one pixel wide and high
     (``x2 >= x1`` and ``y2 >= y1``, i.e. COCO ``w >= 1`` and ``h >= 1``). boxes: [N, 4] -> bool [N]."""

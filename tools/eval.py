@@ -41,7 +41,14 @@ from engine.distributed import resolve_device
 from engine.inference import DetectionPredictor, TopDownPredictor
 from engine.tasks import detection as det_task
 from engine.tasks import keypoints as kp
-from engine.two_stage import DetectionFileBoxes, DetectorBoxes, TwoStagePipeline, parse_categories, select_categories
+from engine.two_stage import (
+    DetectionFileBoxes,
+    DetectorBoxes,
+    TwoStagePipeline,
+    check_box_source_flags,
+    parse_categories,
+    select_categories,
+)
 from tools._common import setup_logging
 
 log = logging.getLogger("tools.eval")
@@ -78,7 +85,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     setup_logging()
-    check_flags(args)
+    check_box_source_flags(args, "tools.eval")
     cfg = load_config(args.config, args.overrides)
     device = resolve_device(args.device or cfg.train.device)
     out_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
@@ -119,20 +126,6 @@ def main(argv: list[str] | None = None) -> dict:
         json.dump(report, f, indent=2)
     print(format_metrics(report))
     return report
-
-
-def check_flags(args) -> None:
-    """Refuse flag combinations that would silently do something else than asked."""
-    if args.boxes and args.det_checkpoint:
-        raise SystemExit("tools.eval: --boxes and --det-checkpoint are two sources of boxes; give one")
-    if args.box_score_threshold is not None and not args.boxes:
-        raise SystemExit("tools.eval: --box-score-threshold filters the entries of --boxes; for a detector use "
-                         "--det-score-threshold")
-    if args.det_score_threshold is not None and not args.det_checkpoint:
-        raise SystemExit("tools.eval: --det-score-threshold is the threshold of --det-checkpoint; for a --boxes "
-                         "file use --box-score-threshold")
-    if args.det_category and not (args.boxes or args.det_checkpoint):
-        raise SystemExit("tools.eval: --det-category selects the categories of --boxes or --det-checkpoint")
 
 
 def evaluate_on_detections(args, cfg, device, out_dir: str, model, task, val_data, gt: dict) -> dict:

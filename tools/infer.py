@@ -52,6 +52,7 @@ from engine.two_stage import (
     DetectorBoxes,
     TwoStagePipeline,
     WholeImageBoxes,
+    check_box_source_flags,
     parse_categories,
     select_categories,
 )
@@ -148,16 +149,7 @@ def check_flags(args) -> None:
     """Refuse flag combinations that would silently do something else than asked."""
     if not args.checkpoint and not args.det_checkpoint:
         raise SystemExit("tools.infer: give --checkpoint (keypoints), --det-checkpoint (detection) or both")
-    if args.boxes and args.det_checkpoint:
-        raise SystemExit("tools.infer: --boxes and --det-checkpoint are two sources of boxes; give one")
-    if args.box_score_threshold is not None and not args.boxes:
-        raise SystemExit("tools.infer: --box-score-threshold filters the entries of --boxes; for a detector use "
-                         "--det-score-threshold")
-    if args.det_score_threshold is not None and not args.det_checkpoint:
-        raise SystemExit("tools.infer: --det-score-threshold is the threshold of --det-checkpoint; for a --boxes "
-                         "file use --box-score-threshold")
-    if args.det_category and not (args.boxes or args.det_checkpoint):
-        raise SystemExit("tools.infer: --det-category selects the categories of --boxes or --det-checkpoint")
+    check_box_source_flags(args, "tools.infer")
 
 
 def resolve_image_ids(files: list[str], ids: list[int | None], boxes: str | None,
