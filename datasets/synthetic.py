@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from datasets.skeletons import COCO_KEYPOINT_NAMES, COCO_SKELETON
-from datasets.synthetic_writer import ensure_written
+from datasets.synthetic_writer import ensure_written, write_split_images
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 5
-_SPLIT_CODES = {"train": 0, "val": 1}
 
 
 @dataclass
@@ -58,22 +56,14 @@ def ensure_synthetic_dataset(root: str, spec: SyntheticKeypointSpec) -> dict[str
 def generate_split(root: str, split: str, num_images: int, spec: SyntheticKeypointSpec,
                    progress: bool = True) -> dict:
     """Draw and write ``num_images`` images of one split; returns its COCO dict."""
-    from tqdm import tqdm
-
-    image_dir = os.path.join(root, "images", split)
-    os.makedirs(image_dir, exist_ok=True)
-    images, annotations = [], []
-    for i in tqdm(range(num_images), desc=f"synthetic {split}", disable=not progress, leave=False):
-        rng = np.random.default_rng([spec.seed, _SPLIT_CODES[split], i])
+    def render(rng):
         image, figures = render_image(rng, spec)
-        image_id = i + 1
-        file_name = f"{split}/{image_id:06d}.jpg"
-        cv2.imwrite(os.path.join(root, "images", file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 95])
-        images.append({"id": image_id, "file_name": file_name, "width": image.shape[1], "height": image.shape[0]})
         for fig in figures:
-            fig.update(id=len(annotations) + 1, image_id=image_id, category_id=1, iscrowd=0)
-            annotations.append(fig)
+            fig["category_id"] = 1
+        return image, figures
+
+    images, annotations = write_split_images(root, split, num_images, spec.seed, render, f"synthetic {split}",
+                                             progress)
     category = {"id": 1, "name": "person", "supercategory": "person",
                 "keypoints": list(COCO_KEYPOINT_NAMES), "skeleton": [list(p) for p in COCO_SKELETON]}
     return {"info": {"description": f"synthetic figures, {split}", "generator_version": GENERATOR_VERSION},

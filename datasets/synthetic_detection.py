@@ -20,19 +20,17 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from datasets.synthetic_writer import ensure_written
+from datasets.synthetic_writer import ensure_written, write_split_images
 from models.bbox import box_center, box_iou, xyxy_to_coco_xywh
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
-_SPLIT_CODES = {"train": 0, "val": 1}
 CLASS_NAMES = ("disc", "square", "triangle", "cross")
 # Objects whose boxes overlap more than this are re-placed.
 _MAX_BOX_IOU = 0.3
@@ -64,22 +62,9 @@ def ensure_synthetic_detection_dataset(root: str, spec: SyntheticDetectionSpec) 
 def generate_split(root: str, split: str, num_images: int, spec: SyntheticDetectionSpec,
                    progress: bool = True) -> dict:
     """Draw and write ``num_images`` images of one split; returns its COCO dict."""
-    from tqdm import tqdm
-
-    image_dir = os.path.join(root, "images", split)
-    os.makedirs(image_dir, exist_ok=True)
-    images, annotations = [], []
-    for i in tqdm(range(num_images), desc=f"synthetic detection {split}", disable=not progress, leave=False):
-        rng = np.random.default_rng([spec.seed, _SPLIT_CODES[split], i])
-        image, objects = render_image(rng, spec)
-        image_id = i + 1
-        file_name = f"{split}/{image_id:06d}.jpg"
-        cv2.imwrite(os.path.join(root, "images", file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 95])
-        images.append({"id": image_id, "file_name": file_name, "width": image.shape[1], "height": image.shape[0]})
-        for obj in objects:
-            obj.update(id=len(annotations) + 1, image_id=image_id, iscrowd=0)
-            annotations.append(obj)
+    images, annotations = write_split_images(root, split, num_images, spec.seed,
+                                             lambda rng: render_image(rng, spec), f"synthetic detection {split}",
+                                             progress)
     categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASS_NAMES)]
     return {"info": {"description": f"synthetic shapes, {split}", "generator_version": GENERATOR_VERSION},
             "images": images, "annotations": annotations, "categories": categories}

@@ -15,9 +15,13 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+import cv2
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
+SPLIT_CODES = {"train": 0, "val": 1}   # part of every image's seed
 
 
 def ensure_written(root: str, spec: Any, generator_version: int, what: str,
@@ -51,3 +55,29 @@ def write_json_atomic(path: str, obj) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f)
     os.replace(tmp, path)
+
+
+def write_split_images(root: str, split: str, num_images: int, seed: int,
+                       render: Callable[[np.random.Generator], tuple[np.ndarray, list[dict]]], desc: str,
+                       progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """Draw ``num_images`` images of one split with ``render`` and write them as JPEGs under ``root/images``.
+
+    Image ``i`` draws from ``default_rng([seed, split code, i])``, so every image is a pure function of the
+    settings and its index. ``render(rng)`` returns an RGB image and its annotations (COCO dicts without
+    ids). Returns the COCO ``images`` and ``annotations`` lists, with ids, ``image_id`` and ``iscrowd`` set.
+    """
+    from tqdm import tqdm
+
+    os.makedirs(os.path.join(root, "images", split), exist_ok=True)
+    images, annotations = [], []
+    for i in tqdm(range(num_images), desc=desc, disable=not progress, leave=False):
+        image, anns = render(np.random.default_rng([seed, SPLIT_CODES[split], i]))
+        image_id = i + 1
+        file_name = f"{split}/{image_id:06d}.jpg"
+        cv2.imwrite(os.path.join(root, "images", file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 95])
+        images.append({"id": image_id, "file_name": file_name, "width": image.shape[1], "height": image.shape[0]})
+        for ann in anns:
+            ann.update(id=len(annotations) + 1, image_id=image_id, iscrowd=0)
+            annotations.append(ann)
+    return images, annotations
