@@ -14,7 +14,6 @@ boxes; the CenterNet targets are built on the device (models/box_codec.py).
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,7 +26,7 @@ from torch.utils.data import Dataset
 from datasets.affine import crop_matrix, invert_affine
 from datasets.augment import photometric_transform
 from datasets.coco_detection import DetectionImage
-from datasets.topdown import BAD_IMAGE_POLICIES, read_image_rgb
+from datasets.topdown import BAD_IMAGE_POLICIES, read_image_rgb, report_unreadable_image
 from models.bbox import affine_boxes, box_area, box_is_empty, clip_boxes
 
 log = logging.getLogger(__name__)
@@ -125,10 +124,8 @@ class DetectionTransformDataset(Dataset):
         rec = self.images[index]
         image = read_image_rgb(rec.image_path)
         if image is None:
-            msg = f"cannot read image {rec.image_path} (missing or corrupt; image_id {rec.image_id})"
-            if self.on_bad_image == "error":
-                raise OSError(msg + "; set data.on_bad_image=skip to skip such files")
-            warnings.warn(msg + "; skipped", stacklevel=2)
+            report_unreadable_image(f"{rec.image_path} (missing or corrupt; image_id {rec.image_id})",
+                                    self.on_bad_image)
             return None
         size = (image.shape[1], image.shape[0])
         if size != rec.image_size and rec.image_id not in self._size_warned:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,7 +25,7 @@ from torch.utils.data import Dataset
 
 from datasets.augment import photometric_transform
 from datasets.input_policy import ClassificationAugment, check_policy, fit_to_input
-from datasets.topdown import read_image_rgb
+from datasets.topdown import read_image_rgb, report_unreadable_image
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +76,7 @@ class ClassificationDataset(Dataset):
         index, seed = item if isinstance(item, tuple) else (item, None)
         image, sample_id = self._load(index)
         if image is None:
-            msg = f"cannot read image {sample_id} (missing or corrupt)"
-            if self.on_bad_image == "error":
-                raise OSError(msg + "; set data.on_bad_image=skip to skip such files")
-            warnings.warn(msg + "; skipped", stacklevel=2)
+            report_unreadable_image(f"{sample_id} (missing or corrupt)", self.on_bad_image)
             return None
         rng = np.random.default_rng(seed)
         image, valid = fit_to_input(image, self.input_size, self.policy, self.train, rng, self.crop_scale, self.fill)

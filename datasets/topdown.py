@@ -37,6 +37,17 @@ def read_image_rgb(path: str) -> np.ndarray | None:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def report_unreadable_image(description: str, on_bad_image: str) -> None:
+    """A missing or corrupt image: raise (``data.on_bad_image=error``) or warn that it is skipped (``skip``).
+
+    ``description`` names the file and what is known of it, e.g. ``"a.jpg (missing or corrupt; image_id 3)"``.
+    """
+    msg = f"cannot read image {description}"
+    if on_bad_image == "error":
+        raise OSError(msg + "; set data.on_bad_image=skip to skip such files")
+    warnings.warn(msg + "; skipped", stacklevel=3)
+
+
 def check_flip_index(flip_index: Sequence[int], num_keypoints: int, names: Sequence[str] | None = None) -> list[int]:
     """Validate a left/right flip map: a permutation of 0..K-1 that is its own inverse."""
     flip_index = [int(i) for i in flip_index]
@@ -100,10 +111,8 @@ class TopDownKeypointDataset(Dataset):
         inst = self.instances[index]
         image = read_image_rgb(inst.image_path)
         if image is None:
-            msg = f"cannot read image {inst.image_path} (missing or corrupt; image_id {inst.image_id})"
-            if self.on_bad_image == "error":
-                raise OSError(msg + "; set data.on_bad_image=skip to skip such files")
-            warnings.warn(msg + "; skipped", stacklevel=2)
+            report_unreadable_image(f"{inst.image_path} (missing or corrupt; image_id {inst.image_id})",
+                                    self.on_bad_image)
             return None
         if (image.shape[1], image.shape[0]) != inst.image_size and inst.image_id not in self._size_warned:
             self._size_warned.add(inst.image_id)
