@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from models.codec import HeatmapCodec  # noqa: E402
+from models.heatmap_codec import HeatmapCodec  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- inputs

@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.input_policy import INPUT_POLICIES  # noqa: E402
 from engine.config import load_config  # noqa: E402
-from engine.experiment import build_experiment, train  # noqa: E402
+from engine.tasks.registry import build_experiment
+from engine.training_setup import train  # noqa: E402
 from tools._common import setup_logging  # noqa: E402
 
 CONFIG = "configs/cls_resnet10t_synthetic-shapes_32x32.yaml"

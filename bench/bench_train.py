@@ -23,8 +23,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from engine.config import load_config  # noqa: E402
-from engine.experiment import build_experiment, seed_everything  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
+from engine.tasks.registry import build_experiment
+from engine.training_setup import seed_everything  # noqa: E402
 
 
 def images_per_second(fn, steps: int, batch_size: int, warmup: int = 2) -> float:

@@ -24,9 +24,9 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.affine import crop_matrix, invert_affine
-from datasets.augment import photometric_transform
 from datasets.coco_detection import DetectionImage
-from datasets.topdown import BAD_IMAGE_POLICIES, read_image_rgb, report_unreadable_image
+from datasets.image_io import BAD_IMAGE_POLICIES, read_image_rgb, report_unreadable_image
+from datasets.topdown_augment import photometric_transform
 from models.bbox import affine_boxes, box_area, box_is_empty, clip_boxes
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class DetectionAugment:
     scale_range: list[float] = field(default_factory=lambda: [0.6, 1.4])   # zoom around the letterbox fit
     shift_fraction: float = 0.2         # max shift of the view centre, as a fraction of the view's size
     min_visible_fraction: float = 0.3   # a cut box keeping less of its area than this is dropped
-    photometric: str = "light"          # one of datasets.augment.PHOTOMETRIC_PRESETS
+    photometric: str = "light"          # one of datasets.topdown_augment.PHOTOMETRIC_PRESETS
 
 
 def letterbox_scale(image_size: Sequence[int], input_size: Sequence[int]) -> float:

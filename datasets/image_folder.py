@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datasets.augment import photometric_transform
+from datasets.image_io import read_image_rgb, report_unreadable_image
 from datasets.input_policy import ClassificationAugment, check_policy, fit_to_input
-from datasets.topdown import read_image_rgb, report_unreadable_image
+from datasets.topdown_augment import photometric_transform
 
 log = logging.getLogger(__name__)
 

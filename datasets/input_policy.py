@@ -35,7 +35,7 @@ class ClassificationAugment:
     """Training-time augmentation of classification images (evaluation uses none)."""
 
     flip_prob: float = 0.5              # horizontal flip
-    photometric: str = "light"          # none | light | strong (datasets/augment.py presets)
+    photometric: str = "light"          # none | light | strong (datasets/topdown_augment.py presets)
 
 
 def check_policy(policy: str) -> str:

@@ -8,7 +8,6 @@ that maps predictions back.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 
 import cv2
@@ -17,36 +16,12 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from datasets.affine import apply_affine, crop_matrix, invert_affine
-from datasets.augment import TopDownAugment, photometric_transform
 from datasets.coco_keypoints import KeypointInstance
+from datasets.image_io import BAD_IMAGE_POLICIES, read_image_rgb, report_unreadable_image
+from datasets.topdown_augment import TopDownAugment, photometric_transform
 from models.bbox import DEFAULT_CROP_PADDING, box_to_center_size
 
 log = logging.getLogger(__name__)
-
-BAD_IMAGE_POLICIES = ("error", "skip")
-
-
-def read_image_rgb(path: str) -> np.ndarray | None:
-    """RGB uint8 [H, W, 3], or None when the file is missing or cannot be decoded.
-
-    EXIF orientation is ignored: annotations refer to the stored pixel grid (as the json's width/height do).
-    """
-    img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is None:
-        return None
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def report_unreadable_image(description: str, on_bad_image: str) -> None:
-    """A missing or corrupt image: raise (``data.on_bad_image=error``) or warn that it is skipped (``skip``).
-
-    ``description`` names the file and what is known of it, e.g. ``"a.jpg (missing or corrupt; image_id 3)"``.
-    """
-    msg = f"cannot read image {description}"
-    if on_bad_image == "error":
-        raise OSError(msg + "; set data.on_bad_image=skip to skip such files")
-    warnings.warn(msg + "; skipped", stacklevel=3)
-
 
 def check_flip_index(flip_index: Sequence[int], num_keypoints: int, names: Sequence[str] | None = None) -> list[int]:
     """Validate a left/right flip map: a permutation of 0..K-1 that is its own inverse."""

@@ -15,12 +15,13 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from datasets.augment import TopDownAugment
 from datasets.detection_transforms import DetectionAugment
 from datasets.input_policy import ClassificationAugment
 from datasets.synthetic import SyntheticKeypointSpec
 from datasets.synthetic_classification import SyntheticClassificationSpec
 from datasets.synthetic_detection import SyntheticDetectionSpec
+from datasets.topdown_augment import TopDownAugment
+from models.errors import ConfigError  # noqa: F401  (re-exported: engine.config.ConfigError)
 
 
 # ---------------------------------------------------------------------------------------------- shared
@@ -242,10 +243,6 @@ class ClassificationConfig:
 SCHEMAS["classification"] = ClassificationConfig
 
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema."""
-
-
 def register_schema(task: str, schema: type) -> None:
     SCHEMAS[task] = schema
 
@@ -253,7 +250,7 @@ def register_schema(task: str, schema: type) -> None:
 def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """Read ``path`` (YAML), apply dotted ``overrides`` (``train.lr=0.01``), check, return the dataclass."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path} (give the path of a YAML file, e.g. one under configs/)")
     try:
         raw = OmegaConf.load(path)
     except Exception as err:  # yaml errors come in several types

@@ -104,3 +104,29 @@ class DetectionPredictor:
 
     def predict(self, image: np.ndarray) -> dict:
         return self.predict_many([image])[0]
+
+
+def load_for_inference(checkpoint: str, device: torch.device) -> tuple:
+    """``(cfg, model in eval mode, checkpoint dict)`` from a checkpoint alone (its config and meta inside)."""
+    from engine.checkpoint import load_checkpoint, load_model_state
+    from engine.config import config_from_dict
+    from engine.tasks import classification as classification_task
+    from engine.tasks import detection as detection_task
+    from engine.tasks import keypoints as keypoint_task
+
+    state = load_checkpoint(checkpoint, map_location=device)
+    if "config" not in state:
+        raise ValueError(f"{checkpoint} carries no config; it was not written by tools.train")
+    cfg = config_from_dict(state["config"])
+    if cfg.task == "keypoints":
+        meta = keypoint_task.KeypointMeta.from_dict(state["meta"])
+        model = keypoint_task.build_model(cfg, len(meta.keypoint_names), pretrained=False)
+    elif cfg.task == "detection":
+        meta = detection_task.DetectionMeta.from_dict(state["meta"])
+        model = detection_task.build_model(cfg, meta.num_classes, pretrained=False)
+    elif cfg.task == "classification":
+        model = classification_task.build_model(cfg, len(state["meta"]["class_names"]), pretrained=False)
+    else:
+        raise ValueError(f"{checkpoint}: task {cfg.task!r} cannot be loaded for inference here")
+    load_model_state(model, state["model"], source=checkpoint)
+    return cfg, model.to(device).eval(), state

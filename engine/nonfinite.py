@@ -21,6 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from models.errors import UserError
+
 DIAGNOSIS = ("Diagnose in this order: (1) the data: look at these samples (a NaN/Inf or absurd value in an input "
              "or a target, an empty box, a label out of range); (2) the loss formula: log(0), a division by zero, "
              "sqrt or pow at 0 in the backward pass, exp overflow (compute losses in float32 and clamp with an "
@@ -28,8 +30,11 @@ DIAGNOSIS = ("Diagnose in this order: (1) the data: look at these samples (a NaN
              "set train.grad_clip_norm, and with fp16 use the grad scaler (train.precision=fp16 does).")
 
 
-class NonFiniteError(FloatingPointError):
-    """Raised when a loss or gradient turns NaN or Inf and ``train.on_nonfinite=stop``; carries the report."""
+class NonFiniteError(UserError, FloatingPointError):
+    """Raised when a loss or gradient turns NaN or Inf and ``train.on_nonfinite=stop``; carries the report.
+
+    A user error: the report says which samples, term and parameter, and what to change.
+    """
 
 
 def largest_parameter(named_parameters) -> str:

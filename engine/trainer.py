@@ -107,7 +107,7 @@ class Trainer:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.run_dir = run_dir
-        self.opt = options
+        self.options = options
         self.ema = ema
         self.device = next(self.module.parameters()).device
         self.is_main = dist_utils.is_main_process()
@@ -142,7 +142,7 @@ class Trainer:
             "nonfinite_skips": self.nonfinite_skips,
             # The data order and each sample's augmentation are functions of (seed, epoch, index); the
             # next epoch is `epoch`, so storing the seed is storing the order.
-            "data": {"seed": self.opt.data_seed, "next_epoch": self.epoch},
+            "data": {"seed": self.options.data_seed, "next_epoch": self.epoch},
             "rng": rng_state(),
         }
 
@@ -165,9 +165,10 @@ class Trainer:
         self.best_epoch = int(state.get("best_epoch", -1))
         self.nonfinite_skips = int(state.get("nonfinite_skips", 0))
         saved_seed = (state.get("data") or {}).get("seed")
-        if saved_seed is not None and self.opt.data_seed is not None and int(saved_seed) != int(self.opt.data_seed):
+        data_seed = self.options.data_seed
+        if saved_seed is not None and data_seed is not None and int(saved_seed) != int(data_seed):
             log.warning("the checkpoint's data order came from seed %s, this run uses %s: the data order will not "
-                        "continue the interrupted run's", saved_seed, self.opt.data_seed)
+                        "continue the interrupted run's", saved_seed, self.options.data_seed)
         set_rng_state(state.get("rng") or {})
         self.logger.restore(self.global_step, self.epoch)
 
@@ -176,12 +177,12 @@ class Trainer:
         """Train from ``self.epoch`` to ``epochs``; returns the summary also written to ``train_summary.json``."""
         start = time.time()
         last_metrics: dict = {}
-        for epoch in range(self.epoch, self.opt.epochs):
+        for epoch in range(self.epoch, self.options.epochs):
             train_stats = self.train_one_epoch(epoch)
             self.epoch = epoch + 1
             metrics = {}
-            if self.val_loader is not None and (self.epoch % self.opt.eval_interval == 0
-                                                or self.epoch == self.opt.epochs):
+            if self.val_loader is not None and (self.epoch % self.options.eval_interval == 0
+                                                or self.epoch == self.options.epochs):
                 metrics = self._validate(self.module, "")
                 if self.ema is not None:
                     metrics.update({f"ema_{k}": v for k, v in self._validate(self.ema.module, "ema").items()})
@@ -198,14 +199,14 @@ class Trainer:
             for hook in self.on_epoch_end:
                 hook(self, row)
         self.logger.close()
-        summary = {"main_metric": self.opt.main_metric, "best": self.best_metric, "best_epoch": self.best_epoch,
+        summary = {"main_metric": self.options.main_metric, "best": self.best_metric, "best_epoch": self.best_epoch,
                    "last": last_metrics, "epochs": self.epoch, "steps": self.global_step,
                    "nonfinite_skips": self.nonfinite_skips, "train_seconds": round(time.time() - start, 1)}
         if self.is_main:
             self._write_json("train_summary.json", summary)
             try:
                 plot_training_curves(self.logger.epochs.path, self.logger.steps.path,
-                                     os.path.join(self.run_dir, "training_curves.png"), self.opt.main_metric)
+                                     os.path.join(self.run_dir, "training_curves.png"), self.options.main_metric)
             except Exception as err:   # a plot must never lose a finished run
                 log.warning("could not plot training curves: %s", err)
         dist_utils.barrier()
@@ -230,7 +231,7 @@ class Trainer:
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        accumulate = self.opt.accumulate_steps
+        accumulate = self.options.accumulate_steps
         num_batches = len(self.train_loader)
         # Sample-weighted sums, kept on the device: epoch loss = sum(loss_i * n_i) / sum(n_i), so a short
         # last batch does not count as much as a full one.
@@ -239,8 +240,8 @@ class Trainer:
         group_weight, in_group = 0.0, 0
         t0 = time.time()
         self.optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.opt.epochs}",
-                   disable=not (self.opt.progress and self.is_main), leave=False, dynamic_ncols=True)
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.options.epochs}",
+                   disable=not (self.options.progress and self.is_main), leave=False, dynamic_ncols=True)
         for batch_index, batch in enumerate(bar):
             if batch is None:       # every sample of the batch was a skipped bad image
                 continue
@@ -251,7 +252,7 @@ class Trainer:
             n = int(out.get("batch_size", _batch_size(batch)))
             # .item() syncs the GPU: this check is the one host sync per step we accept (inputs only when asked).
             local_ok = torch.isfinite(loss.detach()).all()
-            if self.opt.check_inputs:
+            if self.options.check_inputs:
                 local_ok = local_ok & _floats_finite(batch, self.device)
             flag = local_ok.to(torch.float32)
             if self.distributed:     # every rank takes the same decision, or DDP would hang
@@ -263,7 +264,7 @@ class Trainer:
                 continue
             # Each batch's gradient enters with weight n / B: after the group, dividing by the summed
             # weights gives exactly the gradient of the concatenated batch, short batches included.
-            weight = n / float(self.opt.nominal_batch_size or n)
+            weight = n / float(self.options.nominal_batch_size or n)
             sync = contextlib.nullcontext()
             if self.distributed and not closes_group and hasattr(self.model, "no_sync"):
                 sync = self.model.no_sync()     # all-reduce the gradients once per group, not per batch
@@ -294,13 +295,13 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         if params and abs(group_weight - 1.0) > 1e-12:
             torch._foreach_mul_([p.grad for p in params], 1.0 / group_weight)
-        if self.opt.grad_clip_norm:
-            grad_norm = nn.utils.clip_grad_norm_(params, self.opt.grad_clip_norm)   # the norm before clipping
+        if self.options.grad_clip_norm:
+            grad_norm = nn.utils.clip_grad_norm_(params, self.options.grad_clip_norm)   # the norm before clipping
         else:
             grad_norm = _grad_norm(params, self.device)
         self._last_grad_norm = grad_norm.detach()
         # With fp16 an Inf gradient is routine: the scaler skips that step and lowers its scale.
-        if self.opt.check_grads and not self.scaler.is_enabled():
+        if self.options.check_grads and not self.scaler.is_enabled():
             flag = torch.isfinite(grad_norm).to(torch.float32)
             local_ok = bool(flag.item())
             if self.distributed:
@@ -317,7 +318,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.module)
         self.global_step += 1
-        if self.global_step % self.opt.log_interval == 0:
+        if self.global_step % self.options.log_interval == 0:
             # float() syncs the GPU: only every log_interval steps
             values = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}
             values.update(lr=self.optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm), epoch=epoch + 1,
@@ -331,12 +332,12 @@ class Trainer:
     # ------------------------------------------------------------------ non-finite values
     def _handle_nonfinite(self, what: str, out: dict, batch, epoch: int, batch_index: int, local_ok: bool) -> None:
         """Report (on the rank that saw it), save the batch, then skip the step or raise, as configured."""
-        skip = self.opt.on_nonfinite == "skip" and self.nonfinite_skips < self.opt.max_nonfinite_skips
+        skip = self.options.on_nonfinite == "skip" and self.nonfinite_skips < self.options.max_nonfinite_skips
         if skip:
             self.nonfinite_skips += 1
             action = (f"step skipped (train.on_nonfinite=skip; {self.nonfinite_skips} of at most "
-                      f"{self.opt.max_nonfinite_skips} skips)")
-        elif self.opt.on_nonfinite == "skip":
+                      f"{self.options.max_nonfinite_skips} skips)")
+        elif self.options.on_nonfinite == "skip":
             action = f"stopped: {self.nonfinite_skips} steps were skipped already (train.max_nonfinite_skips)"
         else:
             action = "stopped (train.on_nonfinite=stop; set train.on_nonfinite=skip to skip such steps)"
@@ -360,7 +361,7 @@ class Trainer:
         grad_value = float(grad_norm) if grad_norm is not None else None
         params = nonfinite.first_nonfinite(self.module.named_parameters())
         grads = nonfinite.first_nonfinite((n_, p.grad) for n_, p in self.module.named_parameters()) \
-            if what == "gradient" or self.opt.check_grads else None
+            if what == "gradient" or self.options.check_grads else None
         first_layer = None
         if what == "loss":
             def replay(model):
@@ -385,7 +386,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def _update_best(self, metrics: dict) -> bool:
-        value = metrics.get(self.opt.main_metric)
+        value = metrics.get(self.options.main_metric)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return False
         better = value < self.best_metric if self.lower_is_better else value > self.best_metric
@@ -395,14 +396,14 @@ class Trainer:
 
     def _save(self, name: str, metrics: dict) -> None:
         state = self.state_dict()
-        state.update(self.opt.checkpoint_extra)
+        state.update(self.options.checkpoint_extra)
         state["metrics"] = {k: float(v) for k, v in metrics.items()}
         save_checkpoint(state, os.path.join(self.run_dir, name))
 
     def _report_epoch(self, train_stats: dict, metrics: dict, improved: bool) -> None:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         star = " (best)" if improved else ""
-        log.info("epoch %d/%d: loss %.4g, %.0f img/s%s%s", self.epoch, self.opt.epochs, train_stats["train_loss"],
+        log.info("epoch %d/%d: loss %.4g, %.0f img/s%s%s", self.epoch, self.options.epochs, train_stats["train_loss"],
                  train_stats["train_images_per_s"], f"; {shown}" if shown else "", star)
 
     def _write_json(self, name: str, obj: dict) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from models.centernet import CenterNetHead
-from models.fpn_model import FPNHeadModel, build_trunk
+from models.trunk import FPNHeadModel, build_trunk
 
 DETECTION_STRIDE = 4
 

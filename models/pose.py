@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from models.fpn_model import FPNHeadModel, build_trunk
-from models.fpn_model import make_normalizer as make_normalizer  # re-exported: models.pose.make_normalizer
 from models.hourglass import HourglassHead
+from models.trunk import FPNHeadModel, build_trunk
+from models.trunk import make_normalizer as make_normalizer  # re-exported: models.pose.make_normalizer
 
 HEATMAP_STRIDE = 4
 

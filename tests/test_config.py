@@ -45,7 +45,7 @@ def test_wrong_type_is_named():
 def test_malformed_override_and_missing_file():
     with pytest.raises(ConfigError, match="key.sub=value"):
         load_config(DEMO, ["train.lr"])
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match="nope.yaml"):
         load_config("nope.yaml")
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from datasets.coco_detection import coco_detection_subset, load_coco_detection
 from datasets.detection_transforms import DetectionTransformDataset, collate_detection
-from datasets.topdown import read_image_rgb
+from datasets.image_io import read_image_rgb
 from engine.inference import DetectionPredictor
 from engine.tasks.detection import DetectionMeta, DetectionTask
 from models.bbox import box_iou

@@ -16,7 +16,7 @@ from datasets.coco_keypoints import load_coco_keypoints
 from datasets.skeletons import COCO_FLIP_INDEX, COCO_SIGMAS
 from datasets.topdown import TopDownKeypointDataset, collate_skipping_none
 from engine.tasks.keypoints import KeypointMeta, KeypointTask, coco_subset
-from models.codec import HeatmapCodec
+from models.heatmap_codec import HeatmapCodec
 
 
 class OracleModel(nn.Module):

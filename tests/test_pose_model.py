@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from models.backbone import Backbone
-from models.codec import HeatmapCodec
 from models.fpn import FPN
+from models.heatmap_codec import HeatmapCodec
 from models.hourglass import HourglassHead
 from models.losses import keypoint_mse_loss, stacked_heatmap_loss
 from models.normalize import InputNormalizer

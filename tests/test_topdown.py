@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from datasets.affine import apply_affine
-from datasets.augment import TopDownAugment, photometric_transform
 from datasets.coco_keypoints import load_coco_keypoints
 from datasets.sampler import SeededSampler, sample_seed
 from datasets.skeletons import COCO_FLIP_INDEX, COCO_KEYPOINT_NAMES, COCO_UPPER_BODY_IDS
 from datasets.topdown import TopDownKeypointDataset, check_flip_index, collate_skipping_none
-from models.codec import HeatmapCodec
+from datasets.topdown_augment import TopDownAugment, photometric_transform
+from models.heatmap_codec import HeatmapCodec
 
 INPUT = (48, 64)        # (w, h): not square, so a w/h mix-up shows
 HEATMAP = (12, 16)

@@ -21,7 +21,7 @@ import torch
 from engine.config import load_config
 from engine.tasks import keypoints as kp
 from engine.visualize import draw_keypoints, save_rgb
-from tools._common import setup_logging
+from tools._common import add_debug_flag, run_cli, setup_logging
 
 log = logging.getLogger("tools.browse_dataset")
 
@@ -66,7 +66,7 @@ def render_sample(sample: dict, meta: kp.KeypointMeta, codec, scale: int) -> np.
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    args = get_args_parser().parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_args(argv)
     setup_logging()
     cfg = load_config(args.config, args.overrides)
     split_cfg = cfg.data.train if args.split == "train" else cfg.data.val
@@ -90,4 +90,4 @@ def main(argv: list[str] | None = None) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -70,6 +70,8 @@ from models.pose import HEATMAP_STRIDE
 matplotlib.use("Agg")  # headless: only ever writes files
 import matplotlib.pyplot as plt  # noqa: E402
 
+from tools._common import add_debug_flag, run_cli
+
 TV_PREFIX = "tv:"
 # torchvision constructors whose defaults need changing: no auxiliary heads (they only exist
 # in train mode and would distort memory), and no scipy truncated-normal init (slow, irrelevant here)
@@ -534,7 +536,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Returns {"models": one measure_model dict per model with "model" added, in the order given (empty with
     --input-policies), "input_policies": the measure_input_policies rows of every model, "fpn": the
     fpn_inputs dict of --config (None without)}."""
-    args = get_args_parser().parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_args(argv)
     if not args.models and not args.config:
         raise ValueError("name --models (and optionally --input-policies), --config, or both")
     if args.overrides and not args.config:
@@ -624,4 +626,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -25,7 +25,7 @@ from engine.tasks import keypoints as kp
 from tools import eval as eval_tool
 from tools import infer as infer_tool
 from tools import train as train_tool
-from tools._common import setup_logging
+from tools._common import add_debug_flag, run_cli, setup_logging
 
 log = logging.getLogger("tools.demo")
 DEFAULT_CONFIG = "configs/hg-fpn_resnet18_synthetic-kpt_64x96.yaml"
@@ -81,7 +81,7 @@ def _run(stage: str, tool, argv: list[str], timings: dict):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = get_args_parser().parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_args(argv)
     setup_logging()
     t0 = time.time()
     out = args.output_dir
@@ -129,4 +129,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

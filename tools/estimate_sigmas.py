@@ -16,6 +16,7 @@ import json
 import numpy as np
 
 from engine.keypoint_metrics import estimate_oks_sigmas
+from tools._common import add_debug_flag, run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> list[float]:
-    args = get_args_parser().parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_args(argv)
     a, b = (json.load(open(p)) for p in (args.ann_a, args.ann_b))
     by_id = {ann["id"]: ann for ann in b["annotations"]}
     pairs = [(ann, by_id[ann["id"]]) for ann in a["annotations"] if ann["id"] in by_id and ann.get("keypoints")]
@@ -44,4 +45,4 @@ def main(argv: list[str] | None = None) -> list[float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -33,7 +33,7 @@ import os
 from tqdm import tqdm
 
 from datasets.coco_common import resolve_image_path
-from datasets.topdown import read_image_rgb
+from datasets.image_io import read_image_rgb
 from engine.checkpoint import load_checkpoint, load_model_state
 from engine.coco_eval import coco_eval
 from engine.config import config_from_dict, load_config
@@ -49,7 +49,7 @@ from engine.two_stage import (
     parse_categories,
     select_categories,
 )
-from tools._common import setup_logging
+from tools._common import add_debug_flag, run_cli, setup_logging
 
 log = logging.getLogger("tools.eval")
 
@@ -83,7 +83,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = get_args_parser().parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_args(argv)
     setup_logging()
     check_box_source_flags(args, "tools.eval")
     cfg = load_config(args.config, args.overrides)
@@ -221,4 +221,4 @@ def format_metrics(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

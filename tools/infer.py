@@ -41,10 +41,9 @@ import warnings
 import numpy as np
 from tqdm import tqdm
 
-from datasets.topdown import read_image_rgb
+from datasets.image_io import read_image_rgb
 from engine.distributed import resolve_device
-from engine.experiment import load_for_inference
-from engine.inference import DetectionPredictor, TopDownPredictor
+from engine.inference import DetectionPredictor, TopDownPredictor, load_for_inference
 from engine.tasks import detection as det_task
 from engine.tasks import keypoints as kp
 from engine.two_stage import (
@@ -58,7 +57,7 @@ from engine.two_stage import (
 )
 from engine.two_stage import load_detections as _load_detections
 from engine.visualize import draw_detections, draw_keypoints, save_rgb
-from tools._common import setup_logging
+from tools._common import add_debug_flag, run_cli, setup_logging
 
 log = logging.getLogger("tools.infer")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -173,7 +172,7 @@ def resolve_image_ids(files: list[str], ids: list[int | None], boxes: str | None
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = get_args_parser().parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_args(argv)
     setup_logging()
     check_flags(args)
     det_threshold = 0.3 if args.det_score_threshold is None else args.det_score_threshold
@@ -272,4 +271,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

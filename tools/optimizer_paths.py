@@ -30,6 +30,8 @@ import torch
 matplotlib.use("Agg")  # headless: only ever writes files
 import matplotlib.pyplot as plt  # noqa: E402
 
+from tools._common import add_debug_flag, run_cli
+
 # name -> (optimiser class, default kwargs); learning rates chosen so that all six converge
 # reasonably in ~100 steps at cond = 50 from the default start.
 OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict]] = {
@@ -154,7 +156,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     """Returns {name: run_optimizer(...) result} for every optimiser, in the order run."""
-    args = get_args_parser().parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_args(argv)
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.cond < 1:
@@ -177,4 +179,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

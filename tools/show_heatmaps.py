@@ -22,7 +22,7 @@ from engine.checkpoint import load_checkpoint, load_model_state
 from engine.config import load_config
 from engine.tasks import keypoints as kp
 from engine.visualize import draw_keypoints, save_rgb
-from tools._common import setup_logging
+from tools._common import add_debug_flag, run_cli, setup_logging
 
 log = logging.getLogger("tools.show_heatmaps")
 
@@ -88,7 +88,7 @@ def render_row(sample: dict, model, task: kp.KeypointTask, meta: kp.KeypointMeta
 
 
 def main(argv: list[str] | None = None) -> str:
-    args = get_args_parser().parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_args(argv)
     setup_logging()
     cfg = load_config(args.config, args.overrides)
     val, meta = kp.load_split_and_meta(cfg, cfg.data.val)
@@ -110,4 +110,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -27,6 +27,8 @@ import numpy as np
 matplotlib.use("Agg")  # headless: only ever writes files
 import matplotlib.pyplot as plt  # noqa: E402
 
+from tools._common import add_debug_flag, run_cli
+
 PEAK = 255.0
 
 
@@ -109,7 +111,7 @@ def save_panels(img: np.ndarray, recs: list[tuple[int, float, np.ndarray]], out:
 
 def main(argv: list[str] | None = None) -> dict:
     """Returns {"image", "shape", "figure", "results": [{"rank", "psnr_db", "storage_ratio"}, ...]}."""
-    args = get_args_parser().parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_args(argv)
     img = read_image(args.image)
     h, w = img.shape[:2]
     ranks = sorted(set(args.ranks))
@@ -136,4 +138,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

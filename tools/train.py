@@ -17,9 +17,8 @@ import argparse
 
 from engine import distributed as dist_utils
 from engine.config import load_config
-from engine.experiment import train
-from engine.nonfinite import NonFiniteError
-from tools._common import default_run_dir, setup_logging
+from engine.training_setup import train
+from tools._common import add_debug_flag, default_run_dir, run_cli, setup_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -38,7 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = get_args_parser().parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_args(argv)
     setup_logging()
     overrides = list(args.overrides) + ([f"train.init_weights={args.weights}"] if args.weights else [])
     cfg = load_config(args.config, overrides)
@@ -54,7 +53,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except NonFiniteError:   # the report is in the log already; no traceback on top of it
-        raise SystemExit(1) from None
+    run_cli(main)

@@ -26,7 +26,7 @@ import torch
 from engine.checkpoint import load_checkpoint
 from engine.config import load_config
 from engine.tasks import keypoints as kp
-from tools._common import setup_logging
+from tools._common import add_debug_flag, run_cli, setup_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -62,7 +62,7 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = get_args_parser().parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_args(argv)
     setup_logging()
     cfg = load_config(args.config, args.overrides)
     data, meta = kp.load_split_and_meta(cfg, cfg.data.train)
@@ -116,4 +116,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

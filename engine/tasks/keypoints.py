@@ -27,7 +27,7 @@ from datasets.topdown import TopDownKeypointDataset, check_flip_index, collate_s
 from engine.coco_eval import coco_eval
 from engine.distributed import all_gather_list
 from engine.keypoint_metrics import nme, pck
-from models.codec import HeatmapCodec
+from models.heatmap_codec import HeatmapCodec
 from models.losses import stacked_heatmap_loss
 from models.pose import HEATMAP_STRIDE, TopDownPoseModel, build_pose_model
 

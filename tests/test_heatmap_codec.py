@@ -1,4 +1,4 @@
-"""models/codec.py: closed-form Gaussian targets, masking, DARK/quarter/none decode, flip, on every device."""
+"""models/heatmap_codec.py: closed-form Gaussian targets, masking, DARK/quarter/none decode, flip, on every device."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.codec import HeatmapCodec
+from models.heatmap_codec import HeatmapCodec
 
 STRIDE = 4
 W_HM, H_HM = 12, 16                      # heatmap (w, h): non-square so that x/y mix-ups show

@@ -1,4 +1,4 @@
-"""Set up and run one training from a config, for any task: the body of ``engine.experiment.train``.
+"""Set up and run one training from a config, for any task (the loop itself is ``engine.trainer.Trainer``).
 
 In order: threads and seeds; the task's experiment (model, task object, loaders); weights for fine-tuning;
 freezing (stages, name patterns, BatchNorm) and the list of what is trainable; optimiser and per-step
@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import random
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ from engine.ema import ModelEMA
 from engine.freeze import freeze_batchnorm, freeze_parameters, freeze_stages, trainable_summary
 from engine.optim import build_optimizer, build_scheduler
 from engine.provenance import provenance
+from engine.tasks.registry import build_experiment
 from engine.trainer import Trainer, TrainerOptions
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_training(cfg, run_dir: str, device: torch.device, build_experiment: Callable, resume: str | None = None,
-                 progress: bool = True, epoch_hooks: tuple = ()) -> dict:
-    """Train ``cfg`` into ``run_dir``; ``build_experiment(cfg, device, progress, rank, world_size)`` makes the
-    task's parts. Returns the summary written to ``metrics.json``."""
+def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, progress: bool = True,
+          epoch_hooks: tuple = ()) -> dict:
+    """Train ``cfg`` into ``run_dir`` (checkpoints, resolved config, logs, curves); returns the summary written
+    to ``metrics.json``. ``epoch_hooks`` are called as ``hook(trainer, row)`` after each epoch."""
     t = cfg.train
     config_dict = config_to_dict(cfg)
     state = None

@@ -1,0 +1,36 @@
+"""Reading images from disk, and the one report for an image that cannot be read (all datasets and tools).
+
+Images come back as RGB uint8 ``[H, W, 3]`` on the stored pixel grid (EXIF orientation ignored, as the
+annotations' width/height refer to the stored grid).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import cv2
+import numpy as np
+
+BAD_IMAGE_POLICIES = ("error", "skip")
+
+
+def read_image_rgb(path: str) -> np.ndarray | None:
+    """RGB uint8 [H, W, 3], or None when the file is missing or cannot be decoded.
+
+    EXIF orientation is ignored: annotations refer to the stored pixel grid (as the json's width/height do).
+    """
+    img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None:
+        return None
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def report_unreadable_image(description: str, on_bad_image: str) -> None:
+    """A missing or corrupt image: raise (``data.on_bad_image=error``) or warn that it is skipped (``skip``).
+
+    ``description`` names the file and what is known of it, e.g. ``"a.jpg (missing or corrupt; image_id 3)"``.
+    """
+    msg = f"cannot read image {description}"
+    if on_bad_image == "error":
+        raise OSError(msg + "; set data.on_bad_image=skip to skip such files")
+    warnings.warn(msg + "; skipped", stacklevel=3)
