@@ -325,3 +325,29 @@ def test_flip_from_names(names, pairs):
 def test_coco_names_are_recognised():
     assert is_coco_body(COCO_KEYPOINT_NAMES) and is_coco_body([n.replace("_", "-") for n in COCO_KEYPOINT_NAMES])
     assert not is_coco_body(COCO_KEYPOINT_NAMES[::-1])
+
+
+def test_dlc_h5_without_pandas_says_what_to_do(tmp_path, monkeypatch):
+    import sys
+
+    _small_dlc_project(tmp_path, ["scorer,me,me", "bodyparts,snout,snout", "coords,x,y"], [])
+    os.remove(tmp_path / "labeled-data" / "v1" / "CollectedData_me.csv")
+    (tmp_path / "labeled-data" / "v1" / "CollectedData_me.h5").write_bytes(b"\x89HDF\r\n")
+    monkeypatch.setitem(sys.modules, "pandas", None)     # as on a machine without pandas
+    from models.errors import InputError
+
+    with pytest.raises(InputError, match=r"needs pandas and PyTables \(pip install pandas tables\).*CSV"):
+        convert_dlc(str(tmp_path))
+
+
+def test_tools_fail_through_the_one_error_path(tmp_path, capsys):
+    from tools import make_config
+    from tools._common import run_cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(convert_tool.main, ["yolo", str(tmp_path / "missing.yaml"), "--output", str(tmp_path / "o.json")])
+    assert exit_info.value.code == 2
+    assert "error: YOLO data.yaml not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(make_config.main, [str(tmp_path / "none.json"), "--image-root", ".", "--output", "x.yaml"])
+    assert exit_info.value.code == 2 and "(ANN_FILE)" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Write a ready keypoint config from a COCO keypoint file (e.g. one written by tools.convert).
 
-    python -m tools.make_config data/mouse.json --image-root PROJECT_FOLDER --output configs/mouse.yaml
-    python -m tools.train --config configs/mouse.yaml
+    python -m tools.make_config data/mouse.json --image-root PROJECT_FOLDER --output configs/my_mouse.yaml
+    python -m tools.train --config configs/my_mouse.yaml
 
 Every choice is made from the data and printed (never asked, so it runs unattended), and written as comments
 at the top of the YAML: the flip map (the category's, else inferred from left/right names, else identity),
