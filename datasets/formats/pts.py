@@ -80,7 +80,8 @@ def convert_pts(folder: str, skip_bad: bool = False) -> Conversion:
         bad = [i for i, (x, y) in enumerate(xy) if outside_image(x, y, width, height)]
         if bad:
             problems.add("point outside the image", path, f"{len(bad)} points outside {os.path.basename(image)} "
-                         f"({width}x{height}), first: line of point {bad[0] + 1}")
+                         f"({width}x{height}), the first is point {bad[0]} (zero-based) at "
+                         f"({p[bad[0], 0]:g}, {p[bad[0], 1]:g})")
             continue
         kp = np.concatenate([xy, np.full((len(xy), 1), 2.0)], axis=1)
         if builder.add_instance(image_id, kp):
