@@ -351,3 +351,28 @@ def test_tools_fail_through_the_one_error_path(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(make_config.main, [str(tmp_path / "none.json"), "--image-root", ".", "--output", "x.yaml"])
     assert exit_info.value.code == 2 and "(ANN_FILE)" in capsys.readouterr().err
+
+
+def test_pts_missing_image_and_outside_points(tmp_path):
+    _image(tmp_path / "a.png", w=10, h=10)
+    (tmp_path / "a.pts").write_text("1 1\n11 5\n")          # 11 - 1 = 10 > W - 0.5
+    (tmp_path / "b.pts").write_text("1 1\n2 2\n")           # no image
+    with pytest.raises(DataError, match=r"2 problems \(1 point outside the image, 1 missing image\).*point 1 \(zero-based\) at \(11, 5\)"):
+        convert_pts(str(tmp_path))
+    assert convert_pts(str(tmp_path), skip_bad=True).coco["annotations"] == []
+
+
+def test_coco_to_yolo_command_copies_images(shared_data, tmp_path):
+    out = tmp_path / "faces.json"
+    folder = os.path.join(shared_data, "raw_formats", "ibug_afw")
+    convert_tool.main(["pts", folder, "--output", str(out)])
+    convert_tool.main(["coco-to-yolo", str(out), "--image-root", folder, "--output", str(tmp_path / "y"),
+                       "--copy-images"])
+    back = convert_yolo(str(tmp_path / "y" / "data.yaml"))
+    assert back.coco["categories"][0]["flip_index"] == FLIP_68
+    assert not os.path.islink(tmp_path / "y" / "images" / "train" / "3989161_1.jpg")
+    with open(out) as f:
+        a = _by_stem(json.load(f))
+    b = _by_stem(back.coco)
+    for stem in a:
+        np.testing.assert_allclose(b[stem]["kp"], a[stem]["kp"], atol=1e-9)
