@@ -83,7 +83,8 @@ class TrainConfig:
 class KeypointModelConfig:
     backbone: str = "resnet18"          # any timm model name
     out_indices: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
-    pretrained_path: str | None = None  # local weights file; never downloaded
+    pretrained: bool = False            # timm's pretrained weights, fetched and cached by timm (needs network once)
+    pretrained_path: str | None = None  # or a local weights file: timm's .safetensors/.bin/.pth, or a checkpoint
     normalization: str = "backbone"     # backbone (timm mean/std) | unit ([0, 1])
     fpn_channels: int = 128
     num_stacks: int = 2
@@ -139,7 +140,8 @@ class KeypointConfig:
 class DetectionModelConfig:
     backbone: str = "resnet18"          # any timm model name
     out_indices: list[int] = field(default_factory=lambda: [1, 2, 3, 4])   # the first must be the stride-4 level
-    pretrained_path: str | None = None  # local weights file; never downloaded
+    pretrained: bool = False            # timm's pretrained weights, fetched and cached by timm (needs network once)
+    pretrained_path: str | None = None  # or a local weights file: timm's .safetensors/.bin/.pth, or a checkpoint
     normalization: str = "backbone"     # backbone (timm mean/std) | unit ([0, 1])
     fpn_channels: int = 128
     head_channels: int = 64             # hidden channels of each CenterNet branch
@@ -199,7 +201,8 @@ SCHEMAS: dict[str, type] = {"keypoints": KeypointConfig, "detection": DetectionC
 @dataclass
 class ClassifierModelConfig:
     backbone: str = "resnet18"          # any timm model name; its head gets num_classes from the data
-    pretrained_path: str | None = None  # local weights file; never downloaded
+    pretrained: bool = False            # timm's pretrained weights, fetched and cached by timm (needs network once)
+    pretrained_path: str | None = None  # or a local weights file: timm's .safetensors/.bin/.pth, or a checkpoint
     normalization: str = "backbone"     # backbone (timm pretrained_cfg mean/std) | unit ([0, 1])
     drop_rate: float = 0.0              # dropout before the classifier
 

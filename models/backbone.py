@@ -1,8 +1,10 @@
 """Any timm model as a multi-level feature extractor (``features_only``), checked before use.
 
 The adapter reads what timm declares (channels, strides, output layout), checks it, and exposes it so
-the neck can be built from it: ``FPN(in_channels=bb.channels, strides=bb.strides, ...)``. Weights load only
-from a local file the user names; nothing is ever downloaded.
+the neck can be built from it: ``FPN(in_channels=bb.channels, strides=bb.strides, ...)``. Weights come from a
+local file the user names (``pretrained_path``: timm's ``.safetensors`` / ``.bin`` / ``.pth`` or a checkpoint
+holding them), or from timm itself when asked (``pretrained=True``: timm downloads and caches them; offline it
+fails with a message naming the cache and ``model.pretrained_path``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import timm
 import torch
 from torch import nn
 
+from models.errors import CheckpointError
+from models.pretrained import check_choice, is_download_error, offline_error
 from models.weights_file import read_state_dict
 
 log = logging.getLogger(__name__)
@@ -30,8 +34,11 @@ class Backbone(nn.Module):
         name: any timm model name (``timm.list_models()``).
         out_indices: which feature levels to return (timm's ``out_indices``); strides must double from
             level to level.
-        pretrained_path: optional local weights file (a timm or torchvision state dict, or a checkpoint
-            holding one under ``state_dict``/``model``); missing and unexpected keys are logged.
+        pretrained_path: optional local weights file (a timm or torchvision state dict as .safetensors, .bin or
+            .pth, or a checkpoint holding one under ``state_dict``/``model``); missing and unexpected keys are
+            logged.
+        pretrained: load timm's pretrained weights through timm (downloaded once, then cached); exclusive
+            with ``pretrained_path``.
         required_stride: the stride the finest returned level must have (4 for the heatmap head), or
             None for no requirement.
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``img_size`` for transformers).
@@ -43,7 +50,7 @@ class Backbone(nn.Module):
     """
 
     def __init__(self, name: str, out_indices: Sequence[int] = (1, 2, 3, 4), pretrained_path: str | None = None,
-                 required_stride: int | None = 4, **timm_kwargs):
+                 required_stride: int | None = 4, pretrained: bool = False, **timm_kwargs):
         super().__init__()
         out_indices = tuple(int(i) for i in out_indices)
         if not out_indices:
@@ -51,7 +58,8 @@ class Backbone(nn.Module):
         if list(out_indices) != sorted(set(out_indices)):
             raise ValueError(f"out_indices {out_indices} must be strictly increasing")
         self.name = name
-        self.body = _create_features_model(name, out_indices, **timm_kwargs)
+        check_choice(pretrained, pretrained_path)
+        self.body = _create_features_model(name, out_indices, pretrained=pretrained, **timm_kwargs)
         info = self.body.feature_info
         self.channels: list[int] = list(info.channels())
         self.strides: list[int] = list(info.reduction())
@@ -83,11 +91,11 @@ class Backbone(nn.Module):
         mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                       for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
         if mismatched:
-            raise ValueError(f"{path} does not fit backbone {self.name!r}; shapes differ for "
+            raise CheckpointError(f"{path} does not fit backbone {self.name!r}; shapes differ for "
                              f"{len(mismatched)} tensors: " + "; ".join(mismatched[:10]))
         matched = [k for k in state if k in own]
         if not matched:
-            raise ValueError(f"{path} shares no tensor names with backbone {self.name!r} "
+            raise CheckpointError(f"{path} shares no tensor names with backbone {self.name!r} "
                              f"(first file keys: {list(state)[:5]}; first model keys: {list(own)[:5]})")
         result = self.body.load_state_dict(state, strict=False)
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
@@ -101,14 +109,19 @@ class Backbone(nn.Module):
         return missing, unexpected
 
 
-def _create_features_model(name: str, out_indices: tuple[int, ...], **kwargs) -> nn.Module:
+def _create_features_model(name: str, out_indices: tuple[int, ...], pretrained: bool = False,
+                           **kwargs) -> nn.Module:
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r} (model.backbone); list valid names with "
                          f"timm.list_models('*{name.split('_')[0]}*')")
     try:
-        # pretrained=False always: weights only ever come from a local file (load_weights).
-        return timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices, **kwargs)
-    except (IndexError, AssertionError, ValueError) as err:
+        # pretrained=True: timm fetches (or finds in its cache) and loads the weights; else load_weights does.
+        return timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=out_indices, **kwargs)
+    except Exception as err:
+        if pretrained and is_download_error(err):
+            raise offline_error(name, err) from err
+        if not isinstance(err, (IndexError, AssertionError, ValueError)):
+            raise
         full = timm.create_model(name, pretrained=False, features_only=True, **kwargs)
         levels = [f"{i}: stride {d['reduction']}, {d['num_chs']} ch" for i, d in enumerate(full.feature_info.info)]
         raise ValueError(f"out_indices {out_indices} are not all available in {name!r}; its feature levels are "

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from models.normalize import InputNormalizer
+from models.pretrained import check_choice, is_download_error, offline_error
 from models.weights_file import read_state_dict
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class ImageClassifier(nn.Module):
         num_classes: number of classes (from the data).
         pretrained_path: optional local weights file (a timm state dict, or a checkpoint holding one under
             ``state_dict``/``model``); tensors whose shape differs (another head) are skipped and reported.
+        pretrained: timm's pretrained weights through timm (downloaded once, then cached); exclusive with
+            ``pretrained_path``.
         normalization: ``"backbone"``: the mean/std of timm's ``pretrained_cfg``; ``"unit"``: plain [0, 1].
         drop_rate: dropout before the classifier.
         img_size: ``(height, width)`` for models that need a fixed input size (ignored otherwise).
@@ -44,7 +47,8 @@ class ImageClassifier(nn.Module):
     """
 
     def __init__(self, backbone: str, num_classes: int, pretrained_path: str | None = None,
-                 normalization: str = "backbone", drop_rate: float = 0.0, img_size: Sequence[int] | None = None):
+                 normalization: str = "backbone", drop_rate: float = 0.0, img_size: Sequence[int] | None = None,
+                 pretrained: bool = False):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
@@ -56,9 +60,15 @@ class ImageClassifier(nn.Module):
                                      timm.get_pretrained_cfg(backbone).fixed_input_size)
         if self.fixed_input_size and img_size is not None:
             kwargs["img_size"] = tuple(int(v) for v in img_size)
-        # pretrained=False always: weights only ever come from a local file.
-        self.net = timm.create_model(backbone, pretrained=False, num_classes=num_classes, drop_rate=drop_rate,
-                                     **kwargs)
+        check_choice(pretrained, pretrained_path)
+        try:
+            # pretrained=True: timm fetches (or finds in its cache) the weights and refits the classifier head.
+            self.net = timm.create_model(backbone, pretrained=pretrained, num_classes=num_classes,
+                                         drop_rate=drop_rate, **kwargs)
+        except Exception as err:
+            if pretrained and is_download_error(err):
+                raise offline_error(backbone, err) from err
+            raise
         self.name = backbone
         self.num_classes = num_classes
         cfg = getattr(self.net, "pretrained_cfg", None) or {}

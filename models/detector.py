@@ -28,9 +28,9 @@ class CenterNetDetector(FPNHeadModel):
 
 def build_detector(num_classes: int, backbone: str = "resnet18", out_indices: Sequence[int] = (1, 2, 3, 4),
                    pretrained_path: str | None = None, fpn_channels: int = 128, head_channels: int = 64,
-                   normalization: str = "backbone") -> CenterNetDetector:
+                   normalization: str = "backbone", pretrained: bool = False) -> CenterNetDetector:
     """Compose the parts from plain arguments (the detection task maps its config onto these names)."""
     bb, neck, normalizer = build_trunk(backbone, out_indices, pretrained_path, fpn_channels, normalization,
-                                       DETECTION_STRIDE)
+                                       DETECTION_STRIDE, pretrained=pretrained)
     head = CenterNetHead(fpn_channels, num_classes, channels=head_channels)
     return CenterNetDetector(bb, neck, head, normalizer)

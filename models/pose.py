@@ -26,13 +26,14 @@ class TopDownPoseModel(FPNHeadModel):
 def build_pose_model(num_keypoints: int, backbone: str = "resnet18", out_indices: Sequence[int] = (1, 2, 3, 4),
                      pretrained_path: str | None = None, fpn_channels: int = 128, num_stacks: int = 2,
                      depth: int = 3, head_channels: int = 128, num_blocks: int = 1,
-                     normalization: str = "backbone") -> TopDownPoseModel:
+                     normalization: str = "backbone", pretrained: bool = False) -> TopDownPoseModel:
     """Compose the parts from plain arguments (the keypoint task maps its config onto these names).
 
     normalization: ``"backbone"`` (the backbone's mean/std) or ``"unit"`` (plain [0, 1] scaling).
+    pretrained: timm's pretrained backbone weights (downloaded and cached by timm).
     """
     bb, neck, normalizer = build_trunk(backbone, out_indices, pretrained_path, fpn_channels, normalization,
-                                       HEATMAP_STRIDE)
+                                       HEATMAP_STRIDE, pretrained=pretrained)
     head = HourglassHead(fpn_channels, num_keypoints, num_stacks=num_stacks, depth=depth,
                          channels=head_channels, num_blocks=num_blocks)
     return TopDownPoseModel(bb, neck, head, normalizer)

@@ -45,10 +45,11 @@ class FPNHeadModel(nn.Module):
 
 
 def build_trunk(backbone: str, out_indices: Sequence[int], pretrained_path: str | None, fpn_channels: int,
-                normalization: str, stride: int) -> tuple[Backbone, FPN, InputNormalizer]:
+                normalization: str, stride: int, pretrained: bool = False) -> tuple[Backbone, FPN, InputNormalizer]:
     """The backbone (its finest level at ``stride``), an FPN that outputs only that level, and the input
     normaliser, from plain arguments."""
-    bb = Backbone(backbone, out_indices=out_indices, pretrained_path=pretrained_path, required_stride=stride)
+    bb = Backbone(backbone, out_indices=out_indices, pretrained_path=pretrained_path, required_stride=stride,
+                  pretrained=pretrained)
     neck = FPN(bb.channels, bb.strides, out_channels=fpn_channels, output_levels=[0])
     return bb, neck, make_normalizer(normalization, bb)
 

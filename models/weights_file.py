@@ -1,4 +1,5 @@
-"""A local weights file -> the state dict it holds. Weights only ever come from a file the user names."""
+"""A local weights file -> the state dict it holds: ``.safetensors`` (timm's Hub files), or anything
+``torch.load`` reads (``.bin``, ``.pth``, ``.pt``; loaded with ``weights_only=True``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ def read_state_dict(path: str, what: str) -> dict:
     or ``state_dict_ema`` (the first present). ``what`` names the model in the error for a missing file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} weights file not found: {path} (model.pretrained_path)")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in _CONTAINER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):

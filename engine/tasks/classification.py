@@ -156,7 +156,8 @@ def build_model(cfg, num_classes: int, pretrained: bool = True) -> ImageClassifi
     m = cfg.model
     w, h = int(cfg.data.input_size[0]), int(cfg.data.input_size[1])
     model = ImageClassifier(m.backbone, num_classes, pretrained_path=m.pretrained_path if pretrained else None,
-                            normalization=m.normalization, drop_rate=m.drop_rate, img_size=(h, w))
+                            normalization=m.normalization, drop_rate=m.drop_rate, img_size=(h, w),
+                            pretrained=m.pretrained and pretrained)
     if model.fixed_input_size and cfg.data.input_policy == "native":
         raise ValueError(f"model.backbone={m.backbone!r} needs a fixed input size; data.input_policy=native keeps "
                          f"each image's size. Use resize, center_crop, random_crop or letterbox")

@@ -204,7 +204,8 @@ def build_model(cfg, num_classes: int, pretrained: bool = True) -> CenterNetDete
     m = cfg.model
     model = build_detector(num_classes, backbone=m.backbone, out_indices=m.out_indices,
                            pretrained_path=m.pretrained_path if pretrained else None, fpn_channels=m.fpn_channels,
-                           head_channels=m.head_channels, normalization=m.normalization)
+                           head_channels=m.head_channels, normalization=m.normalization,
+                           pretrained=m.pretrained and pretrained)
     w, h = (int(v) for v in cfg.data.input_size)
     if w % DETECTION_STRIDE or h % DETECTION_STRIDE:
         raise ValueError(f"data.input_size {[w, h]} must be a multiple of the detection stride {DETECTION_STRIDE}")

@@ -245,7 +245,8 @@ def build_model(cfg, num_keypoints: int, pretrained: bool = True) -> TopDownPose
     model = build_pose_model(num_keypoints, backbone=m.backbone, out_indices=m.out_indices,
                              pretrained_path=m.pretrained_path if pretrained else None,
                              fpn_channels=m.fpn_channels, num_stacks=m.num_stacks, depth=m.depth,
-                             head_channels=m.head_channels, num_blocks=m.num_blocks, normalization=m.normalization)
+                             head_channels=m.head_channels, num_blocks=m.num_blocks, normalization=m.normalization,
+                             pretrained=m.pretrained and pretrained)
     check_input_size(cfg.data.input_size, model.max_stride)
     return model
 

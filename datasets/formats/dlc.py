@@ -1,0 +1,203 @@
+"""DeepLabCut projects -> COCO keypoints.
+
+A project folder holds ``config.yaml`` (``bodyparts``, or ``multianimalbodyparts`` + ``individuals`` when
+``multianimalproject`` is true; ``skeleton`` as pairs of names) and ``labeled-data/<video>/CollectedData_<scorer>
+.csv`` (and ``.h5``, the same table written by pandas). The CSV has a header of three rows, ``scorer`` /
+``bodyparts`` / ``coords``, or four with ``individuals`` after ``scorer`` in multi-animal projects; then one row
+per labelled frame: the image path (one column, ``labeled-data/<video>/img0001.png``, or three in newer
+versions: ``labeled-data``, ``<video>``, ``img0001.png``) and ``x, y`` per (individual,) bodypart, empty or
+``NaN`` where the point is not labelled.
+
+Coordinates: DeepLabCut labels on an image shown with pixel centres at integers (matplotlib / napari), so
+``x, y`` are taken as they are (pixel-index convention); every labelled point gets ``v = 2``. One image entry per
+frame, ``file_name`` relative to the project folder (the image root); one instance per individual with at least
+two labelled points, its box the padded keypoint box (``common.BOX_PADDING``). Unique bodyparts of
+multi-animal projects (individual ``single``) belong to no animal and are left out (counted). DeepLabCut has
+no flip map; ``tools.make_config`` infers one from the names.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import math
+import os
+
+import numpy as np
+import yaml
+
+from datasets.formats.common import (
+    CocoBuilder,
+    Conversion,
+    Problems,
+    image_size,
+    outside_image,
+    require_dir,
+    require_file,
+)
+from models.errors import DataError, InputError
+
+_HEADER_NAMES = ("scorer", "individuals", "bodyparts", "coords")
+_COORDS = ("x", "y", "likelihood")
+
+
+def convert_dlc(project: str, skip_bad: bool = False) -> Conversion:
+    """Read a DeepLabCut project folder (see the module docstring). Raises DataError naming every problem
+    (file and line) unless ``skip_bad``, which leaves the bad items out and counts them."""
+    require_dir(project, "DeepLabCut project folder")
+    config_path = os.path.join(project, "config.yaml")
+    require_file(config_path, "DeepLabCut config.yaml (the project folder must hold it)")
+    with open(config_path) as f:
+        cfg = yaml.safe_load(f) or {}
+    multi = bool(cfg.get("multianimalproject"))
+    names = list(cfg.get("multianimalbodyparts") if multi else cfg.get("bodyparts") or [])
+    if not names:
+        key = "multianimalbodyparts" if multi else "bodyparts"
+        raise DataError(f"{config_path}: no {key!r} list; add the bodypart names to the config")
+    unique = set(cfg.get("uniquebodyparts") or []) if multi else set()
+    index = {n: i for i, n in enumerate(names)}
+    skeleton = []
+    for pair in cfg.get("skeleton") or []:
+        if len(pair) == 2 and pair[0] in index and pair[1] in index:
+            skeleton.append((index[pair[0]], index[pair[1]]))
+    builder = CocoBuilder(names, category=str(cfg.get("Task") or "animal"), skeleton=skeleton)
+    problems = Problems(project)
+    counts = {"frames": 0, "instances": 0, "unlabelled_instances": 0, "unique_bodypart_columns": 0}
+
+    folders = sorted(d for d in glob.glob(os.path.join(project, "labeled-data", "*")) if os.path.isdir(d))
+    if not folders:
+        raise DataError(f"{project}: no labeled-data/<video> folders; label frames in DeepLabCut first (or check "
+                        f"the project path)")
+    for folder in folders:
+        table = _read_table(folder)
+        if table is None:
+            continue
+        path, columns, rows = table
+        by_individual: dict[str, list[tuple[int, int, int]]] = {}   # individual -> (keypoint, x col, y col)
+        seen: dict[tuple[str, str], dict[str, int]] = {}
+        for j, (individual, part, coord) in enumerate(columns):
+            if coord in ("x", "y"):
+                seen.setdefault((individual, part), {})[coord] = j
+        for (individual, part), cols in seen.items():
+            if multi and (individual == "single" or part in unique):
+                counts["unique_bodypart_columns"] += 1
+                continue
+            if part not in index:
+                problems.add("unknown bodypart", f"{path}: header", f"bodypart {part!r} is not in config.yaml's "
+                             f"{'multianimalbodyparts' if multi else 'bodyparts'} {names}")
+                continue
+            if "x" not in cols or "y" not in cols:
+                problems.add("incomplete header", f"{path}: header", f"bodypart {part!r} lacks an x or y column")
+                continue
+            by_individual.setdefault(individual, []).append((index[part], cols["x"], cols["y"]))
+        for line, rel, values in rows:
+            if len(values) != len(columns):
+                problems.add("wrong number of columns", f"{path}: line {line}",
+                             f"{len(values)} values, the header has {len(columns)}")
+                continue
+            image_path = os.path.join(project, rel)
+            if not os.path.isfile(image_path):
+                problems.add("missing image", f"{path}: line {line}", f"image {rel} not found under {project}")
+                continue
+            width, height = image_size(image_path)
+            image_id = builder.add_image(rel, width, height)
+            counts["frames"] += 1
+            for individual, parts in by_individual.items():
+                kp = np.zeros((len(names), 3))
+                for k, jx, jy in parts:
+                    x, y = _number(values[jx]), _number(values[jy])
+                    if x is None or y is None:
+                        problems.add("bad number", f"{path}: line {line}",
+                                     f"{names[k]} has x={values[jx]!r}, y={values[jy]!r}; use numbers or leave empty")
+                        continue
+                    if math.isnan(x) or math.isnan(y):
+                        continue
+                    if outside_image(x, y, width, height):
+                        problems.add("point outside the image", f"{path}: line {line}",
+                                     f"{individual + ' ' if individual else ''}{names[k]} at ({x:g}, {y:g}) is "
+                                     f"outside {rel} ({width}x{height})")
+                        continue
+                    kp[k] = (x, y, 2.0)
+                if builder.add_instance(image_id, kp):
+                    counts["instances"] += 1
+                else:
+                    counts["unlabelled_instances"] += 1
+    problems.raise_if_any(skip_bad)
+    counts.update({f"skipped: {k}": n for k, n in problems.counts().items()})
+    return Conversion(builder.to_dict(), os.path.abspath(project), counts)
+
+
+def _number(cell) -> float | None:
+    if isinstance(cell, (int, float)):
+        return float(cell)
+    text = str(cell).strip()
+    if text == "" or text.lower() == "nan":
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _read_table(folder: str):
+    """(path, columns [(individual, bodypart, coord)], rows [(line, image path, values)]) of the folder's
+    CollectedData file: the CSV when there is one, else the .h5 (needs pandas and PyTables)."""
+    csvs = sorted(glob.glob(os.path.join(folder, "CollectedData_*.csv")))
+    if csvs:
+        return _read_csv(csvs[0])
+    h5s = sorted(glob.glob(os.path.join(folder, "CollectedData_*.h5")))
+    if h5s:
+        return _read_h5(h5s[0])
+    return None
+
+
+def _read_csv(path: str):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    header = []
+    while len(header) < len(rows) and rows[len(header)] and rows[len(header)][0].strip() in _HEADER_NAMES:
+        header.append(rows[len(header)])
+    kinds = [h[0].strip() for h in header]
+    if "bodyparts" not in kinds or "coords" not in kinds:
+        raise DataError(f"{path}: the header must have the rows scorer, (individuals,) bodyparts and coords; found "
+                        f"first cells {kinds}. Save the labels again from DeepLabCut")
+    coords_row = header[kinds.index("coords")]
+    n_index = next((j for j, c in enumerate(coords_row) if j > 0 and c.strip() in _COORDS), None)
+    if n_index is None:
+        raise DataError(f"{path}: the coords row names no x/y column")
+    width = len(coords_row)
+    columns = []
+    for j in range(n_index, width):
+        individual = header[kinds.index("individuals")][j] if "individuals" in kinds else ""
+        columns.append((individual, header[kinds.index("bodyparts")][j], coords_row[j].strip()))
+    data = []
+    for i, row in enumerate(rows[len(header):], start=len(header) + 1):
+        if not any(c.strip() for c in row):
+            continue
+        rel = "/".join(c.strip() for c in row[:n_index] if c.strip()).replace("\\", "/")
+        data.append((i, rel, row[n_index:]))
+    return path, columns, data
+
+
+def _read_h5(path: str):
+    try:
+        import pandas as pd
+    except ImportError:
+        raise InputError(f"{path}: reading DeepLabCut's .h5 labels needs pandas and PyTables (pip install pandas "
+                         f"tables); or save the labels as CSV from DeepLabCut (it writes both), then convert "
+                         f"again") from None
+    try:
+        df = pd.read_hdf(path)
+    except ImportError as err:
+        raise InputError(f"{path}: pandas cannot read HDF5 without PyTables ({err}); pip install tables, or use "
+                         f"the CSV DeepLabCut writes beside it") from None
+    names = list(df.columns.names)
+    columns = []
+    for col in df.columns:
+        parts = dict(zip(names, col))
+        columns.append((str(parts.get("individuals", "")), str(parts["bodyparts"]), str(parts["coords"])))
+    data = []
+    for i, (idx, values) in enumerate(zip(df.index, df.to_numpy(dtype=float)), start=1):
+        rel = "/".join(str(p) for p in idx) if isinstance(idx, tuple) else str(idx)
+        data.append((i, rel.replace("\\", "/"), list(values)))
+    return path, columns, data

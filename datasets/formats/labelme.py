@@ -1,0 +1,119 @@
+"""LabelMe json files -> COCO keypoints.
+
+A LabelMe file (one per image) holds ``imagePath`` (relative to the json's folder), ``imageWidth``,
+``imageHeight`` and ``shapes``: ``{"label", "points": [[x, y], ...], "group_id": int or null, "shape_type":
+"point" | "rectangle" | ..., "flags": {...}}``. Here a ``point`` shape is a keypoint named by its label, a
+``rectangle`` (two opposite corners) is the instance's box, and shapes with the same ``group_id`` belong to one
+instance (shapes without one form a single instance per image). A point whose shape flags have
+``occluded: true`` gets ``v = 1``, others ``v = 2``; other shape types are ignored (counted). Instances without
+a rectangle get the padded keypoint box. Files in a top folder named ``train``, ``val``, ``valid``,
+``validation`` or ``test`` carry that split.
+
+Coordinates: LabelMe's canvas puts pixel ``i`` on ``[i, i + 1)`` (coordinates measured from the image's
+corner), so a point's pixel-index coordinate is the stored value minus 0.5; a rectangle's corners are COCO's box
+edges as they are: ``[x, y, w, h] = [min x, min y, |dx|, |dy|]``.
+
+Keypoint names: ``keypoint_names`` in the order given (any other point label is an error), or else every point
+label in the order first met (files sorted by name); pass the order to get a stable one.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+
+from datasets.formats.common import (
+    CocoBuilder,
+    Conversion,
+    Problems,
+    image_size,
+    outside_image,
+    relative_to,
+    require_dir,
+)
+from models.errors import InputError
+
+LABELME_ORIGIN = 0.5     # subtracted from stored points: corner-origin -> pixel-index
+SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def convert_labelme(folder: str, keypoint_names: list[str] | None = None, skip_bad: bool = False) -> Conversion:
+    """Read every LabelMe json under ``folder`` (recursively). Raises DataError naming every problem (file
+    and shape) unless ``skip_bad``, which leaves the bad items out and counts them."""
+    require_dir(folder, "folder of LabelMe json files")
+    files = sorted(glob.glob(os.path.join(folder, "**", "*.json"), recursive=True))
+    problems = Problems(folder)
+    docs = []
+    for path in files:
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            problems.add("not valid JSON", path, str(err))
+            continue
+        if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list) or "imagePath" not in doc:
+            continue   # another json in the folder (not a LabelMe file)
+        docs.append((path, doc))
+    if not docs:
+        raise InputError(f"no LabelMe json files (with 'shapes' and 'imagePath') under {folder} (SOURCE)")
+    names = list(keypoint_names) if keypoint_names else _names_in_order(docs)
+    index = {n: i for i, n in enumerate(names)}
+    category = next((s.get("label") for _, d in docs for s in d["shapes"] if s.get("shape_type") == "rectangle"),
+                    None) or "object"
+    builder = CocoBuilder(names, category=str(category))
+    counts = {"images": 0, "instances": 0, "ignored_shapes": 0}
+    for path, doc in docs:
+        image_path = os.path.normpath(os.path.join(os.path.dirname(path), doc["imagePath"].replace("\\", "/")))
+        if not os.path.isfile(image_path):
+            problems.add("missing image", path, f"imagePath {doc['imagePath']!r} not found ({image_path})")
+            continue
+        width, height = image_size(image_path)
+        rel = relative_to(folder, image_path)
+        split = SPLIT_FOLDERS.get(rel.split("/")[0].lower()) if "/" in rel else None
+        image_id = builder.add_image(rel, width, height, split=split)
+        counts["images"] += 1
+        groups: dict[object, dict] = {}
+        for s_i, shape in enumerate(doc["shapes"]):
+            kind, label, pts = shape.get("shape_type", "polygon"), str(shape.get("label")), shape.get("points") or []
+            group = groups.setdefault(shape.get("group_id"), {"kp": np.zeros((len(names), 3)), "box": None})
+            where = f"{path}: shape {s_i} ({label!r})"
+            if kind == "rectangle" and len(pts) == 2:
+                (x1, y1), (x2, y2) = pts
+                group["box"] = [min(x1, x2), min(y1, y2), abs(x2 - x1), abs(y2 - y1)]
+            elif kind == "point" and len(pts) == 1:
+                if label not in index:
+                    problems.add("unknown bodypart", where, f"label {label!r} is not one of the keypoints {names}")
+                    continue
+                k = index[label]
+                if group["kp"][k, 2] > 0:
+                    problems.add("repeated keypoint", where, f"{label!r} twice in group {shape.get('group_id')}; "
+                                 f"give each instance its own group_id")
+                    continue
+                x, y = float(pts[0][0]) - LABELME_ORIGIN, float(pts[0][1]) - LABELME_ORIGIN
+                if outside_image(x, y, width, height):
+                    problems.add("point outside the image", where, f"({pts[0][0]}, {pts[0][1]}) is outside "
+                                 f"{width}x{height}")
+                    continue
+                occluded = bool((shape.get("flags") or {}).get("occluded"))
+                group["kp"][k] = (x, y, 1.0 if occluded else 2.0)
+            else:
+                counts["ignored_shapes"] += 1
+        for group in groups.values():
+            if (group["kp"][:, 2] > 0).any() and builder.add_instance(image_id, group["kp"], bbox=group["box"]):
+                counts["instances"] += 1
+    problems.raise_if_any(skip_bad)
+    counts.update({f"skipped: {k}": n for k, n in problems.counts().items()})
+    notes = [] if keypoint_names else [f"keypoint order (first met): {names}; pass --keypoints to set it"]
+    return Conversion(builder.to_dict(), os.path.abspath(folder), counts, notes)
+
+
+def _names_in_order(docs) -> list[str]:
+    names: list[str] = []
+    for _, doc in docs:
+        for shape in doc["shapes"]:
+            if shape.get("shape_type") == "point" and str(shape.get("label")) not in names:
+                names.append(str(shape.get("label")))
+    return names

@@ -1,0 +1,103 @@
+"""Convert labels from the tools people label in to one COCO keypoint json (every split in the one file).
+
+    python -m tools.convert dlc     PROJECT_FOLDER      --output data/mouse.json     # DeepLabCut project
+    python -m tools.convert yolo    data.yaml           --output data/tiger.json     # Ultralytics YOLO-pose
+    python -m tools.convert labelme LABELME_FOLDER      --output data/x.json [--keypoints nose,l_eye,r_eye]
+    python -m tools.convert cvat    annotations.xml     --output data/x.json [--image-root DIR] [--skeleton NAME]
+    python -m tools.convert pts     IMAGES_WITH_PTS     --output data/faces.json     # 300-W / iBUG .pts
+    python -m tools.convert coco-to-yolo data/x.json --image-root DIR --output yolo_set/   # the reverse
+
+It prints the image root that the json's ``file_name``s resolve against: pass it to ``tools.make_config
+--image-root``. Bad input (a missing image, a row with the wrong number of columns, a point outside the image,
+an unknown bodypart, a label file without its image) stops with every problem named and counted and nothing
+written; ``--skip-bad`` leaves those items out instead and prints the counts. docs/formats.md has each format's
+coordinate mapping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from datasets.formats.common import Conversion, write_coco_json
+from models.errors import InputError
+from tools._common import add_debug_flag, run_cli
+
+FORMATS = ("dlc", "yolo", "labelme", "cvat", "pts")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("format", choices=FORMATS + ("coco-to-yolo",), help="the source's format")
+    p.add_argument("source", help="DeepLabCut project folder | YOLO data.yaml | LabelMe folder | CVAT xml | "
+                                  "folder of images with .pts | (coco-to-yolo) a COCO keypoint json")
+    p.add_argument("--output", required=True, help="the COCO json to write (coco-to-yolo: the folder to write)")
+    p.add_argument("--skip-bad", action="store_true", help="leave bad items out (counted) instead of stopping")
+    p.add_argument("--keypoints", help="labelme: the keypoint names in order, comma-separated")
+    p.add_argument("--image-root", help="cvat: the folder the image names resolve against (default: images/ "
+                                        "beside the xml, else its folder); coco-to-yolo: the COCO file's image root")
+    p.add_argument("--skeleton", help="cvat: the skeleton label to read when the task has several")
+    p.add_argument("--copy-images", action="store_true", help="coco-to-yolo: copy the images (default: symlinks)")
+    return p
+
+
+def convert(fmt: str, source: str, skip_bad: bool = False, keypoints: list[str] | None = None,
+            image_root: str | None = None, skeleton: str | None = None) -> Conversion:
+    """Dispatch to the format's reader (datasets.formats.*)."""
+    if fmt == "dlc":
+        from datasets.formats.dlc import convert_dlc
+        return convert_dlc(source, skip_bad=skip_bad)
+    if fmt == "yolo":
+        from datasets.formats.yolo import convert_yolo
+        return convert_yolo(source, skip_bad=skip_bad)
+    if fmt == "labelme":
+        from datasets.formats.labelme import convert_labelme
+        return convert_labelme(source, keypoint_names=keypoints, skip_bad=skip_bad)
+    if fmt == "cvat":
+        from datasets.formats.cvat import convert_cvat
+        return convert_cvat(source, image_root=image_root, skeleton=skeleton, skip_bad=skip_bad)
+    if fmt == "pts":
+        from datasets.formats.pts import convert_pts
+        return convert_pts(source, skip_bad=skip_bad)
+    raise InputError(f"unknown format {fmt!r}; use one of {FORMATS}")
+
+
+def main(argv: list[str] | None = None):
+    args = add_debug_flag(get_args_parser()).parse_args(argv)
+    if args.format == "coco-to-yolo":
+        return _coco_to_yolo(args)
+    keypoints = [k.strip() for k in args.keypoints.split(",")] if args.keypoints else None
+    result = convert(args.format, args.source, args.skip_bad, keypoints, args.image_root, args.skeleton)
+    write_coco_json(args.output, result.coco)
+    splits = sorted({img.get("split") for img in result.coco["images"] if img.get("split")})
+    cat = result.coco["categories"][0]
+    print(f"wrote {args.output}: {len(result.coco['images'])} images, {len(result.coco['annotations'])} instances, "
+          f"{len(cat['keypoints'])} keypoints{', splits ' + ', '.join(splits) if splits else ''}")
+    for key, n in result.counts.items():
+        if n:
+            print(f"  {key}: {n}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    print(f"image root: {result.image_root}")
+    print(f"next: python -m tools.make_config {args.output} --image-root {result.image_root} "
+          f"--output {os.path.splitext(args.output)[0]}.yaml")
+    return result
+
+
+def _coco_to_yolo(args) -> str:
+    from datasets.formats.yolo import coco_to_yolo
+
+    if not args.image_root:
+        raise InputError("coco-to-yolo needs --image-root (the folder the COCO file's file_names resolve against)")
+    if not os.path.isfile(args.source):
+        raise InputError(f"COCO json not found: {args.source} (SOURCE)")
+    with open(args.source) as f:
+        coco = json.load(f)
+    path = coco_to_yolo(coco, args.image_root, args.output, copy_images=args.copy_images)
+    print(f"wrote {path} ({len(coco['images'])} images; labels under {os.path.join(args.output, 'labels')})")
+    return path
+
+
+if __name__ == "__main__":
+    run_cli(main)
