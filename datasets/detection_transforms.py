@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from datasets.affine import crop_matrix, invert_affine
 from datasets.coco_detection import DetectionImage
-from datasets.image_io import BAD_IMAGE_POLICIES, read_image_rgb, report_unreadable_image
+from datasets.image_io import BAD_IMAGE_POLICIES, image_problem, read_image_rgb, report_unreadable_image
 from datasets.topdown_augment import photometric_transform
 from models.bbox import affine_boxes, box_area, box_is_empty, clip_boxes
 
@@ -124,7 +124,8 @@ class DetectionTransformDataset(Dataset):
         rec = self.images[index]
         image = read_image_rgb(rec.image_path)
         if image is None:
-            report_unreadable_image(f"{rec.image_path} (missing or corrupt; image_id {rec.image_id})",
+            report_unreadable_image(f"{rec.image_path} ({image_problem(rec.image_path) or 'corrupt'}; "
+                                    f"image_id {rec.image_id})",
                                     self.on_bad_image)
             return None
         size = (image.shape[1], image.shape[0])

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, default_collate
 
 from datasets.affine import apply_affine, crop_matrix, invert_affine
 from datasets.coco_keypoints import KeypointInstance
-from datasets.image_io import BAD_IMAGE_POLICIES, read_image_rgb, report_unreadable_image
+from datasets.image_io import BAD_IMAGE_POLICIES, image_problem, read_image_rgb, report_unreadable_image
 from datasets.topdown_augment import TopDownAugment, photometric_transform
 from models.bbox import DEFAULT_CROP_PADDING, box_to_center_size
 
@@ -86,7 +86,8 @@ class TopDownKeypointDataset(Dataset):
         inst = self.instances[index]
         image = read_image_rgb(inst.image_path)
         if image is None:
-            report_unreadable_image(f"{inst.image_path} (missing or corrupt; image_id {inst.image_id})",
+            report_unreadable_image(f"{inst.image_path} ({image_problem(inst.image_path) or 'corrupt'}; "
+                                    f"image_id {inst.image_id})",
                                     self.on_bad_image)
             return None
         if (image.shape[1], image.shape[0]) != inst.image_size and inst.image_id not in self._size_warned:

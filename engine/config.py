@@ -108,7 +108,8 @@ class KeypointDataConfig:
     upper_body_ids: list[int] = field(default_factory=list)   # for half-body crops
     nme_normalize: list[Any] | None = None  # two keypoint names or indices (e.g. outer eye corners)
     bbox_padding: float = 1.25
-    on_bad_image: str = "error"         # error | skip
+    on_bad_image: str = "error"         # error | skip: a missing, truncated or corrupt image
+    on_bad_annotation: str = "error"    # error | skip: a malformed annotation (NaN, wrong type, bad visibility)
     augment: TopDownAugment = field(default_factory=TopDownAugment)
     val_batch_size: int = 64
 
@@ -156,7 +157,8 @@ class DetectionDataConfig:
     input_size: list[int] = field(default_factory=lambda: [512, 512])   # (width, height), multiples of 4
     min_overlap: float = 0.7            # IoU that sets CenterNet's Gaussian radius
     max_objects: int = 128              # boxes kept per image in a batch (the rest are counted)
-    on_bad_image: str = "error"         # error | skip
+    on_bad_image: str = "error"         # error | skip: a missing, truncated or corrupt image
+    on_bad_annotation: str = "error"    # error | skip: a malformed annotation (NaN, wrong type, bad visibility)
     augment: DetectionAugment = field(default_factory=DetectionAugment)
     val_batch_size: int = 16
 

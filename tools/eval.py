@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     model.to(device).eval()
     val_set = kp.make_topdown_dataset(cfg, val_data, meta, train=False)
     loader = kp.make_loader(val_set, cfg.data.val_batch_size, False, cfg.train.seed, cfg.train.num_workers)
-    gt = kp.coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id)
+    gt = kp.coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id, cfg.data.on_bad_annotation)
     task = kp.KeypointTask(kp.build_codec(cfg), meta, flip_test=cfg.eval.flip_test, val_gt=gt,
                            rescore_threshold=cfg.eval.rescore_threshold, pck_thresholds=cfg.eval.pck_thresholds,
                            progress=not args.no_progress)
@@ -190,7 +190,8 @@ def evaluate_detector(args, cfg, device, out_dir: str) -> dict:
     if meta.category_ids != val_data.category_ids:
         raise ValueError(f"{args.checkpoint} detects categories {meta.category_ids} ({meta.class_names}) but "
                          f"{cfg.data.val.ann_file} gives {val_data.category_ids}; set data.category_ids")
-    gt = det_task.coco_detection_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_ids)
+    gt = det_task.coco_detection_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_ids,
+                                        cfg.data.on_bad_annotation)
     task = det_task.build_task(cfg, meta, gt, progress=not args.no_progress)
     loader = det_task.make_loader(det_task.make_dataset(cfg, val_data, train=False), cfg.data.val_batch_size,
                                   False, cfg.train.seed, cfg.train.num_workers, cfg.data.max_objects)

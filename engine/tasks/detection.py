@@ -231,7 +231,8 @@ def prepare_data(cfg) -> None:
 def load_split(cfg, split_cfg) -> DetectionDataset:
     return load_coco_detection(split_cfg.ann_file, split_cfg.image_root, category_ids=cfg.data.category_ids,
                                missing_images=cfg.data.on_bad_image, subset=split_cfg.subset,
-                               holdout_fraction=split_cfg.holdout_fraction, holdout_seed=split_cfg.holdout_seed)
+                               holdout_fraction=split_cfg.holdout_fraction, holdout_seed=split_cfg.holdout_seed,
+                               on_bad_annotation=cfg.data.on_bad_annotation)
 
 
 def make_dataset(cfg, data: DetectionDataset, train: bool) -> DetectionTransformDataset:
@@ -268,7 +269,8 @@ def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int
     train_set = make_dataset(cfg, train_data, train=True)
     val_set = make_dataset(cfg, val_data, train=False)
     model = build_model(cfg, meta.num_classes).to(device)
-    val_gt = coco_detection_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_ids)
+    val_gt = coco_detection_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_ids,
+                                   cfg.data.on_bad_annotation)
     task = build_task(cfg, meta, val_gt, progress)
     pin = device.type == "cuda"
     train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.train.seed, cfg.train.num_workers,

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from datasets.affine import apply_affine
+from datasets.coco_common import load_validated_ground_truth
 from datasets.coco_keypoints import KeypointDataset, load_coco_keypoints
 from datasets.sampler import seeded_loader
 from datasets.skeletons import COCO_SIGMAS
@@ -253,7 +254,8 @@ def build_model(cfg, num_keypoints: int, pretrained: bool = True) -> TopDownPose
 def load_split(cfg, split_cfg) -> KeypointDataset:
     return load_coco_keypoints(split_cfg.ann_file, split_cfg.image_root, category_id=cfg.data.category_id,
                                missing_images=cfg.data.on_bad_image, subset=split_cfg.subset,
-                               holdout_fraction=split_cfg.holdout_fraction, holdout_seed=split_cfg.holdout_seed)
+                               holdout_fraction=split_cfg.holdout_fraction, holdout_seed=split_cfg.holdout_seed,
+                               on_bad_annotation=cfg.data.on_bad_annotation)
 
 
 def prepare_data(cfg) -> None:
@@ -286,15 +288,15 @@ def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers:
                          world_size=world_size, pin_memory=pin_memory, pad=pad)
 
 
-def coco_subset(ann_file: str, image_ids, category_id: int) -> dict:
-    """The ground truth of ``image_ids`` only (a split of a larger file), for COCOeval."""
-    with open(ann_file) as f:
-        data = json.load(f)
+def coco_subset(ann_file: str, image_ids, category_id: int, on_bad_annotation: str = "error") -> dict:
+    """The ground truth of ``image_ids`` only (a split of a larger file), for COCOeval, checked by the same
+    code as the reader (:mod:`datasets.coco_validate`): no malformed or non-finite annotation is scored."""
+    data = load_validated_ground_truth(ann_file, "keypoints", on_bad_annotation)
     keep = set(int(i) for i in image_ids)
-    return {"images": [im for im in data["images"] if int(im["id"]) in keep],
+    return {"images": [im for im in data["images"] if im["id"] in keep],
             "annotations": [a for a in data["annotations"]
-                            if int(a["image_id"]) in keep and int(a.get("category_id", category_id)) == category_id],
-            "categories": [c for c in data["categories"] if int(c["id"]) == category_id]}
+                            if a["image_id"] in keep and a["category_id"] == category_id],
+            "categories": [c for c in data["categories"] if c["id"] == category_id]}
 
 
 def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int = 0, world_size: int = 1) -> dict:
@@ -310,7 +312,7 @@ def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int
     val_set = make_topdown_dataset(cfg, val_data, meta, train=False)
     model = build_model(cfg, len(meta.keypoint_names)).to(device)
     codec = build_codec(cfg)
-    val_gt = coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id)
+    val_gt = coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id, cfg.data.on_bad_annotation)
     task = KeypointTask(codec, meta, flip_test=cfg.eval.flip_test, keypoint_weights=cfg.data.keypoint_weights,
                         val_gt=val_gt, rescore_threshold=cfg.eval.rescore_threshold,
                         pck_thresholds=cfg.eval.pck_thresholds, progress=progress)
