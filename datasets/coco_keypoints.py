@@ -149,7 +149,7 @@ def load_coco_keypoints(ann_file: str, image_root: str, category_id: int | None 
              "unlabelled; %d images sized from the file, not the json", ann_file, subset, len(instances),
              stats["annotations"], left_out, stats["outside_image"], stats["resized_images"])
     if not instances:
-        raise DataError(f"{ann_file}: no usable instance of category {category['id']} in the {subset!r} split "
+        raise DataError(f"{ann_file}: no usable instances of category {category['id']} in the {subset!r} split "
                         f"(of {stats['annotations']} annotations, left out: {left_out}); nothing to train on or "
                         f"evaluate")
     return KeypointDataset(ann_file=ann_file, image_root=image_root, instances=instances, images=images,
