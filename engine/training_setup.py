@@ -26,7 +26,7 @@ from engine.provenance import provenance
 from engine.run_folder import claim_run_dir, interrupted_error
 from engine.tasks.registry import build_experiment
 from engine.trainer import Trainer, TrainerOptions
-from models.errors import DataError
+from models.errors import CheckpointError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,8 @@ def check_resume_config(saved: dict, current: dict, path: str) -> None:
     train_diffs = _diff(saved.get("train", {}), current.get("train", {}), None, prefix="train.")
     errors += [d for d in train_diffs if d.split(":")[0][len("train."):].split(".")[0] in RESUME_STRICT]
     if errors:
-        raise ValueError(f"cannot resume from {path}: the config differs in {len(errors)} fields: " + "; ".join(errors))
+        raise CheckpointError(f"cannot resume from {path}: the config differs in {len(errors)} fields: "
+                              + "; ".join(errors))
     warn = [d for d in train_diffs if d.split(":")[0][len("train."):].split(".")[0] not in RESUME_STRICT + RESUME_FREE]
     if warn:
         log.warning("resuming %s with different training settings (the run will not repeat the interrupted one): %s",

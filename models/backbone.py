@@ -14,6 +14,7 @@ import timm
 import torch
 from torch import nn
 
+from models.errors import CheckpointError, ConfigError
 from models.weights_file import read_state_dict
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,11 @@ class Backbone(nn.Module):
         mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                       for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
         if mismatched:
-            raise ValueError(f"{path} does not fit backbone {self.name!r}; shapes differ for "
+            raise CheckpointError(f"{path} does not fit backbone {self.name!r}; shapes differ for "
                              f"{len(mismatched)} tensors: " + "; ".join(mismatched[:10]))
         matched = [k for k in state if k in own]
         if not matched:
-            raise ValueError(f"{path} shares no tensor names with backbone {self.name!r} "
+            raise CheckpointError(f"{path} shares no tensor names with backbone {self.name!r} "
                              f"(first file keys: {list(state)[:5]}; first model keys: {list(own)[:5]})")
         result = self.body.load_state_dict(state, strict=False)
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
@@ -103,7 +104,7 @@ class Backbone(nn.Module):
 
 def _create_features_model(name: str, out_indices: tuple[int, ...], **kwargs) -> nn.Module:
     if not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r} (model.backbone); list valid names with "
+        raise ConfigError(f"unknown timm model {name!r} (model.backbone); list valid names with "
                          f"timm.list_models('*{name.split('_')[0]}*')")
     try:
         # pretrained=False always: weights only ever come from a local file (load_weights).
@@ -111,17 +112,17 @@ def _create_features_model(name: str, out_indices: tuple[int, ...], **kwargs) ->
     except (IndexError, AssertionError, ValueError) as err:
         full = timm.create_model(name, pretrained=False, features_only=True, **kwargs)
         levels = [f"{i}: stride {d['reduction']}, {d['num_chs']} ch" for i, d in enumerate(full.feature_info.info)]
-        raise ValueError(f"out_indices {out_indices} are not all available in {name!r}; its feature levels are "
+        raise ConfigError(f"out_indices {out_indices} are not all available in {name!r}; its feature levels are "
                          f"[{'; '.join(levels)}] (model.out_indices)") from err
 
 
 def _check_strides(name: str, out_indices: Sequence[int], strides: Sequence[int], required_stride: int | None):
     for i in range(1, len(strides)):
         if strides[i] != 2 * strides[i - 1]:
-            raise ValueError(f"backbone {name!r} with out_indices {tuple(out_indices)} has strides {list(strides)}; "
+            raise ConfigError(f"backbone {name!r} with out_indices {tuple(out_indices)} has strides {list(strides)}; "
                              f"the FPN needs each level to halve the resolution (stride x2 per level)")
     if required_stride is not None and strides[0] != required_stride:
-        raise ValueError(f"backbone {name!r} with out_indices {tuple(out_indices)} has a finest stride of "
+        raise ConfigError(f"backbone {name!r} with out_indices {tuple(out_indices)} has a finest stride of "
                          f"{strides[0]}, but the head needs stride {required_stride}; pick out_indices starting at "
                          f"the stride-{required_stride} level")
 

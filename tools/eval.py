@@ -49,7 +49,7 @@ from engine.two_stage import (
     parse_categories,
     select_categories,
 )
-from models.errors import CheckpointError, InputError
+from models.errors import CheckpointError, DataError, InputError
 from tools._common import add_debug_flag, run_cli, setup_logging
 
 log = logging.getLogger("tools.eval")
@@ -192,7 +192,7 @@ def evaluate_detector(args, cfg, device, out_dir: str) -> dict:
     val_data = det_task.load_split(cfg, cfg.data.val)
     model, meta = det_task.load_detector(state, cfg, device)
     if meta.category_ids != val_data.category_ids:
-        raise ValueError(f"{args.checkpoint} detects categories {meta.category_ids} ({meta.class_names}) but "
+        raise DataError(f"{args.checkpoint} detects categories {meta.category_ids} ({meta.class_names}) but "
                          f"{cfg.data.val.ann_file} gives {val_data.category_ids}; set data.category_ids")
     gt = det_task.coco_detection_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_ids,
                                         cfg.data.on_bad_annotation)

@@ -118,7 +118,7 @@ def image_ids_for(files: list[str], image_info: str | None) -> list[int | None]:
         with open(image_info) as f:
             images = json.load(f).get("images")
         if not isinstance(images, list):
-            raise ValueError(f"--image-info {image_info} has no 'images' list")
+            raise InputError(f"--image-info {image_info} has no 'images' list")
         by_name = {}
         for im in images:
             by_name[im["file_name"]] = int(im["id"])

@@ -25,6 +25,7 @@ from engine.coco_eval import coco_eval
 from models.bbox import affine_boxes, batched_nms, box_is_empty, clip_boxes, xyxy_to_coco_xywh
 from models.box_codec import CenterNetCodec
 from models.detector import DETECTION_STRIDE, CenterNetDetector, build_detector
+from models.errors import ConfigError, DataError
 from models.losses import centernet_focal_loss, giou_loss, masked_l1_loss
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ def build_model(cfg, num_classes: int, pretrained: bool = True) -> CenterNetDete
                            head_channels=m.head_channels, normalization=m.normalization)
     w, h = (int(v) for v in cfg.data.input_size)
     if w % DETECTION_STRIDE or h % DETECTION_STRIDE:
-        raise ValueError(f"data.input_size {[w, h]} must be a multiple of the detection stride {DETECTION_STRIDE}")
+        raise ConfigError(f"data.input_size {[w, h]} must be a multiple of the detection stride {DETECTION_STRIDE}")
     if w % model.max_stride or h % model.max_stride:
         log.warning("data.input_size %s is not a multiple of the backbone's coarsest stride %d: the model runs, "
                     "but the FPN levels are no longer exactly aligned", [w, h], model.max_stride)
@@ -237,7 +238,7 @@ def load_split(cfg, split_cfg) -> DetectionDataset:
 
 def make_dataset(cfg, data: DetectionDataset, train: bool) -> DetectionTransformDataset:
     if not data.images:
-        raise ValueError(f"{data.ann_file}: no images in the {'train' if train else 'val'} split; nothing to "
+        raise DataError(f"{data.ann_file}: no images in the {'train' if train else 'val'} split; nothing to "
                          f"{'train on' if train else 'evaluate'}")
     return DetectionTransformDataset(data.images, cfg.data.input_size, train=train, augment=cfg.data.augment,
                                      on_bad_image=cfg.data.on_bad_image)
@@ -256,7 +257,7 @@ def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int
     train_data = load_split(cfg, cfg.data.train)
     val_data = load_split(cfg, cfg.data.val)
     if train_data.category_ids != val_data.category_ids:
-        raise ValueError(f"train ({cfg.data.train.ann_file}) and val ({cfg.data.val.ann_file}) have different "
+        raise DataError(f"train ({cfg.data.train.ann_file}) and val ({cfg.data.val.ann_file}) have different "
                          f"categories: {train_data.category_ids} vs {val_data.category_ids}; set data.category_ids")
     overlap = set(train_data.image_ids) & set(val_data.image_ids)
     if overlap and cfg.data.train.ann_file == cfg.data.val.ann_file:
