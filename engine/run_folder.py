@@ -63,9 +63,9 @@ def check_epoch_trained(epoch: int, train_images: int) -> None:
     """Stop when epoch ``epoch`` (1-based) trained on no sample at all: nothing would be learnt, and the
     checkpoints about to be written would pass an untrained model off as a result."""
     if train_images == 0:
-        raise DataError(f"epoch {epoch} trained on no sample: every batch was empty or skipped (with "
-                        f"data.on_bad_image=skip, unreadable images are dropped); nothing was saved. Check the "
-                        f"images of the train split")
+        raise DataError(f"epoch {epoch} trained on no sample: every batch was empty or skipped (unreadable images "
+                        f"under data.on_bad_image=skip, non-finite steps under train.on_nonfinite=skip); nothing was "
+                        f"saved. Check the images of the train split and the log above")
 
 
 def interrupted_error(run_dir: str, epoch_done: int, epochs: int, step: int) -> Interrupted:
