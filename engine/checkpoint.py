@@ -123,7 +123,7 @@ def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoi
             parts.append(f"{len(missing)} missing from the {source}: {', '.join(missing[:8])}")
         if strict and unexpected:
             parts.append(f"{len(unexpected)} not in the model: {', '.join(unexpected[:8])}")
-        raise ValueError(f"{source} does not fit this model ({'; '.join(parts)}); was it trained with another "
+        raise CheckpointError(f"{source} does not fit this model ({'; '.join(parts)}); was it trained with another "
                          f"backbone, head or keypoint count?")
     model.load_state_dict(state_dict, strict=False)
     return missing, unexpected
@@ -138,11 +138,11 @@ def load_weights_for_finetuning(model: nn.Module, path: str) -> dict:
     name lists; raises when nothing at all matches (a file for another model).
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path} (train.init_weights / --weights)")
+        raise CheckpointError(f"weights file not found: {path} (train.init_weights / --weights); check the path")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a readable weights file ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"{path} is not a readable weights file ({type(err).__name__}: {err})") from err
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -154,7 +154,7 @@ def load_weights_for_finetuning(model: nn.Module, path: str) -> dict:
                 for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     if not usable:
-        raise ValueError(f"{path} shares no tensor (name and shape) with this model (first file keys: "
+        raise CheckpointError(f"{path} shares no tensor (name and shape) with this model (first file keys: "
                          f"{list(state)[:5]}; first model keys: {list(own)[:5]})")
     model.load_state_dict(usable, strict=False)
     return {"loaded": sorted(usable), "missing": [k for k in own if k not in state],
