@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
     setup_logging()
     results = {}
     for policy in args.policies:
-        overrides = [f"data.input_policy={policy}", f"train.epochs={args.epochs}",
+        overrides = [f"data.input_policy={policy}", f"train.epochs={max(args.epochs, 1)}",
                      f"data.synthetic.min_image_size={args.min_size}", f"data.synthetic.max_image_size={args.max_size}",
                      "train.num_workers=0", *args.overrides]
         cfg = load_config(args.config, overrides)
@@ -97,7 +97,8 @@ def main(argv=None) -> dict:
         top1, seconds = float("nan"), 0.0
         if args.epochs > 0:
             start = time.time()
-            summary = train(cfg, os.path.join(args.output_dir, policy), torch.device("cpu"), progress=False)
+            summary = train(cfg, os.path.join(args.output_dir, policy), torch.device("cpu"), progress=False,
+                            overwrite=True)
             seconds, top1 = time.time() - start, summary["last"]["top1"]
         results[policy] = {"top1": top1, "activation_MB_per_batch": round(memory / 2**20, 1),
                            "input_pixels_per_image": pixels,

@@ -7,9 +7,15 @@ Each check fails with the file's name and the field, so a bad file is reported w
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
+
+from datasets.coco_validate import validate_coco
+from models.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 
 def read_coco_json(ann_file: str, image_root: str, missing_images: str, kind: str) -> dict:
@@ -20,42 +26,54 @@ def read_coco_json(ann_file: str, image_root: str, missing_images: str, kind: st
     kind: what the file holds (``"keypoint"``, ``"detection"``), for the error messages.
     """
     if missing_images not in ("error", "skip"):
-        raise ValueError(f"missing_images={missing_images!r}: use 'error' or 'skip' (data.on_bad_image)")
-    if not os.path.isfile(ann_file):
-        raise FileNotFoundError(f"annotation file not found: {ann_file}")
+        raise ConfigError(f"missing_images={missing_images!r}: use 'error' or 'skip' (data.on_bad_image)")
     if not os.path.isdir(image_root):
-        raise FileNotFoundError(f"image folder not found: {image_root} (for {ann_file})")
+        raise DataError(f"image folder not found: {image_root} (for {ann_file}); fix the split's image_root")
+    return load_json(ann_file, kind)
+
+
+def load_json(ann_file: str, kind: str) -> dict:
+    """The parsed json of a COCO file, its three list fields checked (a :class:`DataError` names the file)."""
+    if not os.path.isfile(ann_file):
+        raise DataError(f"annotation file not found: {ann_file}; fix the split's ann_file")
     try:
         with open(ann_file) as f:
             data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{ann_file} is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{ann_file} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise DataError(f"{ann_file}: the top level is a {type(data).__name__}, not a JSON object with images, "
+                        f"annotations and categories")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
-            raise ValueError(f"{ann_file}: missing or non-list field {key!r} (a COCO {kind} file has images, "
-                             f"annotations and categories)")
+            raise DataError(f"{ann_file}: missing or non-list field {key!r} (a COCO {kind} file has images, "
+                            f"annotations and categories)")
     return data
 
 
+def load_validated_ground_truth(ann_file: str, kind: str, on_bad_annotation: str = "error") -> dict:
+    """The file's ground truth after :func:`datasets.coco_validate.validate_coco` (what COCOeval may see)."""
+    clean, _ = validate_coco(load_json(ann_file, kind), ann_file, kind, on_bad_annotation)
+    return clean
+
+
 def index_image_records(data: dict, ann_file: str) -> dict[int, dict]:
-    """Image id -> the json image record, each checked for ``id``, ``file_name``, ``width`` and ``height``."""
-    records = {}
-    for img in data["images"]:
-        for key in ("id", "file_name", "width", "height"):
-            if key not in img:
-                raise ValueError(f"{ann_file}: image record {img.get('id', '?')} lacks {key!r}")
-        records[int(img["id"])] = img
-    return records
+    """Image id -> the json image record (records checked by :func:`datasets.coco_validate.validate_coco`)."""
+    return {int(img["id"]): img for img in data["images"]}
 
 
 def resolve_image_path(image_root: str, file_name: str, ann_file: str = "") -> str:
-    """``image_root/file_name``, refusing names that escape the root (``../``, absolute paths, links out)."""
+    """``image_root/file_name``, refusing names that, as written, escape the root (``../``, absolute paths).
+
+    The check is on the path as written, not on where links lead: an image file (or subfolder) that is a
+    symbolic link, as DVC, git-annex or shared storage make them, is read wherever its target lives.
+    """
     root = os.path.realpath(image_root)
-    path = os.path.realpath(os.path.join(root, file_name))
-    if os.path.commonpath([root, path]) != root:
-        raise ValueError(f"{ann_file}: file_name {file_name!r} resolves to {path}, outside the image root {root}; "
-                         f"file names must be relative paths inside the image root")
-    return path
+    rel = os.path.normpath(file_name)
+    if os.path.isabs(file_name) or rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        raise DataError(f"{ann_file}: file_name {file_name!r} lies outside the image root {root}; file names must "
+                        f"be relative paths inside the image root (no '../', no absolute paths)")
+    return os.path.join(root, rel)
 
 
 def split_image_ids(ids: list[int], subset: str, fraction: float, seed: int) -> set[int]:
@@ -64,10 +82,52 @@ def split_image_ids(ids: list[int], subset: str, fraction: float, seed: int) -> 
     if subset == "all":
         return set(ids)
     if subset not in ("holdout", "rest"):
-        raise ValueError(f"subset={subset!r}: use 'all', 'holdout' or 'rest'")
+        raise ConfigError(f"subset={subset!r}: use 'all', 'holdout' or 'rest'")
     if not 0 < fraction < 1:
-        raise ValueError(f"holdout_fraction must be in (0, 1), got {fraction}")
+        raise ConfigError(f"holdout_fraction must be in (0, 1), got {fraction}")
     order = np.random.default_rng(seed).permutation(len(ids))
     n_hold = max(1, round(fraction * len(ids)))
     hold = {ids[i] for i in order[:n_hold]}
     return hold if subset == "holdout" else set(ids) - hold
+
+
+def probe_image_files(paths: dict[int, str], records: dict[int, dict], ann_file: str,
+                      on_bad_image: str) -> tuple[dict[int, tuple[int, int]], dict[int, str], list[int]]:
+    """Check each image file once (exists, complete, header readable) and read its stored size.
+
+    Args:
+        paths: image id -> resolved path, for the images a split uses.
+        records: image id -> json image record (for the json's width/height).
+        on_bad_image: ``"error"`` raises a :class:`DataError` listing the unreadable files; ``"skip"`` warns.
+
+    Returns ``(sizes, unreadable, resized)``: image id -> (width, height) of the file (the decoded size wins
+    over the json's: the outside-the-image masking and clipping depend on it); image id -> why it cannot be
+    read (only under ``skip``); the ids whose json width/height differ from the file.
+    """
+    from datasets.image_io import probe_image
+
+    sizes: dict[int, tuple[int, int]] = {}
+    unreadable: dict[int, str] = {}
+    resized: list[int] = []
+    for image_id, path in sorted(paths.items()):
+        size, problem = probe_image(path)
+        if problem:
+            unreadable[image_id] = problem
+            continue
+        sizes[image_id] = size
+        rec = records[image_id]
+        if size != (int(rec["width"]), int(rec["height"])):
+            resized.append(image_id)
+    if unreadable:
+        examples = [f"{paths[i]} ({why})" for i, why in list(unreadable.items())[:3]]
+        if on_bad_image == "error":
+            raise DataError(f"{ann_file}: {len(unreadable)} image files cannot be read, e.g. {examples}; fix "
+                            f"image_root or the files, or set data.on_bad_image=skip to drop them")
+        log.warning("%s: skipping %d images that cannot be read (data.on_bad_image=skip), e.g. %s", ann_file,
+                    len(unreadable), examples)
+    if resized:
+        i = resized[0]
+        log.warning("%s: %d images are not the size their json record says, e.g. image %d: json %dx%d, file %dx%d; "
+                    "the file's size is used", ann_file, len(resized), i, int(records[i]["width"]),
+                    int(records[i]["height"]), *sizes[i])
+    return sizes, unreadable, resized

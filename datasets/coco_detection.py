@@ -9,15 +9,22 @@ Images without objects are kept: they are the negatives a detector needs.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from datasets.coco_common import index_image_records, read_coco_json, resolve_image_path, split_image_ids
-from models.bbox import box_area, box_is_empty, clip_boxes, coco_xywh_to_xyxy
+from datasets.coco_common import (
+    index_image_records,
+    load_validated_ground_truth,
+    probe_image_files,
+    read_coco_json,
+    resolve_image_path,
+    split_image_ids,
+)
+from datasets.coco_validate import format_left_out, validate_coco
+from models.bbox import box_is_empty, clip_boxes, coco_xywh_to_xyxy
+from models.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +35,7 @@ class DetectionImage:
 
     image_id: int
     image_path: str
-    image_size: tuple[int, int]        # (width, height) from the json
+    image_size: tuple[int, int]        # (width, height) of the stored image (the file's, when the json differs)
     boxes: np.ndarray                  # [N, 4] float64
     labels: np.ndarray                 # [N] int64, contiguous class index 0..C-1
     ann_ids: np.ndarray                # [N] int64
@@ -57,7 +64,7 @@ class DetectionDataset:
 
 def load_coco_detection(ann_file: str, image_root: str, category_ids: list[int] | None = None,
                         missing_images: str = "error", subset: str = "all", holdout_fraction: float = 0.1,
-                        holdout_seed: int = 0) -> DetectionDataset:
+                        holdout_seed: int = 0, on_bad_annotation: str = "error") -> DetectionDataset:
     """Read and check a COCO detection file.
 
     Args:
@@ -65,52 +72,59 @@ def load_coco_detection(ann_file: str, image_root: str, category_ids: list[int] 
         image_root: folder the images' ``file_name`` are relative to.
         category_ids: which categories to detect, in class-index order; all of the file's (sorted by id) when
             None. Annotations of other categories are skipped and counted.
-        missing_images: ``"error"`` or ``"skip"`` (drop images that are not on disk).
+        missing_images: ``"error"`` or ``"skip"`` (data.on_bad_image: drop images that are missing,
+            truncated or unreadable).
         subset: ``"all"``, ``"holdout"`` or ``"rest"``: a seeded split of the images (as for keypoints).
+        on_bad_annotation: ``"error"`` or ``"skip"`` (data.on_bad_annotation), see :mod:`datasets.coco_validate`.
+
+    Boxes are clipped to the file's size (which wins over the json's width/height when they differ).
+    Every annotation left out is counted by reason; a split without images, or whose annotations were all
+    left out, is an error.
     """
-    data = read_coco_json(ann_file, image_root, missing_images, kind="detection")
-    cats = {int(c["id"]): c for c in data["categories"]}
+    raw = read_coco_json(ann_file, image_root, missing_images, kind="detection")
+    data, dropped = validate_coco(raw, ann_file, "detection", on_bad_annotation)
+    cats = {c["id"]: c for c in data["categories"]}
     if category_ids is None:
         category_ids = sorted(cats)
     unknown = [c for c in category_ids if int(c) not in cats]
     if unknown:
-        raise ValueError(f"{ann_file}: categories {unknown} are not in the file; its categories are "
-                         f"{[(i, c.get('name')) for i, c in sorted(cats.items())]}")
+        raise DataError(f"{ann_file}: categories {unknown} are not in the file; its categories are "
+                        f"{[(i, c.get('name')) for i, c in sorted(cats.items())]}; fix data.category_ids")
     if not category_ids:
-        raise ValueError(f"{ann_file}: no categories to detect")
+        raise DataError(f"{ann_file}: no categories to detect; the file's categories list is empty")
     label_of = {int(c): i for i, c in enumerate(category_ids)}
 
     records = index_image_records(data, ann_file)
     keep_ids = split_image_ids(sorted(records), subset, holdout_fraction, holdout_seed)
+    paths = {i: resolve_image_path(image_root, records[i]["file_name"], ann_file) for i in sorted(keep_ids)}
+    sizes, unreadable, resized = probe_image_files(paths, records, ann_file, missing_images)
 
-    stats = {"annotations": 0, "crowd": 0, "other_category": 0, "other_subset": 0, "degenerate": 0,
-             "clipped": 0, "outside_image": 0, "missing_image": 0}
-    objects: dict[int, list[tuple[np.ndarray, int, int]]] = {i: [] for i in keep_ids}
+    stats = {"annotations": len(raw["annotations"]), "crowd": 0, "other_category": 0, "other_subset": 0,
+             "degenerate": 0, "clipped": 0, "outside_image": 0, "missing_image": len(unreadable),
+             "missing_image_boxes": 0, "unknown_category": dropped.pop("unknown_category", 0),
+             "bad_annotation": sum(dropped.values()), "resized_images": len(resized)}
+    objects: dict[int, list[tuple[np.ndarray, int, int]]] = {i: [] for i in keep_ids if i not in unreadable}
     for ann in data["annotations"]:
-        stats["annotations"] += 1
-        ann_id = int(ann.get("id", -1))
-        image_id = int(ann.get("image_id", -1))
-        if image_id not in records:
-            raise ValueError(f"{ann_file}: annotation {ann_id} refers to image_id {image_id}, which is not in images")
+        ann_id, image_id = ann["id"], ann["image_id"]
         if image_id not in keep_ids:
             stats["other_subset"] += 1
             continue
-        cat = int(ann.get("category_id", -1))
+        cat = ann["category_id"]
         if cat not in label_of:
             stats["other_category"] += 1
             continue
-        if ann.get("iscrowd", 0):
+        if ann["iscrowd"]:
             stats["crowd"] += 1
             continue
-        bbox = ann.get("bbox")
-        if bbox is None or len(bbox) != 4 or not all(np.isfinite(bbox)):
-            raise ValueError(f"{ann_file}: annotation {ann_id} has no finite 4-number 'bbox' [x, y, w, h]")
+        if image_id in unreadable:
+            stats["missing_image_boxes"] += 1
+            continue
+        bbox = ann["bbox"]
         if not (bbox[2] > 0 and bbox[3] > 0):
             stats["degenerate"] += 1
             continue
         box = coco_xywh_to_xyxy(np.asarray(bbox, dtype=np.float64))
-        img = records[image_id]
-        clipped = clip_boxes(box, int(img["width"]), int(img["height"]))
+        clipped = clip_boxes(box, *sizes[image_id])
         if box_is_empty(clipped):
             stats["outside_image"] += 1
             continue
@@ -119,57 +133,52 @@ def load_coco_detection(ann_file: str, image_root: str, category_ids: list[int] 
         objects[image_id].append((clipped, label_of[cat], ann_id))
 
     images = []
-    for image_id in sorted(keep_ids):
-        img = records[image_id]
+    for image_id in sorted(objects):
         objs = objects[image_id]
         images.append(DetectionImage(
-            image_id=image_id, image_path=resolve_image_path(image_root, img["file_name"], ann_file),
-            image_size=(int(img["width"]), int(img["height"])),
+            image_id=image_id, image_path=paths[image_id], image_size=sizes[image_id],
             boxes=np.array([o[0] for o in objs], dtype=np.float64).reshape(-1, 4),
             labels=np.array([o[1] for o in objs], dtype=np.int64), ann_ids=np.array([o[2] for o in objs], np.int64)))
-    missing = [im for im in images if not os.path.isfile(im.image_path)]
-    if missing:
-        if missing_images == "error":
-            raise FileNotFoundError(f"{ann_file}: {len(missing)} image files are missing, e.g. "
-                                    f"{[m.image_path for m in missing[:3]]}; fix image_root or set "
-                                    f"data.on_bad_image=skip to drop them")
-        gone = {m.image_id for m in missing}
-        stats["missing_image"] = len(gone)
-        images = [im for im in images if im.image_id not in gone]
-        log.warning("%s: skipped %d images whose files are missing, e.g. %s", ann_file, len(gone),
-                    [m.image_path for m in missing[:3]])
     stats["images"] = len(images)
     stats["objects"] = int(sum(len(im.boxes) for im in images))
     stats["empty_images"] = int(sum(len(im.boxes) == 0 for im in images))
-    dropped = stats["degenerate"] + stats["outside_image"]
-    log.info("%s: %d images, %d objects (%d images without objects); ignored %d crowd boxes; %d boxes clipped "
-             "to their image, %d dropped (%d without area, %d outside the image)", ann_file, stats["images"],
-             stats["objects"], stats["empty_images"], stats["crowd"], stats["clipped"], dropped,
-             stats["degenerate"], stats["outside_image"])
-    if dropped or stats["clipped"]:
+    left_out = format_left_out(stats, LEFT_OUT_WORDS)
+    log.info("%s (%s): %d images, %d objects (%d images without objects) of %d annotations; left out: %s; %d boxes "
+             "clipped to their image; %d images sized from the file, not the json", ann_file, subset,
+             stats["images"], stats["objects"], stats["empty_images"], stats["annotations"], left_out,
+             stats["clipped"], stats["resized_images"])
+    if stats["degenerate"] + stats["outside_image"] or stats["clipped"]:
         log.warning("%s: %d boxes reached beyond their image and were clipped; %d were dropped", ann_file,
-                    stats["clipped"], dropped)
+                    stats["clipped"], stats["degenerate"] + stats["outside_image"])
+    if not images:
+        raise DataError(f"{ann_file}: no readable image in the {subset!r} split (left out: {left_out}); nothing "
+                        f"to train on or evaluate")
+    considered = stats["annotations"] - stats["other_subset"] - stats["other_category"]
+    if considered > 0 and stats["objects"] == 0:
+        raise DataError(f"{ann_file}: none of the {considered} annotations of the {subset!r} split is usable "
+                        f"(left out: {left_out}); nothing to train on or evaluate")
     names = [str(cats[c].get("name", c)) for c in category_ids]
     return DetectionDataset(ann_file=ann_file, image_root=image_root, images=images,
                             category_ids=[int(c) for c in category_ids], class_names=names,
                             image_ids=[im.image_id for im in images], stats=stats)
 
 
-def coco_detection_subset(ann_file: str, image_ids, category_ids: list[int]) -> dict:
+# The reasons an annotation is left out, as the log line words them (stat key -> words).
+LEFT_OUT_WORDS = {"crowd": "crowd", "other_category": "other category",
+                  "unknown_category": "category not in categories", "bad_annotation": "malformed (skipped)",
+                  "degenerate": "box without area", "outside_image": "box outside the image",
+                  "missing_image_boxes": "image missing or unreadable", "other_subset": "other split"}
+
+
+def coco_detection_subset(ann_file: str, image_ids, category_ids: list[int], on_bad_annotation: str = "error") -> dict:
     """Ground truth of ``image_ids`` and ``category_ids`` only (a split of a larger file), for COCOeval.
 
-    Crowd boxes stay in: COCOeval treats them as regions where detections are neither right nor wrong.
+    The file goes through the same check as the reader (:mod:`datasets.coco_validate`), so no malformed or
+    non-finite annotation reaches pycocotools. Crowd boxes stay in: COCOeval treats them as regions where
+    detections are neither right nor wrong.
     """
-    with open(ann_file) as f:
-        data = json.load(f)
+    data = load_validated_ground_truth(ann_file, "detection", on_bad_annotation)
     keep, cats = {int(i) for i in image_ids}, {int(c) for c in category_ids}
-    anns = []
-    for a in data["annotations"]:
-        if int(a["image_id"]) in keep and int(a["category_id"]) in cats:
-            a = dict(a)
-            a.setdefault("iscrowd", 0)
-            if "area" not in a:
-                a["area"] = float(box_area(coco_xywh_to_xyxy(np.asarray(a["bbox"], np.float64))))
-            anns.append(a)
-    return {"images": [im for im in data["images"] if int(im["id"]) in keep], "annotations": anns,
-            "categories": [c for c in data["categories"] if int(c["id"]) in cats]}
+    anns = [a for a in data["annotations"] if a["image_id"] in keep and a["category_id"] in cats]
+    return {"images": [im for im in data["images"] if im["id"] in keep], "annotations": anns,
+            "categories": [c for c in data["categories"] if c["id"] in cats]}

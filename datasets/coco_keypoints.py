@@ -8,13 +8,20 @@ deep in training.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from datasets.coco_common import index_image_records, read_coco_json, resolve_image_path, split_image_ids
+from datasets.coco_common import (
+    index_image_records,
+    probe_image_files,
+    read_coco_json,
+    resolve_image_path,
+    split_image_ids,
+)
+from datasets.coco_validate import SKIP_HINT, format_left_out, validate_coco
 from models.bbox import coco_xywh_to_xyxy
+from models.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +33,7 @@ class KeypointInstance:
     image_id: int
     ann_id: int
     image_path: str
-    image_size: tuple[int, int]        # (width, height) from the json
+    image_size: tuple[int, int]        # (width, height) of the stored image (the file's, when the json differs)
     bbox: np.ndarray                   # [4] inclusive xyxy, float64
     keypoints: np.ndarray              # [K, 3] x, y, v (v: 0 unlabelled, 1 occluded, 2 visible)
     area: float
@@ -53,22 +60,28 @@ class KeypointDataset:
 
 def load_coco_keypoints(ann_file: str, image_root: str, category_id: int | None = None,
                         missing_images: str = "error", subset: str = "all", holdout_fraction: float = 0.1,
-                        holdout_seed: int = 0) -> KeypointDataset:
+                        holdout_seed: int = 0, on_bad_annotation: str = "error") -> KeypointDataset:
     """Read and check a COCO keypoint file.
 
     Args:
         ann_file: path of the json.
         image_root: folder the images' ``file_name`` are relative to.
         category_id: which category to read; may be omitted when only one has keypoints.
-        missing_images: ``"error"`` or ``"skip"`` (drop the instances of images that are not on disk).
+        missing_images: ``"error"`` or ``"skip"`` (data.on_bad_image: drop the instances of images that are
+            missing, truncated or unreadable).
         subset: ``"all"``, or a deterministic split of the *images*: ``"holdout"`` (a ``holdout_fraction``
             share chosen with ``holdout_seed``) or ``"rest"`` (the others), for sets without a val split.
+        on_bad_annotation: ``"error"`` or ``"skip"`` (data.on_bad_annotation): what a malformed annotation
+            does (:mod:`datasets.coco_validate`: non-finite numbers, wrong types, bad visibility ...).
 
     Crowd instances and instances with no labelled keypoint are skipped (counted in ``stats``). Labelled
-    keypoints outside the image are marked unlabelled (they would put targets on padding). A box with zero
-    or negative width/height, or a keypoint list of the wrong length, is an error naming the annotation id.
+    keypoints outside the image are marked unlabelled (they would put targets on padding); the image's size
+    is the file's, not the json's, when they differ (counted). A box with zero or negative width/height is a
+    bad annotation naming its id. Every instance left out is counted by reason in one log line; a split with
+    nothing left is an error.
     """
-    data = read_coco_json(ann_file, image_root, missing_images, kind="keypoint")
+    raw = read_coco_json(ann_file, image_root, missing_images, kind="keypoint")
+    data, dropped = validate_coco(raw, ann_file, "keypoints", on_bad_annotation)
     category = _pick_category(data["categories"], category_id, ann_file)
     names = list(category["keypoints"])
     num_k = len(names)
@@ -77,88 +90,91 @@ def load_coco_keypoints(ann_file: str, image_root: str, category_id: int | None 
     images = index_image_records(data, ann_file)
     keep_ids = split_image_ids(sorted(images), subset, holdout_fraction, holdout_seed)
 
-    stats = {"annotations": 0, "crowd": 0, "no_keypoints": 0, "missing_image": 0, "outside_image": 0,
-             "other_category": 0, "other_subset": 0}
-    paths: dict[int, str] = {}
-    instances: list[KeypointInstance] = []
+    stats = {"annotations": len(raw["annotations"]), "crowd": 0, "no_keypoints": 0, "missing_image": 0,
+             "outside_image": 0, "other_category": 0, "other_subset": 0,
+             "unknown_category": dropped.pop("unknown_category", 0), "bad_annotation": sum(dropped.values()),
+             "resized_images": 0}
+    candidates: list[tuple[dict, np.ndarray, list]] = []
     for ann in data["annotations"]:
-        stats["annotations"] += 1
-        ann_id = ann.get("id", "?")
-        if int(ann.get("category_id", category["id"])) != int(category["id"]):
+        ann_id = ann["id"]
+        if ann["category_id"] != category["id"]:
             stats["other_category"] += 1
             continue
-        image_id = int(ann["image_id"])
-        if image_id not in images:
-            raise ValueError(f"{ann_file}: annotation {ann_id} refers to image_id {image_id}, which is not in images")
+        image_id = ann["image_id"]
         if image_id not in keep_ids:
             stats["other_subset"] += 1
             continue
-        if ann.get("iscrowd", 0):
+        if ann["iscrowd"]:
             stats["crowd"] += 1
             continue
-        kpts = ann.get("keypoints")
-        if kpts is None or len(kpts) != 3 * num_k:
-            raise ValueError(f"{ann_file}: annotation {ann_id} has {0 if kpts is None else len(kpts)} keypoint values, "
-                             f"expected 3 x {num_k} (x, y, v per keypoint of category {category['name']!r})")
-        kpts = np.asarray(kpts, dtype=np.float64).reshape(num_k, 3)
+        kpts = np.asarray(ann["keypoints"], dtype=np.float64).reshape(num_k, 3)
         if not (kpts[:, 2] > 0).any():
             stats["no_keypoints"] += 1
             continue
-        bbox = ann.get("bbox")
-        if bbox is None or len(bbox) != 4:
-            raise ValueError(f"{ann_file}: annotation {ann_id} has no 4-number 'bbox' [x, y, w, h]")
+        bbox = ann["bbox"]
         if not (bbox[2] > 0 and bbox[3] > 0):
-            raise ValueError(f"{ann_file}: annotation {ann_id} has a zero-area or negative box {list(bbox)} "
-                             f"(w and h must be > 0); fix or remove the annotation")
-        img = images[image_id]
-        if image_id not in paths:
-            paths[image_id] = resolve_image_path(image_root, img["file_name"], ann_file)
-        width, height = int(img["width"]), int(img["height"])
+            if on_bad_annotation == "error":
+                raise DataError(f"{ann_file}: annotation {ann_id} has a zero-area or negative box {list(bbox)} "
+                                f"(w and h must be > 0); {SKIP_HINT}")
+            stats["bad_annotation"] += 1
+            continue
+        candidates.append((ann, kpts, bbox))
+
+    paths = {i: resolve_image_path(image_root, images[i]["file_name"], ann_file)
+             for i in sorted({a["image_id"] for a, _, _ in candidates})}
+    sizes, unreadable, resized = probe_image_files(paths, images, ann_file, missing_images)
+    stats["resized_images"] = len(resized)
+    keep_ids -= set(unreadable)
+    instances: list[KeypointInstance] = []
+    for ann, kpts, bbox in candidates:
+        image_id = ann["image_id"]
+        if image_id in unreadable:
+            stats["missing_image"] += 1
+            continue
+        width, height = sizes[image_id]
         # Pixels span [-0.5, W - 0.5]; a labelled point beyond that is off the image.
         off = (kpts[:, 2] > 0) & ((kpts[:, 0] < -0.5) | (kpts[:, 0] > width - 0.5) |
                                   (kpts[:, 1] < -0.5) | (kpts[:, 1] > height - 0.5))
         if off.any():
             stats["outside_image"] += int(off.sum())
             kpts[off, 2] = 0
-        area = float(ann.get("area") or bbox[2] * bbox[3])
+        area = float(ann["area"] or bbox[2] * bbox[3])
         instances.append(KeypointInstance(
-            image_id=image_id, ann_id=int(ann_id) if ann_id != "?" else -1, image_path=paths[image_id],
-            image_size=(width, height), bbox=coco_xywh_to_xyxy(np.asarray(bbox, dtype=np.float64)),
-            keypoints=kpts, area=area))
+            image_id=image_id, ann_id=ann["id"], image_path=paths[image_id], image_size=(width, height),
+            bbox=coco_xywh_to_xyxy(np.asarray(bbox, dtype=np.float64)), keypoints=kpts, area=area))
 
-    missing = sorted({i.image_path for i in instances if not os.path.isfile(i.image_path)})
-    if missing:
-        if missing_images == "error":
-            raise FileNotFoundError(f"{ann_file}: {len(missing)} image files are missing, e.g. {missing[:3]}; "
-                                    f"fix image_root or set data.on_bad_image=skip to drop them")
-        before = len(instances)
-        gone = set(missing)
-        keep_ids -= {i.image_id for i in instances if i.image_path in gone}
-        instances = [i for i in instances if i.image_path not in gone]
-        stats["missing_image"] = before - len(instances)
-        log.warning("%s: skipped %d instances whose %d image files are missing, e.g. %s",
-                    ann_file, stats["missing_image"], len(missing), missing[:3])
     stats["instances"] = len(instances)
-    log.info("%s: %d instances (skipped %d crowd, %d without labelled keypoints; %d keypoints outside their "
-             "image marked unlabelled)", ann_file, len(instances), stats["crowd"], stats["no_keypoints"],
-             stats["outside_image"])
+    left_out = format_left_out(stats, LEFT_OUT_WORDS)
+    log.info("%s (%s): %d instances of %d annotations; left out: %s; %d keypoints outside their image marked "
+             "unlabelled; %d images sized from the file, not the json", ann_file, subset, len(instances),
+             stats["annotations"], left_out, stats["outside_image"], stats["resized_images"])
+    if not instances:
+        raise DataError(f"{ann_file}: no usable instances of category {category['id']} in the {subset!r} split "
+                        f"(of {stats['annotations']} annotations, left out: {left_out}); nothing to train on or "
+                        f"evaluate")
     return KeypointDataset(ann_file=ann_file, image_root=image_root, instances=instances, images=images,
                            category_id=int(category["id"]), keypoint_names=names, skeleton=skeleton,
                            image_ids=sorted(keep_ids), stats=stats)
 
 
+# The reasons an annotation is left out, as the log line words them (stat key -> words).
+LEFT_OUT_WORDS = {"crowd": "crowd", "no_keypoints": "no labelled keypoints", "other_category": "other category",
+                  "unknown_category": "category not in categories", "bad_annotation": "malformed (skipped)",
+                  "missing_image": "image missing or unreadable", "other_subset": "other split"}
+
+
 def _pick_category(categories: list, category_id: int | None, ann_file: str) -> dict:
     with_kpts = [c for c in categories if c.get("keypoints")]
     if category_id is not None:
-        found = [c for c in categories if int(c.get("id", -1)) == int(category_id)]
+        found = [c for c in categories if c["id"] == int(category_id)]
         if not found:
-            raise ValueError(f"{ann_file}: no category with id {category_id}; ids present: "
+            raise DataError(f"{ann_file}: no category with id {category_id}; ids present: "
                              f"{[c.get('id') for c in categories]}")
         if not found[0].get("keypoints"):
-            raise ValueError(f"{ann_file}: category {category_id} has no 'keypoints' names")
+            raise DataError(f"{ann_file}: category {category_id} has no 'keypoints' names")
         return found[0]
     if len(with_kpts) != 1:
-        raise ValueError(f"{ann_file}: expected exactly one category with 'keypoints', found {len(with_kpts)}; "
+        raise DataError(f"{ann_file}: expected exactly one category with 'keypoints', found {len(with_kpts)}; "
                          f"set data.category_id")
     return with_kpts[0]
 
@@ -167,8 +183,8 @@ def _read_skeleton(skeleton: list, num_k: int, ann_file: str) -> list[tuple[int,
     """COCO skeletons are one-based index pairs; we keep zero-based ones."""
     pairs = []
     for pair in skeleton:
-        if len(pair) != 2 or not all(1 <= int(p) <= num_k for p in pair):
-            raise ValueError(f"{ann_file}: skeleton link {pair} is not a pair of one-based indices in 1..{num_k}")
+        if not all(1 <= p <= num_k for p in pair):
+            raise DataError(f"{ann_file}: skeleton link {pair} is not a pair of one-based indices in 1..{num_k}")
         pairs.append((int(pair[0]) - 1, int(pair[1]) - 1))
     return pairs
 

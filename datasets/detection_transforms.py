@@ -25,9 +25,10 @@ from torch.utils.data import Dataset
 
 from datasets.affine import crop_matrix, invert_affine
 from datasets.coco_detection import DetectionImage
-from datasets.image_io import BAD_IMAGE_POLICIES, read_image_rgb, report_unreadable_image
+from datasets.image_io import BAD_IMAGE_POLICIES, image_problem, read_image_rgb, report_unreadable_image
 from datasets.topdown_augment import photometric_transform
 from models.bbox import affine_boxes, box_area, box_is_empty, clip_boxes
+from models.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +95,13 @@ class DetectionTransformDataset(Dataset):
     def __init__(self, images: list[DetectionImage], input_size: Sequence[int], train: bool = False,
                  augment: DetectionAugment | None = None, on_bad_image: str = "error"):
         if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise ValueError(f"on_bad_image={on_bad_image!r} is not one of {BAD_IMAGE_POLICIES}")
+            raise ConfigError(f"on_bad_image={on_bad_image!r} is not one of {BAD_IMAGE_POLICIES}")
         self.images = images
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.train = train
         self.augment = augment or DetectionAugment()
         if len(self.augment.scale_range) != 2 or not 0 < self.augment.scale_range[0] <= self.augment.scale_range[1]:
-            raise ValueError(f"augment.scale_range must be [low, high] with 0 < low <= high, got "
+            raise ConfigError(f"augment.scale_range must be [low, high] with 0 < low <= high, got "
                              f"{list(self.augment.scale_range)}")
         self.on_bad_image = on_bad_image
         self.photometric = photometric_transform(self.augment.photometric if train else "none")
@@ -124,7 +125,8 @@ class DetectionTransformDataset(Dataset):
         rec = self.images[index]
         image = read_image_rgb(rec.image_path)
         if image is None:
-            report_unreadable_image(f"{rec.image_path} (missing or corrupt; image_id {rec.image_id})",
+            report_unreadable_image(f"{rec.image_path} ({image_problem(rec.image_path) or 'corrupt'}; "
+                                    f"image_id {rec.image_id})",
                                     self.on_bad_image)
             return None
         size = (image.shape[1], image.shape[0])

@@ -17,9 +17,10 @@ from torch.utils.data import Dataset, default_collate
 
 from datasets.affine import apply_affine, crop_matrix, invert_affine
 from datasets.coco_keypoints import KeypointInstance
-from datasets.image_io import BAD_IMAGE_POLICIES, read_image_rgb, report_unreadable_image
+from datasets.image_io import BAD_IMAGE_POLICIES, image_problem, read_image_rgb, report_unreadable_image
 from datasets.topdown_augment import TopDownAugment, photometric_transform
 from models.bbox import DEFAULT_CROP_PADDING, box_to_center_size
+from models.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,14 @@ def check_flip_index(flip_index: Sequence[int], num_keypoints: int, names: Seque
     """Validate a left/right flip map: a permutation of 0..K-1 that is its own inverse."""
     flip_index = [int(i) for i in flip_index]
     if len(flip_index) != num_keypoints:
-        raise ValueError(f"flip_index has {len(flip_index)} entries but the data has {num_keypoints} keypoints "
+        raise ConfigError(f"flip_index has {len(flip_index)} entries but the data has {num_keypoints} keypoints "
                          f"(data.flip_index)")
     if sorted(flip_index) != list(range(num_keypoints)):
-        raise ValueError(f"flip_index {flip_index} is not a permutation of 0..{num_keypoints - 1} (data.flip_index)")
+        raise ConfigError(f"flip_index {flip_index} is not a permutation of 0..{num_keypoints - 1} (data.flip_index)")
     for i, j in enumerate(flip_index):
         if flip_index[j] != i:
             who = f" ({names[i]} -> {names[j]} -> {names[flip_index[j]]})" if names else ""
-            raise ValueError(f"flip_index is not its own inverse: {i} -> {j} but {j} -> {flip_index[j]}{who}; "
+            raise ConfigError(f"flip_index is not its own inverse: {i} -> {j} but {j} -> {flip_index[j]}{who}; "
                              f"a horizontal flip applied twice must give every keypoint back (data.flip_index)")
     return flip_index
 
@@ -64,7 +65,7 @@ class TopDownKeypointDataset(Dataset):
                  upper_body_ids: Sequence[int] = (), bbox_padding: float = DEFAULT_CROP_PADDING,
                  on_bad_image: str = "error"):
         if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise ValueError(f"on_bad_image={on_bad_image!r} is not one of {BAD_IMAGE_POLICIES}")
+            raise ConfigError(f"on_bad_image={on_bad_image!r} is not one of {BAD_IMAGE_POLICIES}")
         self.instances = instances
         self.input_size = (int(input_size[0]), int(input_size[1]))
         num_k = instances[0].keypoints.shape[0] if instances else len(flip_index)
@@ -86,7 +87,8 @@ class TopDownKeypointDataset(Dataset):
         inst = self.instances[index]
         image = read_image_rgb(inst.image_path)
         if image is None:
-            report_unreadable_image(f"{inst.image_path} (missing or corrupt; image_id {inst.image_id})",
+            report_unreadable_image(f"{inst.image_path} ({image_problem(inst.image_path) or 'corrupt'}; "
+                                    f"image_id {inst.image_id})",
                                     self.on_bad_image)
             return None
         if (image.shape[1], image.shape[0]) != inst.image_size and inst.image_id not in self._size_warned:

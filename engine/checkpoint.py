@@ -6,11 +6,15 @@ never executes code from the file and survives refactors of our classes.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 
 import torch
 from torch import nn
+
+from models.errors import CheckpointError
 
 # 1: model, optimizer, scheduler, epoch, global_step, best metric, torch/cuda RNG, config, provenance.
 # 2: + scaler, ema, nonfinite_skips, data (sampler seed, next epoch), numpy and python RNG states as tensors.
@@ -21,7 +25,9 @@ FORMAT_VERSION = 2
 def save_checkpoint(state: dict, path: str) -> None:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, then rename.
 
-    An interrupted save leaves the previous file intact (a rename within one filesystem is atomic).
+    An interrupted save leaves the previous file intact (a rename within one filesystem is atomic). A full
+    disk is a :class:`CheckpointError` naming the file and saying so (torch reports it as ``unexpected pos``
+    from its zip writer, or as an ``OSError``), instead of a traceback from inside the serialiser.
     """
     state = {"format_version": FORMAT_VERSION, **state}
     folder = os.path.dirname(os.path.abspath(path))
@@ -33,10 +39,30 @@ def save_checkpoint(state: dict, path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _is_disk_full(err, folder):
+            previous = ("the previous checkpoint is intact" if os.path.exists(path) else
+                        "no earlier version of it existed")
+            raise CheckpointError(f"no space left on device while writing {path}; {previous}. Free space on "
+                                  f"{folder} and resume from the last complete checkpoint") from err
         raise
+
+
+def _is_disk_full(err: BaseException, folder: str) -> bool:
+    """ENOSPC (or EDQUOT), directly or as torch's zip-writer error (which drops the errno)."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(err, RuntimeError) and any(s in str(err) for s in ("unexpected pos", "failed writing")):
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, OSError):
+            return cause.errno in (errno.ENOSPC, errno.EDQUOT)
+        try:
+            return shutil.disk_usage(folder).free < 64 * 2**20
+        except OSError:
+            return False
+    return False
 
 
 def remove_stale_temporaries(folder: str) -> list[str]:
@@ -53,19 +79,29 @@ def remove_stale_temporaries(folder: str) -> list[str]:
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain values only)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}; check the path (tools.train writes last.pt and best.pt "
+                              f"into the run folder)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); it may be truncated "
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); it may be truncated "
                          f"or not written by this repository") from err
     if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path} holds no 'model' state dict; is it a checkpoint of this repository?")
+        raise CheckpointError(f"{path} holds no 'model' state dict; is it a checkpoint of this repository?")
     version = state.get("format_version", 0)
     if version > FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format {version}, newer than this code's {FORMAT_VERSION}; "
+        raise CheckpointError(f"{path} has checkpoint format {version}, newer than this code's {FORMAT_VERSION}; "
                          f"update the repository")
     return state
+
+
+def check_checkpoint_task(state: dict, path: str, task: str, against: str) -> None:
+    """Refuse a checkpoint of another task than ``task`` (the config's, or what a flag expects), saying which
+    task each is. ``against`` names what asked for ``task`` (e.g. ``"configs/x.yaml"``, ``"--det-checkpoint"``)."""
+    saved = (state.get("config") or {}).get("task")
+    if saved is not None and saved != task:
+        raise CheckpointError(f"{path} is a {saved!r} checkpoint but {against} is for {task!r}; give a {task} "
+                              f"checkpoint, or the {saved} config it was trained with")
 
 
 def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoint", strict: bool = True):
@@ -87,7 +123,7 @@ def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoi
             parts.append(f"{len(missing)} missing from the {source}: {', '.join(missing[:8])}")
         if strict and unexpected:
             parts.append(f"{len(unexpected)} not in the model: {', '.join(unexpected[:8])}")
-        raise ValueError(f"{source} does not fit this model ({'; '.join(parts)}); was it trained with another "
+        raise CheckpointError(f"{source} does not fit this model ({'; '.join(parts)}); was it trained with another "
                          f"backbone, head or keypoint count?")
     model.load_state_dict(state_dict, strict=False)
     return missing, unexpected
@@ -102,11 +138,11 @@ def load_weights_for_finetuning(model: nn.Module, path: str) -> dict:
     name lists; raises when nothing at all matches (a file for another model).
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path} (train.init_weights / --weights)")
+        raise CheckpointError(f"weights file not found: {path} (train.init_weights / --weights); check the path")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a readable weights file ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"{path} is not a readable weights file ({type(err).__name__}: {err})") from err
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -118,7 +154,7 @@ def load_weights_for_finetuning(model: nn.Module, path: str) -> dict:
                 for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     if not usable:
-        raise ValueError(f"{path} shares no tensor (name and shape) with this model (first file keys: "
+        raise CheckpointError(f"{path} shares no tensor (name and shape) with this model (first file keys: "
                          f"{list(state)[:5]}; first model keys: {list(own)[:5]})")
     model.load_state_dict(usable, strict=False)
     return {"loaded": sorted(usable), "missing": [k for k in own if k not in state],

@@ -8,6 +8,7 @@ import this file: builders read the config and pass plain arguments.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,7 +110,8 @@ class KeypointDataConfig:
     upper_body_ids: list[int] = field(default_factory=list)   # for half-body crops
     nme_normalize: list[Any] | None = None  # two keypoint names or indices (e.g. outer eye corners)
     bbox_padding: float = 1.25
-    on_bad_image: str = "error"         # error | skip
+    on_bad_image: str = "error"         # error | skip: a missing, truncated or corrupt image
+    on_bad_annotation: str = "error"    # error | skip: a malformed annotation (NaN, wrong type, bad visibility)
     augment: TopDownAugment = field(default_factory=TopDownAugment)
     val_batch_size: int = 64
 
@@ -158,7 +160,8 @@ class DetectionDataConfig:
     input_size: list[int] = field(default_factory=lambda: [512, 512])   # (width, height), multiples of 4
     min_overlap: float = 0.7            # IoU that sets CenterNet's Gaussian radius
     max_objects: int = 128              # boxes kept per image in a batch (the rest are counted)
-    on_bad_image: str = "error"         # error | skip
+    on_bad_image: str = "error"         # error | skip: a missing, truncated or corrupt image
+    on_bad_annotation: str = "error"    # error | skip: a malformed annotation (NaN, wrong type, bad visibility)
     augment: DetectionAugment = field(default_factory=DetectionAugment)
     val_batch_size: int = 16
 
@@ -281,7 +284,89 @@ def config_from_containers(task: str, sources: list[tuple[str, Any]]) -> Any:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err, "config", merged)) from None
+    problems = check_ranges(cfg)
+    if problems:
+        where = " / ".join(s for s, _ in sources)
+        raise ConfigError(f"{where}: {len(problems)} value{'s' if len(problems) > 1 else ''} out of range: "
+                          + "; ".join(problems))
     return cfg
+
+
+# Coarsest feature stride of timm level i (resnet-like trunks: the stem halves twice, then each level once).
+def _level_stride(index: int) -> int:
+    return 2 ** (int(index) + 1)
+
+
+def check_ranges(cfg: Any) -> list[str]:
+    """Every value outside its valid range, as ``"key = value: the range"`` (empty when all fit).
+
+    The types are the schema's business; this is about values that would train nothing (``epochs = 0``),
+    divide by zero (an ``input_size`` side of 0) or make a metric meaningless (a threshold outside [0, 1]).
+    """
+    out: list[str] = []
+
+    def need(key: str, value, ok: bool, valid: str) -> None:
+        if not ok:
+            out.append(f"{key} = {value!r}: {valid}")
+
+    t = cfg.train
+    need("train.epochs", t.epochs, t.epochs >= 1, "must be >= 1")
+    need("train.batch_size", t.batch_size, t.batch_size >= 1, "must be >= 1")
+    need("train.lr", t.lr, t.lr > 0 and math.isfinite(t.lr), "must be a finite number > 0")
+    need("train.num_workers", t.num_workers, t.num_workers >= 0, "must be >= 0")
+    need("train.accumulate_steps", t.accumulate_steps, t.accumulate_steps >= 1, "must be >= 1")
+    need("train.log_interval", t.log_interval, t.log_interval >= 1, "must be >= 1")
+    need("train.eval_interval", t.eval_interval, t.eval_interval >= 1, "must be >= 1")
+    need("train.warmup_steps", t.warmup_steps, t.warmup_steps >= 0, "must be >= 0")
+    need("train.weight_decay", t.weight_decay, t.weight_decay >= 0, "must be >= 0")
+    need("train.num_threads", t.num_threads, t.num_threads is None or t.num_threads >= 1, "must be >= 1 or null")
+    if t.grad_clip_norm is not None:
+        need("train.grad_clip_norm", t.grad_clip_norm, t.grad_clip_norm > 0, "must be > 0 or null")
+    if t.ema_decay is not None:
+        need("train.ema_decay", t.ema_decay, 0 < t.ema_decay < 1, "must be in (0, 1) or null")
+    d = cfg.data
+    need("data.val_batch_size", d.val_batch_size, d.val_batch_size >= 1, "must be >= 1")
+    need("data.on_bad_image", d.on_bad_image, d.on_bad_image in ("error", "skip"), "must be 'error' or 'skip'")
+    if hasattr(d, "on_bad_annotation"):
+        need("data.on_bad_annotation", d.on_bad_annotation, d.on_bad_annotation in ("error", "skip"),
+             "must be 'error' or 'skip'")
+    size = list(d.input_size)
+    if len(size) != 2:
+        out.append(f"data.input_size = {size}: must be two sides [width, height]")
+        return out
+    if cfg.task not in ("keypoints", "detection"):
+        need("data.input_size", size, min(size) >= 1, "each side must be >= 1")
+    if cfg.task == "keypoints":
+        # The heatmap is input / 4 and the hourglass halves it model.depth times: a side needs 4 * 2**depth.
+        need("model.depth", cfg.model.depth, cfg.model.depth >= 1, "must be >= 1")
+        need("model.num_stacks", cfg.model.num_stacks, cfg.model.num_stacks >= 1, "must be >= 1")
+        least = max(4 * 2 ** max(cfg.model.depth, 0), _level_stride(max(cfg.model.out_indices, default=1)))
+        need("data.input_size", size, min(size) >= least and all(v % 4 == 0 for v in size),
+             f"each side must be a multiple of 4 and >= {least} (heatmap stride 4 x 2**model.depth "
+             f"{cfg.model.depth}, and the coarsest backbone level)")
+        need("data.sigma", d.sigma, d.sigma > 0, "must be > 0")
+        need("data.bbox_padding", d.bbox_padding, d.bbox_padding > 0, "must be > 0")
+        e = cfg.eval
+        need("eval.rescore_threshold", e.rescore_threshold, 0 <= e.rescore_threshold <= 1, "must be in [0, 1]")
+        bad = [v for v in e.pck_thresholds if not 0 < v <= 1]
+        need("eval.pck_thresholds", list(e.pck_thresholds), not bad, "each must be in (0, 1]")
+        if d.oks_sigmas is not None:
+            need("data.oks_sigmas", list(d.oks_sigmas), all(v > 0 for v in d.oks_sigmas), "each must be > 0")
+        a = d.augment
+        need("data.augment.flip_prob", a.flip_prob, 0 <= a.flip_prob <= 1, "must be in [0, 1]")
+    elif cfg.task == "detection":
+        least = _level_stride(max(cfg.model.out_indices, default=1))
+        need("data.input_size", size, min(size) >= least and all(v % 4 == 0 for v in size),
+             f"each side must be a multiple of 4 (the detection stride) and >= {least} (the coarsest FPN level of "
+             f"model.out_indices {list(cfg.model.out_indices)})")
+        e = cfg.eval
+        need("eval.score_threshold", e.score_threshold, 0 <= e.score_threshold <= 1, "must be in [0, 1]")
+        need("eval.nms_iou", e.nms_iou, 0 <= e.nms_iou <= 1, "must be in [0, 1]")
+        need("eval.topk", e.topk, e.topk >= 1, "must be >= 1")
+        need("data.min_overlap", d.min_overlap, 0 < d.min_overlap < 1, "must be in (0, 1)")
+        need("data.max_objects", d.max_objects, d.max_objects >= 1, "must be >= 1")
+        need("data.augment.flip_prob", d.augment.flip_prob, 0 <= d.augment.flip_prob <= 1, "must be in [0, 1]")
+    return out
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -16,6 +16,7 @@ from torch import nn
 from datasets.affine import crop_matrix, invert_affine
 from datasets.detection_transforms import view_matrix
 from models.bbox import DEFAULT_CROP_PADDING, box_to_center_size
+from models.errors import CheckpointError
 
 
 class TopDownPredictor:
@@ -116,7 +117,7 @@ def load_for_inference(checkpoint: str, device: torch.device) -> tuple:
 
     state = load_checkpoint(checkpoint, map_location=device)
     if "config" not in state:
-        raise ValueError(f"{checkpoint} carries no config; it was not written by tools.train")
+        raise CheckpointError(f"{checkpoint} carries no config; it was not written by tools.train")
     cfg = config_from_dict(state["config"])
     if cfg.task == "keypoints":
         meta = keypoint_task.KeypointMeta.from_dict(state["meta"])
@@ -127,6 +128,6 @@ def load_for_inference(checkpoint: str, device: torch.device) -> tuple:
     elif cfg.task == "classification":
         model = classification_task.build_model(cfg, len(state["meta"]["class_names"]), pretrained=False)
     else:
-        raise ValueError(f"{checkpoint}: task {cfg.task!r} cannot be loaded for inference here")
+        raise CheckpointError(f"{checkpoint}: task {cfg.task!r} cannot be loaded for inference here")
     load_model_state(model, state["model"], source=checkpoint)
     return cfg, model.to(device).eval(), state

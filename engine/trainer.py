@@ -45,6 +45,7 @@ from engine.checkpoint import save_checkpoint
 from engine.ema import ModelEMA
 from engine.logger import RunLogger
 from engine.nonfinite import NonFiniteError
+from engine.run_folder import check_epoch_trained
 from engine.visualize import plot_training_curves
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ class Trainer:
         last_metrics: dict = {}
         for epoch in range(self.epoch, self.options.epochs):
             train_stats = self.train_one_epoch(epoch)
+            check_epoch_trained(epoch + 1, train_stats["train_images"])
             self.epoch = epoch + 1
             metrics = {}
             if self.val_loader is not None and (self.epoch % self.options.eval_interval == 0

@@ -23,8 +23,10 @@ from engine.ema import ModelEMA
 from engine.freeze import freeze_batchnorm, freeze_parameters, freeze_stages, trainable_summary
 from engine.optim import build_optimizer, build_scheduler
 from engine.provenance import provenance
+from engine.run_folder import claim_run_dir, interrupted_error
 from engine.tasks.registry import build_experiment
 from engine.trainer import Trainer, TrainerOptions
+from models.errors import CheckpointError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +43,17 @@ def seed_everything(seed: int) -> None:
 
 
 def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, progress: bool = True,
-          epoch_hooks: tuple = ()) -> dict:
+          epoch_hooks: tuple = (), overwrite: bool = False) -> dict:
     """Train ``cfg`` into ``run_dir`` (checkpoints, resolved config, logs, curves); returns the summary written
-    to ``metrics.json``. ``epoch_hooks`` are called as ``hook(trainer, row)`` after each epoch."""
+    to ``metrics.json``. ``epoch_hooks`` are called as ``hook(trainer, row)`` after each epoch. A ``run_dir``
+    that holds a run is refused unless ``resume`` continues it or ``overwrite`` replaces it."""
     t = cfg.train
     config_dict = config_to_dict(cfg)
     state = None
     if resume:   # refuse a checkpoint of another set-up before building anything or writing into run_dir
         state = load_checkpoint(resume, map_location=device)
         check_resume_config(state.get("config", {}), config_dict, resume)
+    claim_run_dir(run_dir, resume, overwrite, is_main=dist_utils.rank() == 0)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     rank, world = dist_utils.rank(), dist_utils.world_size()
@@ -75,6 +79,9 @@ def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, pr
 
     optimizer = build_optimizer(model, t.optimizer, t.lr, t.weight_decay, t.momentum, t.nesterov, betas=t.betas,
                                 eps=t.eps, alpha=t.alpha, decay_norm_and_bias=t.decay_norm_and_bias)
+    if len(exp["train_loader"]) == 0:
+        raise DataError(f"{cfg.data.train.ann_file if hasattr(cfg.data, 'train') else 'the train split'}: no "
+                        f"training batch (0 samples); nothing to train on")
     steps_per_epoch = math.ceil(len(exp["train_loader"]) / max(t.accumulate_steps, 1))
     scheduler = build_scheduler(optimizer, t.epochs * steps_per_epoch, steps_per_epoch, t.scheduler,
                                 warmup_steps=t.warmup_steps, warmup_factor=t.warmup_factor,
@@ -111,7 +118,10 @@ def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, pr
     if state is not None:
         trainer.load_state_dict(state)
         log.info("resumed from %s at epoch %d, step %d", resume, trainer.epoch, trainer.global_step)
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    except KeyboardInterrupt:
+        raise interrupted_error(run_dir, trainer.epoch, t.epochs, trainer.global_step) from None
     summary["provenance"] = prov
     summary["config"] = config_dict
     if is_main:
@@ -126,7 +136,8 @@ def check_resume_config(saved: dict, current: dict, path: str) -> None:
     train_diffs = _diff(saved.get("train", {}), current.get("train", {}), None, prefix="train.")
     errors += [d for d in train_diffs if d.split(":")[0][len("train."):].split(".")[0] in RESUME_STRICT]
     if errors:
-        raise ValueError(f"cannot resume from {path}: the config differs in {len(errors)} fields: " + "; ".join(errors))
+        raise CheckpointError(f"cannot resume from {path}: the config differs in {len(errors)} fields: "
+                              + "; ".join(errors))
     warn = [d for d in train_diffs if d.split(":")[0][len("train."):].split(".")[0] not in RESUME_STRICT + RESUME_FREE]
     if warn:
         log.warning("resuming %s with different training settings (the run will not repeat the interrupted one): %s",

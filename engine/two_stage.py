@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Sequence
 
@@ -25,6 +26,7 @@ import numpy as np
 from engine.inference import DetectionPredictor, TopDownPredictor
 from engine.oks_nms import oks_nms
 from models.bbox import box_area, box_is_empty, clip_boxes, coco_xywh_to_xyxy
+from models.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +36,15 @@ def check_box_source_flags(args, tool: str) -> None:
     """Refuse box-source flag combinations (``tools.eval``, ``tools.infer``) that would silently do something
     else than asked: two sources at once, or a threshold or category filter for a source that is not given."""
     if args.boxes and args.det_checkpoint:
-        raise SystemExit(f"{tool}: --boxes and --det-checkpoint are two sources of boxes; give one")
+        raise InputError(f"{tool}: --boxes and --det-checkpoint are two sources of boxes; give one")
     if args.box_score_threshold is not None and not args.boxes:
-        raise SystemExit(f"{tool}: --box-score-threshold filters the entries of --boxes; for a detector use "
+        raise InputError(f"{tool}: --box-score-threshold filters the entries of --boxes; for a detector use "
                          "--det-score-threshold")
     if args.det_score_threshold is not None and not args.det_checkpoint:
-        raise SystemExit(f"{tool}: --det-score-threshold is the threshold of --det-checkpoint; for a --boxes "
+        raise InputError(f"{tool}: --det-score-threshold is the threshold of --det-checkpoint; for a --boxes "
                          "file use --box-score-threshold")
     if args.det_category and not (args.boxes or args.det_checkpoint):
-        raise SystemExit(f"{tool}: --det-category selects the categories of --boxes or --det-checkpoint")
+        raise InputError(f"{tool}: --det-category selects the categories of --boxes or --det-checkpoint")
 
 
 def croppable(boxes: np.ndarray) -> np.ndarray:
@@ -87,22 +89,28 @@ def read_detections(path: str) -> list[dict]:
     ``image_id`` (int), ``bbox`` (4 floats, COCO ``[x, y, w, h]``), ``score`` (float, 1 when absent) and
     ``category_id`` (int, or None when absent). Raises naming the entry on a missing ``image_id``, a ``bbox``
     that is not 4 numbers or a non-numeric ``score``; boxes too small to crop are checked later."""
-    with open(path) as f:
-        dets = json.load(f)
+    if not os.path.isfile(path):
+        raise InputError(f"box file not found: {path} (--boxes); give a COCO detection-results JSON file")
+    try:
+        with open(path) as f:
+            dets = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path} (--boxes) is not valid JSON ({err}); it must be a COCO detection-results file: "
+                         f"a JSON list of {{image_id, bbox, score}}") from None
     if not isinstance(dets, list):
-        raise ValueError(f"{path}: a detection-results file is a JSON list of {{image_id, bbox, score}}")
+        raise InputError(f"{path}: a detection-results file is a JSON list of {{image_id, bbox, score}}")
     out = []
     for i, d in enumerate(dets):
         bbox = d.get("bbox") if isinstance(d, dict) else None
         if not isinstance(d, dict) or "image_id" not in d or not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            raise ValueError(f"{path}: entry {i} lacks image_id or a 4-number bbox [x, y, w, h]")
+            raise InputError(f"{path}: entry {i} lacks image_id or a 4-number bbox [x, y, w, h]")
         try:
             bbox = [float(v) for v in bbox]
             score = float(d.get("score", 1.0))
             image_id = int(d["image_id"])
             cat = None if d.get("category_id") is None else int(d["category_id"])
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: entry {i} (image {d.get('image_id')!r}) has a non-numeric image_id, bbox, "
+            raise InputError(f"{path}: entry {i} (image {d.get('image_id')!r}) has a non-numeric image_id, bbox, "
                              f"score or category_id: {e}") from None
         out.append({**d, "index": i, "image_id": image_id, "bbox": bbox, "score": score, "category_id": cat})
     return out

@@ -39,10 +39,13 @@ def draw_keypoints(image: np.ndarray, keypoints: np.ndarray, skeleton: Sequence[
     thick = max(int(round(1.5 * scale)), 1)
     if boxes is not None:
         for box in np.asarray(boxes).reshape(-1, 4):
+            if not np.isfinite(box).all():
+                continue
             x1, y1, x2, y2 = (int(round(v)) for v in box)
             cv2.rectangle(out, (x1, y1), (x2, y2), (255, 255, 0), thick)
     for inst in kpts:
-        ok = inst[:, 2] > score_threshold
+        # A point with a non-finite coordinate or score is not drawn (int(NaN) would raise mid-picture).
+        ok = np.isfinite(inst).all(-1) & (np.nan_to_num(inst[:, 2], nan=-np.inf) > score_threshold)
         for a, b in skeleton:
             if ok[a] and ok[b]:
                 colour = SIDE_COLOURS[sides[a] if sides[a] != "centre" else sides[b]]

@@ -16,7 +16,7 @@ import timm
 import torch
 from torch import nn
 
-from models.errors import CheckpointError
+from models.errors import CheckpointError, ConfigError
 from models.pretrained import check_choice, is_download_error, offline_error
 from models.weights_file import read_state_dict
 
@@ -112,7 +112,7 @@ class Backbone(nn.Module):
 def _create_features_model(name: str, out_indices: tuple[int, ...], pretrained: bool = False,
                            **kwargs) -> nn.Module:
     if not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r} (model.backbone); list valid names with "
+        raise ConfigError(f"unknown timm model {name!r} (model.backbone); list valid names with "
                          f"timm.list_models('*{name.split('_')[0]}*')")
     try:
         # pretrained=True: timm fetches (or finds in its cache) and loads the weights; else load_weights does.
@@ -124,17 +124,17 @@ def _create_features_model(name: str, out_indices: tuple[int, ...], pretrained: 
             raise
         full = timm.create_model(name, pretrained=False, features_only=True, **kwargs)
         levels = [f"{i}: stride {d['reduction']}, {d['num_chs']} ch" for i, d in enumerate(full.feature_info.info)]
-        raise ValueError(f"out_indices {out_indices} are not all available in {name!r}; its feature levels are "
+        raise ConfigError(f"out_indices {out_indices} are not all available in {name!r}; its feature levels are "
                          f"[{'; '.join(levels)}] (model.out_indices)") from err
 
 
 def _check_strides(name: str, out_indices: Sequence[int], strides: Sequence[int], required_stride: int | None):
     for i in range(1, len(strides)):
         if strides[i] != 2 * strides[i - 1]:
-            raise ValueError(f"backbone {name!r} with out_indices {tuple(out_indices)} has strides {list(strides)}; "
+            raise ConfigError(f"backbone {name!r} with out_indices {tuple(out_indices)} has strides {list(strides)}; "
                              f"the FPN needs each level to halve the resolution (stride x2 per level)")
     if required_stride is not None and strides[0] != required_stride:
-        raise ValueError(f"backbone {name!r} with out_indices {tuple(out_indices)} has a finest stride of "
+        raise ConfigError(f"backbone {name!r} with out_indices {tuple(out_indices)} has a finest stride of "
                          f"{strides[0]}, but the head needs stride {required_stride}; pick out_indices starting at "
                          f"the stride-{required_stride} level")
 

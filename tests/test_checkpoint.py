@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from engine import checkpoint as ckpt
+from models.errors import CheckpointError
 
 
 def test_save_load_round_trip(tmp_path):
@@ -57,7 +58,7 @@ def test_truncated_and_foreign_files(tmp_path):
     torch.save({"weights": torch.ones(2)}, path)
     with pytest.raises(ValueError, match="no 'model'"):
         ckpt.load_checkpoint(path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match="missing.pt"):
         ckpt.load_checkpoint(str(tmp_path / "missing.pt"))
 
 

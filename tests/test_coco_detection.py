@@ -12,6 +12,7 @@ import pytest
 from datasets.coco_detection import coco_detection_subset, load_coco_detection
 from engine.coco_eval import coco_eval
 from engine.config import load_config
+from models.errors import DataError
 
 FRUITS_CONFIG = "configs/centernet-fpn_resnet18_fruits-nuts_320x240.yaml"
 # The fixed 14/4 split of fruits_nuts (SplitConfig subset rest/holdout, holdout_fraction 0.2222, seed 0).
@@ -104,6 +105,6 @@ def test_category_selection_and_bad_files(tmp_path):
     bad = json.load(open(ann))
     bad["images"].append({"id": 2, "file_name": "missing.jpg", "width": 5, "height": 5})
     open(ann, "w").write(json.dumps(bad))
-    with pytest.raises(FileNotFoundError, match="missing"):
+    with pytest.raises(DataError, match=r"missing\.jpg \(missing\)"):
         load_coco_detection(ann, root)
     assert len(load_coco_detection(ann, root, missing_images="skip").images) == 1

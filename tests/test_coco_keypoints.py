@@ -12,6 +12,7 @@ import pytest
 
 from datasets.coco_common import resolve_image_path, split_image_ids
 from datasets.coco_keypoints import load_coco_keypoints
+from models.errors import DataError
 
 NAMES = ["a", "b", "c"]
 
@@ -71,7 +72,7 @@ def test_crowd_and_no_keypoint_instances_are_skipped_and_counted(tmp_path):
 @pytest.mark.parametrize("bbox", [(2, 3, 0, 5), (2, 3, 10, 0), (2, 3, -4, 5)])
 def test_degenerate_box_raises_naming_annotation(tmp_path, bbox):
     ann, root = _write(tmp_path, [_ann(1), _ann(4242, bbox=bbox)])
-    with pytest.raises(ValueError, match=r"annotation 4242 .*zero-area or negative"):
+    with pytest.raises(DataError, match=r"annotation 4242\b.*(zero-area or negative|negative width)"):
         load_coco_keypoints(ann, root)
 
 
@@ -87,7 +88,7 @@ def test_missing_image_error_or_skip(tmp_path):
               {"id": 3, "file_name": "3.jpg", "width": 20, "height": 16}]
     ann, root = _write(tmp_path, [_ann(1, 1), _ann(2, 2), _ann(3, 2), _ann(4, 3)], images=images)
     os.remove(os.path.join(root, "sub", "2.jpg"))
-    with pytest.raises(FileNotFoundError, match=r"2\.jpg"):
+    with pytest.raises(DataError, match=r"2\.jpg \(missing\)"):
         load_coco_keypoints(ann, root)
     ds = load_coco_keypoints(ann, root, missing_images="skip")
     assert [i.ann_id for i in ds.instances] == [1, 4]
@@ -163,9 +164,9 @@ def test_not_json_and_missing_fields_name_the_file(tmp_path):
                                     "categories": [{"id": 1, "name": "t", "keypoints": NAMES}]}))
     with pytest.raises(ValueError, match=r"nowidth\.json: image record 5 lacks 'width'"):
         load_coco_keypoints(str(no_width), str(root))
-    with pytest.raises(FileNotFoundError, match=r"nothere\.json"):
+    with pytest.raises(DataError, match=r"nothere\.json"):
         load_coco_keypoints(str(tmp_path / "nothere.json"), str(root))
-    with pytest.raises(FileNotFoundError, match="image folder not found"):
+    with pytest.raises(DataError, match="image folder not found"):
         load_coco_keypoints(str(no_width), str(tmp_path / "noimages"))
 
 

@@ -16,6 +16,7 @@ from datasets.sampler import SeededSampler, sample_seed
 from datasets.skeletons import COCO_FLIP_INDEX, COCO_KEYPOINT_NAMES, COCO_UPPER_BODY_IDS
 from datasets.topdown import TopDownKeypointDataset, check_flip_index, collate_skipping_none
 from datasets.topdown_augment import TopDownAugment, photometric_transform
+from models.errors import DataError
 from models.heatmap_codec import HeatmapCodec
 
 INPUT = (48, 64)        # (w, h): not square, so a w/h mix-up shows
@@ -131,7 +132,7 @@ def test_bad_image_error_or_skip(instances, tmp_path):
     garbage.write_bytes(b"\x00\x01garbage, not an image" * 10)
     bad = dataclasses.replace(instances[1], image_path=str(garbage))
     mixed = [instances[0], bad, instances[2]]
-    with pytest.raises(OSError, match=r"corrupt\.jpg"):
+    with pytest.raises(DataError, match=r"corrupt\.jpg \(not a decodable image; image_id"):
         _dataset(mixed)[1]
     with pytest.raises(ValueError, match="on_bad_image"):
         _dataset(mixed, on_bad_image="ignore")

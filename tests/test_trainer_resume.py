@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
+from models.errors import Interrupted
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,8 @@ def test_four_epochs_equal_two_plus_two(tmp_path):
 
         interrupted = str(tmp_path / "interrupted")
         cfg = load_config(CONFIG, TINY_CLS)
-        with pytest.raises(Interrupt):
+        with pytest.raises(Interrupted, match=r"in epoch 3 of 4, after 6 optimiser steps; .*last\.pt is complete "
+                                              r"\(end of epoch 2\)"):   # a Ctrl-C, reported where it stopped
             train(cfg, interrupted, torch.device("cpu"), progress=False, epoch_hooks=(stop_after(2),))
         assert load_checkpoint(os.path.join(interrupted, "last.pt"))["epoch"] == 2
         train_tool.main(["--config", CONFIG, "--run-dir", interrupted, "--no-progress", "--resume",

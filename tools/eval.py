@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from datasets.coco_common import resolve_image_path
 from datasets.image_io import read_image_rgb
-from engine.checkpoint import load_checkpoint, load_model_state
+from engine.checkpoint import check_checkpoint_task, load_checkpoint, load_model_state
 from engine.coco_eval import coco_eval
 from engine.config import config_from_dict, load_config
 from engine.distributed import resolve_device
@@ -49,6 +49,7 @@ from engine.two_stage import (
     parse_categories,
     select_categories,
 )
+from models.errors import CheckpointError, DataError, InputError
 from tools._common import add_debug_flag, run_cli, setup_logging
 
 log = logging.getLogger("tools.eval")
@@ -92,17 +93,18 @@ def main(argv: list[str] | None = None) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     if cfg.task == "detection":
         if args.boxes or args.det_checkpoint:
-            raise SystemExit("tools.eval: --boxes/--det-checkpoint are for keypoint configs; this is a detector")
+            raise InputError("tools.eval: --boxes/--det-checkpoint are for keypoint configs; this is a detector")
         return evaluate_detector(args, cfg, device, out_dir)
 
-    val_data, meta = kp.load_split_and_meta(cfg, cfg.data.val)
     state = load_checkpoint(args.checkpoint, map_location=device)
+    check_checkpoint_task(state, args.checkpoint, cfg.task, args.config)
+    val_data, meta = kp.load_split_and_meta(cfg, cfg.data.val)
     model = kp.build_model(cfg, len(meta.keypoint_names), pretrained=False)
     load_model_state(model, state["model"], source=args.checkpoint)
     model.to(device).eval()
     val_set = kp.make_topdown_dataset(cfg, val_data, meta, train=False)
     loader = kp.make_loader(val_set, cfg.data.val_batch_size, False, cfg.train.seed, cfg.train.num_workers)
-    gt = kp.coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id)
+    gt = kp.coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id, cfg.data.on_bad_annotation)
     task = kp.KeypointTask(kp.build_codec(cfg), meta, flip_test=cfg.eval.flip_test, val_gt=gt,
                            rescore_threshold=cfg.eval.rescore_threshold, pck_thresholds=cfg.eval.pck_thresholds,
                            progress=not args.no_progress)
@@ -134,7 +136,8 @@ def evaluate_on_detections(args, cfg, device, out_dir: str, model, task, val_dat
         dstate = load_checkpoint(args.det_checkpoint, map_location=device)
         dcfg = config_from_dict(dstate["config"])
         if dcfg.task != "detection":
-            raise ValueError(f"--det-checkpoint {args.det_checkpoint} is a {dcfg.task!r} checkpoint, not a detector")
+            raise CheckpointError(f"--det-checkpoint {args.det_checkpoint} is a {dcfg.task!r} checkpoint, not a "
+                                  f"detector")
         dmodel, dmeta = det_task.load_detector(dstate, dcfg, device)
         cats = select_categories(dmeta.class_names, dmeta.category_ids, args.det_category)
         predictor = DetectionPredictor(dmodel, det_task.build_task(dcfg, dmeta, progress=False), dcfg.data.input_size)
@@ -183,14 +186,16 @@ def evaluate_on_detections(args, cfg, device, out_dir: str, model, task, val_dat
 
 def evaluate_detector(args, cfg, device, out_dir: str) -> dict:
     """COCO bbox AP/AR of a detection checkpoint on the config's validation split."""
+    state = load_checkpoint(args.checkpoint, map_location=device)
+    check_checkpoint_task(state, args.checkpoint, cfg.task, args.config)
     det_task.prepare_data(cfg)
     val_data = det_task.load_split(cfg, cfg.data.val)
-    state = load_checkpoint(args.checkpoint, map_location=device)
     model, meta = det_task.load_detector(state, cfg, device)
     if meta.category_ids != val_data.category_ids:
-        raise ValueError(f"{args.checkpoint} detects categories {meta.category_ids} ({meta.class_names}) but "
+        raise DataError(f"{args.checkpoint} detects categories {meta.category_ids} ({meta.class_names}) but "
                          f"{cfg.data.val.ann_file} gives {val_data.category_ids}; set data.category_ids")
-    gt = det_task.coco_detection_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_ids)
+    gt = det_task.coco_detection_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_ids,
+                                        cfg.data.on_bad_annotation)
     task = det_task.build_task(cfg, meta, gt, progress=not args.no_progress)
     loader = det_task.make_loader(det_task.make_dataset(cfg, val_data, train=False), cfg.data.val_batch_size,
                                   False, cfg.train.seed, cfg.train.num_workers, cfg.data.max_objects)

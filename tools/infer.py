@@ -41,7 +41,7 @@ import warnings
 import numpy as np
 from tqdm import tqdm
 
-from datasets.image_io import read_image_rgb
+from datasets.image_io import image_problem, read_image_rgb
 from engine.distributed import resolve_device
 from engine.inference import DetectionPredictor, TopDownPredictor, load_for_inference
 from engine.tasks import detection as det_task
@@ -57,6 +57,7 @@ from engine.two_stage import (
 )
 from engine.two_stage import load_detections as _load_detections
 from engine.visualize import draw_detections, draw_keypoints, save_rgb
+from models.errors import CheckpointError, DataError, InputError
 from tools._common import add_debug_flag, run_cli, setup_logging
 
 log = logging.getLogger("tools.infer")
@@ -105,9 +106,9 @@ def list_images(spec: str) -> list[str]:
     elif os.path.isfile(spec):
         files = [spec]
     else:
-        raise FileNotFoundError(f"--input {spec!r} is neither an image, a folder nor a glob that matches files")
+        raise InputError(f"--input {spec!r} is neither an image, a folder nor a glob that matches files")
     if not files:
-        raise FileNotFoundError(f"--input {spec!r} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise InputError(f"--input {spec!r} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
     return sorted(files)
 
 
@@ -117,7 +118,7 @@ def image_ids_for(files: list[str], image_info: str | None) -> list[int | None]:
         with open(image_info) as f:
             images = json.load(f).get("images")
         if not isinstance(images, list):
-            raise ValueError(f"--image-info {image_info} has no 'images' list")
+            raise InputError(f"--image-info {image_info} has no 'images' list")
         by_name = {}
         for im in images:
             by_name[im["file_name"]] = int(im["id"])
@@ -147,7 +148,9 @@ def category_names_of(image_info: str | None) -> dict[int, str]:
 def check_flags(args) -> None:
     """Refuse flag combinations that would silently do something else than asked."""
     if not args.checkpoint and not args.det_checkpoint:
-        raise SystemExit("tools.infer: give --checkpoint (keypoints), --det-checkpoint (detection) or both")
+        raise InputError("tools.infer: give --checkpoint (keypoints), --det-checkpoint (detection) or both")
+    if args.max_images is not None and args.max_images < 1:
+        raise InputError(f"--max-images {args.max_images}: must be >= 1 (leave it out to process every image)")
     check_box_source_flags(args, "tools.infer")
 
 
@@ -159,7 +162,7 @@ def resolve_image_ids(files: list[str], ids: list[int | None], boxes: str | None
     if unresolved and boxes:
         why = (f"--image-info {image_info} does not list them" if image_info else
                "their names are not numbers and no --image-info was given")
-        raise ValueError(f"--boxes {boxes}: cannot tell the image id of {len(unresolved)} input files, e.g. "
+        raise InputError(f"--boxes {boxes}: cannot tell the image id of {len(unresolved)} input files, e.g. "
                          f"{unresolved[:3]} ({why}); pass --image-info ann.json, the COCO json of these images whose "
                          f"'images' give each file_name its id, so that each image gets its own boxes")
     next_id = max((i for i in ids if i is not None), default=0) + 1
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.checkpoint:
         cfg, model, state = load_for_inference(args.checkpoint, device)
         if cfg.task != "keypoints":
-            raise ValueError(f"--checkpoint {args.checkpoint} is a {cfg.task!r} checkpoint; pass a detector as "
+            raise CheckpointError(f"--checkpoint {args.checkpoint} is a {cfg.task!r} checkpoint; pass a detector as "
                              f"--det-checkpoint and a keypoint model as --checkpoint")
         meta = kp.KeypointMeta.from_dict(state["meta"])
         task = kp.KeypointTask(kp.build_codec(cfg), meta, flip_test=not args.no_flip and cfg.eval.flip_test,
@@ -201,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.det_checkpoint:
         dcfg, dmodel, dstate = load_for_inference(args.det_checkpoint, device)
         if dcfg.task != "detection":
-            raise ValueError(f"--det-checkpoint {args.det_checkpoint} is a {dcfg.task!r} checkpoint, not a detector")
+            raise CheckpointError(f"--det-checkpoint {args.det_checkpoint} is a {dcfg.task!r} checkpoint, not a "
+                                  f"detector; pass a keypoint model as --checkpoint")
         det_meta = det_task.DetectionMeta.from_dict(dstate["meta"])
         cats = select_categories(det_meta.class_names, det_meta.category_ids, args.det_category)
         det_predictor = DetectionPredictor(dmodel, det_task.build_task(dcfg, det_meta, progress=False),
@@ -223,9 +227,10 @@ def main(argv: list[str] | None = None) -> dict:
     for path, image_id in tqdm(list(zip(files, ids)), desc="infer", disable=args.no_progress):
         image = read_image_rgb(path)
         if image is None:
+            why = image_problem(path) or "corrupt"
             if args.on_bad_image == "error":
-                raise OSError(f"cannot read image {path} (missing or corrupt)")
-            warnings.warn(f"cannot read image {path} (missing or corrupt); skipped", stacklevel=1)
+                raise DataError(f"cannot read image {path} ({why}); replace it, or use --on-bad-image skip")
+            warnings.warn(f"cannot read image {path} ({why}); skipped", stacklevel=1)
             skipped.append(path)
             continue
         boxes, box_scores = source.boxes_for(image_id, image)

@@ -3,6 +3,7 @@
     python -m tools.train --config configs/hg-fpn_resnet18_synthetic-kpt_64x96.yaml [key=value ...]
     python -m tools.train --config configs/cls_resnet10t_synthetic-shapes_32x32.yaml train.epochs=2
     python -m tools.train --config ... --run-dir runs/exp1 --resume runs/exp1/last.pt
+    python -m tools.train --config ... --run-dir runs/exp1 --overwrite      # replace the run in runs/exp1
     python -m tools.train --config ... --weights runs/other/best.pt        # fine-tune: weights only
     torchrun --nproc_per_node 2 -m tools.train --config ...                 # DistributedDataParallel
 
@@ -14,10 +15,13 @@ only when distributed). docs/training.md shows every option.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from engine import distributed as dist_utils
 from engine.config import load_config
+from engine.run_folder import resume_command
 from engine.training_setup import train
+from models.errors import Interrupted
 from tools._common import add_debug_flag, default_run_dir, run_cli, setup_logging
 
 
@@ -32,6 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                     "step, RNG, data order)")
     p.add_argument("--weights", help="fine-tune: initialise the model from this file's weights only "
                                      "(same as train.init_weights=...)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --run-dir (its checkpoints and logs are removed first); without "
+                        "it such a folder is refused unless --resume continues it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -46,7 +53,13 @@ def main(argv: list[str] | None = None) -> dict:
         run_dir = args.run_dir or default_run_dir(cfg.output_dir, cfg.name)
         if info.distributed:   # every rank must write to (rank 0) and read from the same folder
             run_dir = dist_utils.broadcast_object(run_dir)
-        return train(cfg, run_dir, device, resume=args.resume, progress=not args.no_progress)
+        try:
+            return train(cfg, run_dir, device, resume=args.resume, progress=not args.no_progress,
+                         overwrite=args.overwrite)
+        except Interrupted as err:   # one line with the exact command that continues the run
+            command = resume_command(sys.argv[1:] if argv is None else list(argv), run_dir,
+                                     getattr(err, "checkpoint", None))
+            raise Interrupted(f"{str(err).split('; continue with')[0]}; continue with: {command}") from None
     finally:
         if info.distributed:
             dist_utils.cleanup()

@@ -24,6 +24,7 @@ from datasets.sampler import seeded_loader
 from datasets.synthetic_classification import SyntheticClassificationDataset
 from engine import distributed as dist_utils
 from models.classifier import ImageClassifier, backbone_mean, letterbox_fill
+from models.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class ClassificationTask:
     def __init__(self, class_names: Sequence[str], label_smoothing: float = 0.0, topk: Sequence[int] = (1, 5),
                  progress: bool = True):
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label smoothing must be in [0, 1), got {label_smoothing}")
+            raise ConfigError(f"label smoothing must be in [0, 1), got {label_smoothing}")
         self.class_names = list(class_names)
         self.label_smoothing = label_smoothing
         self.topk = tuple(k for k in topk if k <= len(self.class_names))
@@ -159,7 +160,7 @@ def build_model(cfg, num_classes: int, pretrained: bool = True) -> ImageClassifi
                             normalization=m.normalization, drop_rate=m.drop_rate, img_size=(h, w),
                             pretrained=m.pretrained and pretrained)
     if model.fixed_input_size and cfg.data.input_policy == "native":
-        raise ValueError(f"model.backbone={m.backbone!r} needs a fixed input size; data.input_policy=native keeps "
+        raise ConfigError(f"model.backbone={m.backbone!r} needs a fixed input size; data.input_policy=native keeps "
                          f"each image's size. Use resize, center_crop, random_crop or letterbox")
     return model
 
@@ -172,12 +173,12 @@ def build_datasets(cfg, fill: Sequence[int] = (0, 0, 0)) -> tuple:
     augment = ClassificationAugment(flip_prob=d.augment.flip_prob, photometric=d.augment.photometric)
     if d.synthetic is not None:
         if d.train_root or d.val_root:
-            raise ValueError("data.synthetic and data.train_root/val_root are exclusive: set one")
+            raise ConfigError("data.synthetic and data.train_root/val_root are exclusive: set one")
         train_set = SyntheticClassificationDataset(d.synthetic, "train", train=True, augment=augment, **common)
         val_set = SyntheticClassificationDataset(d.synthetic, "val", train=False, **common)
         return train_set, val_set, {"synthetic-shapes spec": d.synthetic.sha256()}
     if not d.train_root or not d.val_root:
-        raise ValueError("set data.train_root and data.val_root (image folders: <root>/<class>/<images>), or "
+        raise ConfigError("set data.train_root and data.val_root (image folders: <root>/<class>/<images>), or "
                          "data.synthetic for the built-in shapes")
     train_set = ImageFolderDataset(d.train_root, train=True, augment=augment, **common)
     val_set = ImageFolderDataset(d.val_root, class_names=train_set.class_names, train=False, **common)

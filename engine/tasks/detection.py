@@ -25,6 +25,7 @@ from engine.coco_eval import coco_eval
 from models.bbox import affine_boxes, batched_nms, box_is_empty, clip_boxes, xyxy_to_coco_xywh
 from models.box_codec import CenterNetCodec
 from models.detector import DETECTION_STRIDE, CenterNetDetector, build_detector
+from models.errors import ConfigError, DataError
 from models.losses import centernet_focal_loss, giou_loss, masked_l1_loss
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ def build_model(cfg, num_classes: int, pretrained: bool = True) -> CenterNetDete
                            pretrained=m.pretrained and pretrained)
     w, h = (int(v) for v in cfg.data.input_size)
     if w % DETECTION_STRIDE or h % DETECTION_STRIDE:
-        raise ValueError(f"data.input_size {[w, h]} must be a multiple of the detection stride {DETECTION_STRIDE}")
+        raise ConfigError(f"data.input_size {[w, h]} must be a multiple of the detection stride {DETECTION_STRIDE}")
     if w % model.max_stride or h % model.max_stride:
         log.warning("data.input_size %s is not a multiple of the backbone's coarsest stride %d: the model runs, "
                     "but the FPN levels are no longer exactly aligned", [w, h], model.max_stride)
@@ -232,12 +233,13 @@ def prepare_data(cfg) -> None:
 def load_split(cfg, split_cfg) -> DetectionDataset:
     return load_coco_detection(split_cfg.ann_file, split_cfg.image_root, category_ids=cfg.data.category_ids,
                                missing_images=cfg.data.on_bad_image, subset=split_cfg.subset,
-                               holdout_fraction=split_cfg.holdout_fraction, holdout_seed=split_cfg.holdout_seed)
+                               holdout_fraction=split_cfg.holdout_fraction, holdout_seed=split_cfg.holdout_seed,
+                               on_bad_annotation=cfg.data.on_bad_annotation)
 
 
 def make_dataset(cfg, data: DetectionDataset, train: bool) -> DetectionTransformDataset:
     if not data.images:
-        raise ValueError(f"{data.ann_file}: no images in the {'train' if train else 'val'} split; nothing to "
+        raise DataError(f"{data.ann_file}: no images in the {'train' if train else 'val'} split; nothing to "
                          f"{'train on' if train else 'evaluate'}")
     return DetectionTransformDataset(data.images, cfg.data.input_size, train=train, augment=cfg.data.augment,
                                      on_bad_image=cfg.data.on_bad_image)
@@ -256,7 +258,7 @@ def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int
     train_data = load_split(cfg, cfg.data.train)
     val_data = load_split(cfg, cfg.data.val)
     if train_data.category_ids != val_data.category_ids:
-        raise ValueError(f"train ({cfg.data.train.ann_file}) and val ({cfg.data.val.ann_file}) have different "
+        raise DataError(f"train ({cfg.data.train.ann_file}) and val ({cfg.data.val.ann_file}) have different "
                          f"categories: {train_data.category_ids} vs {val_data.category_ids}; set data.category_ids")
     overlap = set(train_data.image_ids) & set(val_data.image_ids)
     if overlap and cfg.data.train.ann_file == cfg.data.val.ann_file:
@@ -269,7 +271,8 @@ def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int
     train_set = make_dataset(cfg, train_data, train=True)
     val_set = make_dataset(cfg, val_data, train=False)
     model = build_model(cfg, meta.num_classes).to(device)
-    val_gt = coco_detection_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_ids)
+    val_gt = coco_detection_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_ids,
+                                   cfg.data.on_bad_annotation)
     task = build_task(cfg, meta, val_gt, progress)
     pin = device.type == "cuda"
     train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.train.seed, cfg.train.num_workers,

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from datasets.affine import apply_affine
+from datasets.coco_common import load_validated_ground_truth
 from datasets.coco_keypoints import KeypointDataset, load_coco_keypoints
 from datasets.sampler import seeded_loader
 from datasets.skeletons import COCO_SIGMAS
@@ -27,6 +28,7 @@ from datasets.topdown import TopDownKeypointDataset, check_flip_index, collate_s
 from engine.coco_eval import coco_eval
 from engine.distributed import all_gather_list
 from engine.keypoint_metrics import nme, pck
+from models.errors import ConfigError, DataError
 from models.heatmap_codec import HeatmapCodec
 from models.losses import stacked_heatmap_loss
 from models.pose import HEATMAP_STRIDE, TopDownPoseModel, build_pose_model
@@ -195,19 +197,19 @@ def resolve_meta(cfg, data: KeypointDataset) -> KeypointMeta:
     sigmas = cfg.data.oks_sigmas
     if sigmas is None:
         if num_k != len(COCO_SIGMAS):
-            raise ValueError(f"{data.ann_file} has {num_k} keypoints; COCO's default OKS sigmas are for 17. Set "
+            raise ConfigError(f"{data.ann_file} has {num_k} keypoints; COCO's default OKS sigmas are for 17. Set "
                              f"data.oks_sigmas to {num_k} values (see docs/keypoints.md on estimating them)")
         sigmas = list(COCO_SIGMAS)
     if len(sigmas) != num_k:
-        raise ValueError(f"data.oks_sigmas has {len(sigmas)} values for {num_k} keypoints")
+        raise ConfigError(f"data.oks_sigmas has {len(sigmas)} values for {num_k} keypoints")
     for i, j in enumerate(flip_index):
         if abs(sigmas[i] - sigmas[j]) > 1e-9:
-            raise ValueError(f"data.oks_sigmas differ between flip partners {i} and {j} "
+            raise ConfigError(f"data.oks_sigmas differ between flip partners {i} and {j} "
                              f"({sigmas[i]} vs {sigmas[j]}); a keypoint and its mirror image share one sigma")
     nme_pair = None
     if cfg.data.nme_normalize:
         if len(cfg.data.nme_normalize) != 2:
-            raise ValueError(f"data.nme_normalize must name two keypoints, got {cfg.data.nme_normalize}")
+            raise ConfigError(f"data.nme_normalize must name two keypoints, got {cfg.data.nme_normalize}")
         nme_pair = tuple(_keypoint_index(k, data.keypoint_names) for k in cfg.data.nme_normalize)
     return KeypointMeta(keypoint_names=data.keypoint_names, skeleton=data.skeleton, flip_index=flip_index,
                         oks_sigmas=[float(s) for s in sigmas], category_id=data.category_id, nme_pair=nme_pair)
@@ -217,17 +219,17 @@ def _keypoint_index(key, names: list[str]) -> int:
     if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
         idx = int(key)
         if not 0 <= idx < len(names):
-            raise ValueError(f"data.nme_normalize index {idx} is outside 0..{len(names) - 1}")
+            raise ConfigError(f"data.nme_normalize index {idx} is outside 0..{len(names) - 1}")
         return idx
     if key not in names:
-        raise ValueError(f"data.nme_normalize keypoint {key!r} is not among the keypoint names {names}")
+        raise ConfigError(f"data.nme_normalize keypoint {key!r} is not among the keypoint names {names}")
     return names.index(key)
 
 
 def check_input_size(input_size: Sequence[int], max_stride: int) -> tuple[int, int]:
     w, h = int(input_size[0]), int(input_size[1])
     if w % HEATMAP_STRIDE or h % HEATMAP_STRIDE:
-        raise ValueError(f"data.input_size {[w, h]} must be a multiple of the heatmap stride {HEATMAP_STRIDE}")
+        raise ConfigError(f"data.input_size {[w, h]} must be a multiple of the heatmap stride {HEATMAP_STRIDE}")
     if w % max_stride or h % max_stride:
         log.warning("data.input_size %s is not a multiple of the backbone's coarsest stride %d: the model runs, "
                     "but the heatmaps are no longer exactly flip-aligned", [w, h], max_stride)
@@ -254,7 +256,8 @@ def build_model(cfg, num_keypoints: int, pretrained: bool = True) -> TopDownPose
 def load_split(cfg, split_cfg) -> KeypointDataset:
     return load_coco_keypoints(split_cfg.ann_file, split_cfg.image_root, category_id=cfg.data.category_id,
                                missing_images=cfg.data.on_bad_image, subset=split_cfg.subset,
-                               holdout_fraction=split_cfg.holdout_fraction, holdout_seed=split_cfg.holdout_seed)
+                               holdout_fraction=split_cfg.holdout_fraction, holdout_seed=split_cfg.holdout_seed,
+                               on_bad_annotation=cfg.data.on_bad_annotation)
 
 
 def prepare_data(cfg) -> None:
@@ -273,7 +276,7 @@ def load_split_and_meta(cfg, split_cfg) -> tuple[KeypointDataset, KeypointMeta]:
 
 def make_topdown_dataset(cfg, data: KeypointDataset, meta: KeypointMeta, train: bool) -> TopDownKeypointDataset:
     if not data.instances:
-        raise ValueError(f"{data.ann_file}: no usable instances (after skipping crowd/empty ones and the split "
+        raise DataError(f"{data.ann_file}: no usable instances (after skipping crowd/empty ones and the split "
                          f"{'train' if train else 'val'}); nothing to {'train on' if train else 'evaluate'}")
     return TopDownKeypointDataset(data.instances, cfg.data.input_size, meta.flip_index, train=train,
                                   augment=cfg.data.augment, upper_body_ids=cfg.data.upper_body_ids,
@@ -287,15 +290,15 @@ def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers:
                          world_size=world_size, pin_memory=pin_memory, pad=pad)
 
 
-def coco_subset(ann_file: str, image_ids, category_id: int) -> dict:
-    """The ground truth of ``image_ids`` only (a split of a larger file), for COCOeval."""
-    with open(ann_file) as f:
-        data = json.load(f)
+def coco_subset(ann_file: str, image_ids, category_id: int, on_bad_annotation: str = "error") -> dict:
+    """The ground truth of ``image_ids`` only (a split of a larger file), for COCOeval, checked by the same
+    code as the reader (:mod:`datasets.coco_validate`): no malformed or non-finite annotation is scored."""
+    data = load_validated_ground_truth(ann_file, "keypoints", on_bad_annotation)
     keep = set(int(i) for i in image_ids)
-    return {"images": [im for im in data["images"] if int(im["id"]) in keep],
+    return {"images": [im for im in data["images"] if im["id"] in keep],
             "annotations": [a for a in data["annotations"]
-                            if int(a["image_id"]) in keep and int(a.get("category_id", category_id)) == category_id],
-            "categories": [c for c in data["categories"] if int(c["id"]) == category_id]}
+                            if a["image_id"] in keep and a["category_id"] == category_id],
+            "categories": [c for c in data["categories"] if c["id"] == category_id]}
 
 
 def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int = 0, world_size: int = 1) -> dict:
@@ -304,14 +307,14 @@ def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int
     train_data = load_split(cfg, cfg.data.train)
     val_data = load_split(cfg, cfg.data.val)
     if train_data.keypoint_names != val_data.keypoint_names:
-        raise ValueError(f"train ({cfg.data.train.ann_file}) and val ({cfg.data.val.ann_file}) name different "
+        raise DataError(f"train ({cfg.data.train.ann_file}) and val ({cfg.data.val.ann_file}) name different "
                          f"keypoints")
     meta = resolve_meta(cfg, train_data)
     train_set = make_topdown_dataset(cfg, train_data, meta, train=True)
     val_set = make_topdown_dataset(cfg, val_data, meta, train=False)
     model = build_model(cfg, len(meta.keypoint_names)).to(device)
     codec = build_codec(cfg)
-    val_gt = coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id)
+    val_gt = coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id, cfg.data.on_bad_annotation)
     task = KeypointTask(codec, meta, flip_test=cfg.eval.flip_test, keypoint_weights=cfg.data.keypoint_weights,
                         val_gt=val_gt, rescore_threshold=cfg.eval.rescore_threshold,
                         pck_thresholds=cfg.eval.pck_thresholds, progress=progress)
