@@ -14,6 +14,7 @@ import timm
 import torch
 from torch import nn
 
+from models.utils import first_n
 from models.weights_file import read_state_dict
 
 log = logging.getLogger(__name__)
@@ -94,10 +95,10 @@ class Backbone(nn.Module):
         log.info("loaded %d/%d backbone tensors from %s", len(matched), len(own), path)
         if missing:
             log.warning("backbone weights: %d missing keys (left at their initial values): %s",
-                        len(missing), _summarise(missing))
+                        len(missing), first_n(missing))
         if unexpected:
             # Classifier heads (fc.*, head.*) are expected here: features_only drops them.
-            log.info("backbone weights: %d unexpected keys ignored: %s", len(unexpected), _summarise(unexpected))
+            log.info("backbone weights: %d unexpected keys ignored: %s", len(unexpected), first_n(unexpected))
         return missing, unexpected
 
 
@@ -136,8 +137,3 @@ def _strip_prefixes(state: dict, own: dict) -> dict:
         if hits > best_hits:
             best, best_hits = candidate, hits
     return best
-
-
-def _summarise(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")

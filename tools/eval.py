@@ -101,11 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
     load_model_state(model, state["model"], source=args.checkpoint)
     model.to(device).eval()
     val_set = kp.make_topdown_dataset(cfg, val_data, meta, train=False)
-    loader = kp.make_loader(val_set, cfg.data.val_batch_size, False, cfg.train.seed, cfg.train.num_workers)
+    loader = kp.make_val_loader(cfg, val_set, device)
     gt = kp.coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id)
-    task = kp.KeypointTask(kp.build_codec(cfg), meta, flip_test=cfg.eval.flip_test, val_gt=gt,
-                           rescore_threshold=cfg.eval.rescore_threshold, pck_thresholds=cfg.eval.pck_thresholds,
-                           progress=not args.no_progress)
+    task = kp.build_task(cfg, meta, val_gt=gt, progress=not args.no_progress)
 
     if args.boxes or args.det_checkpoint:
         return evaluate_on_detections(args, cfg, device, out_dir, model, task, val_data, gt)
@@ -192,8 +190,7 @@ def evaluate_detector(args, cfg, device, out_dir: str) -> dict:
                          f"{cfg.data.val.ann_file} gives {val_data.category_ids}; set data.category_ids")
     gt = det_task.coco_detection_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_ids)
     task = det_task.build_task(cfg, meta, gt, progress=not args.no_progress)
-    loader = det_task.make_loader(det_task.make_dataset(cfg, val_data, train=False), cfg.data.val_batch_size,
-                                  False, cfg.train.seed, cfg.train.num_workers, cfg.data.max_objects)
+    loader = det_task.make_val_loader(cfg, det_task.make_dataset(cfg, val_data, train=False), device)
     log.info("evaluating detector %s on %s (%d images, %d objects)", args.checkpoint, cfg.data.val.ann_file,
              len(val_data.images), val_data.num_objects)
     metrics, results = task.evaluate(model, loader)

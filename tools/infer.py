@@ -191,8 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError(f"--checkpoint {args.checkpoint} is a {cfg.task!r} checkpoint; pass a detector as "
                              f"--det-checkpoint and a keypoint model as --checkpoint")
         meta = kp.KeypointMeta.from_dict(state["meta"])
-        task = kp.KeypointTask(kp.build_codec(cfg), meta, flip_test=not args.no_flip and cfg.eval.flip_test,
-                               rescore_threshold=cfg.eval.rescore_threshold)
+        task = kp.build_task(cfg, meta, progress=False, flip_test=not args.no_flip and cfg.eval.flip_test)
         predictor = TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding)
         pipeline = TwoStagePipeline(predictor, meta.oks_sigmas,
                                     None if args.no_oks_nms else args.oks_nms_threshold)

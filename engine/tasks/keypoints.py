@@ -27,9 +27,11 @@ from datasets.topdown import TopDownKeypointDataset, check_flip_index, collate_s
 from engine.coco_eval import coco_eval
 from engine.distributed import all_gather_list
 from engine.keypoint_metrics import nme, pck
+from engine.tasks.base import Experiment
 from models.heatmap_codec import HeatmapCodec
 from models.losses import stacked_heatmap_loss
 from models.pose import HEATMAP_STRIDE, TopDownPoseModel, build_pose_model
+from models.utils import device_of
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ class KeypointTask:
 
     # ------------------------------------------------------------------ training
     def training_step(self, model: nn.Module, batch: dict) -> dict:
-        device = _device_of(model)
+        device = device_of(model)
         images = batch["image"].to(device, non_blocking=True)
         keypoints = batch["keypoints"].to(device, non_blocking=True)
         weights = self.keypoint_weights.to(device) if self.keypoint_weights is not None else None
@@ -118,7 +120,7 @@ class KeypointTask:
     @torch.no_grad()
     def predict_batch(self, model: nn.Module, batch: dict, flip_test: bool | None = None) -> dict:
         """Keypoints of a batch in image coordinates: ``keypoints`` [B, K, 2], ``scores`` [B, K] (on device)."""
-        device = _device_of(model)
+        device = device_of(model)
         heatmaps = self.predict_heatmaps(model, batch["image"].to(device, non_blocking=True), flip_test)
         crop_kpts, scores = self.codec.decode(heatmaps)
         to_image = batch["crop_to_image"].to(device)
@@ -279,11 +281,12 @@ def make_topdown_dataset(cfg, data: KeypointDataset, meta: KeypointMeta, train: 
                                   bbox_padding=cfg.data.bbox_padding, on_bad_image=cfg.data.on_bad_image)
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, rank: int = 0,
+def make_loader(dataset, *, batch_size: int, shuffle: bool, seed: int, num_workers: int, rank: int = 0,
                 world_size: int = 1, pin_memory: bool = False, pad: bool = True):
     """A seeded loader (:func:`datasets.sampler.seeded_loader`) batching with ``collate_skipping_none``."""
-    return seeded_loader(dataset, batch_size, shuffle, seed, num_workers, collate_skipping_none, rank=rank,
-                         world_size=world_size, pin_memory=pin_memory, pad=pad)
+    return seeded_loader(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers,
+                         collate_fn=collate_skipping_none, rank=rank, world_size=world_size, pin_memory=pin_memory,
+                         pad=pad)
 
 
 def coco_subset(ann_file: str, image_ids, category_id: int) -> dict:
@@ -297,7 +300,25 @@ def coco_subset(ann_file: str, image_ids, category_id: int) -> dict:
             "categories": [c for c in data["categories"] if int(c["id"]) == category_id]}
 
 
-def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int = 0, world_size: int = 1) -> dict:
+def build_task(cfg, meta: KeypointMeta, val_gt: dict | None = None, progress: bool = True,
+               flip_test: bool | None = None) -> KeypointTask:
+    """The keypoint task of ``cfg`` (codec, flip testing, loss weights, rescoring, PCK); ``flip_test``
+    overrides ``eval.flip_test``."""
+    ev = cfg.eval
+    return KeypointTask(build_codec(cfg), meta, flip_test=ev.flip_test if flip_test is None else flip_test,
+                        keypoint_weights=cfg.data.keypoint_weights, val_gt=val_gt,
+                        rescore_threshold=ev.rescore_threshold, pck_thresholds=ev.pck_thresholds, progress=progress)
+
+
+def make_val_loader(cfg, val_set, device: torch.device, rank: int = 0, world_size: int = 1):
+    """The validation loader: in order, not padded (each rank its share under DDP, gathered by ``evaluate``)."""
+    return make_loader(val_set, batch_size=cfg.data.val_batch_size, shuffle=False, seed=cfg.train.seed,
+                       num_workers=cfg.train.num_workers, rank=rank, world_size=world_size,
+                       pin_memory=device.type == "cuda", pad=False)
+
+
+def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int = 0,
+                     world_size: int = 1) -> Experiment:
     """Everything a keypoint run needs, from its config."""
     prepare_data(cfg)
     train_data = load_split(cfg, cfg.data.train)
@@ -309,23 +330,15 @@ def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int
     train_set = make_topdown_dataset(cfg, train_data, meta, train=True)
     val_set = make_topdown_dataset(cfg, val_data, meta, train=False)
     model = build_model(cfg, len(meta.keypoint_names)).to(device)
-    codec = build_codec(cfg)
     val_gt = coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id)
-    task = KeypointTask(codec, meta, flip_test=cfg.eval.flip_test, keypoint_weights=cfg.data.keypoint_weights,
-                        val_gt=val_gt, rescore_threshold=cfg.eval.rescore_threshold,
-                        pck_thresholds=cfg.eval.pck_thresholds, progress=progress)
-    pin = device.type == "cuda"
-    train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.train.seed, cfg.train.num_workers,
-                               rank, world_size, pin)
-    val_loader = make_loader(val_set, cfg.data.val_batch_size, False, cfg.train.seed, cfg.train.num_workers,
-                             rank, world_size, pin_memory=pin, pad=False)   # each rank its share, gathered
-    return {"model": model, "task": task, "train_loader": train_loader, "val_loader": val_loader, "meta": meta,
-            "annotation_files": [cfg.data.train.ann_file, cfg.data.val.ann_file],
-            "checkpoint_extra": {"meta": meta.to_dict()}}
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    task = build_task(cfg, meta, val_gt=val_gt, progress=progress)
+    train_loader = make_loader(train_set, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
+                               num_workers=cfg.train.num_workers, rank=rank, world_size=world_size,
+                               pin_memory=device.type == "cuda")
+    val_loader = make_val_loader(cfg, val_set, device, rank=rank, world_size=world_size)
+    return Experiment(model=model, task=task, train_loader=train_loader, val_loader=val_loader, meta=meta,
+                      annotation_files=[cfg.data.train.ann_file, cfg.data.val.ann_file],
+                      checkpoint_extra={"meta": meta.to_dict()})
 
 
 def write_results(path: str, results: list[dict]) -> None:
