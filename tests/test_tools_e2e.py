@@ -10,6 +10,7 @@ import torch
 
 from engine.checkpoint import load_checkpoint
 from engine.config import ConfigError
+from models.errors import InputError
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +113,7 @@ def test_infer_says_which_detection_ids_are_unknown(trained, tmp_path, tiny_synt
         infer.main(["--checkpoint", os.path.join(trained["run_dir"], "best.pt"), "--input",
                     os.path.join(tiny_synthetic["images"], "val"), "--boxes", str(boxes), "--image-info",
                     tiny_synthetic["val"], "--output-dir", str(tmp_path), "--no-progress"])
-    with pytest.raises(FileNotFoundError, match="neither an image"):
+    with pytest.raises(InputError, match="neither an image"):
         infer.main(["--checkpoint", os.path.join(trained["run_dir"], "best.pt"), "--input", str(tmp_path / "nope")])
 
 

@@ -19,6 +19,7 @@ from engine.oks_nms import oks_matrix, oks_nms
 from engine.tasks import keypoints as kp
 from engine.two_stage import DetectionFileBoxes, DetectorBoxes, TwoStagePipeline, load_detections
 from models.bbox import box_to_center_size
+from models.errors import InputError
 
 DET_FILE = "coco_mini/test_coco_det_AP_H_56.json"
 
@@ -408,16 +409,16 @@ def test_boxes_and_det_checkpoint_are_refused(coco_mini_config, tmp_path):
     from tools import eval as eval_tool
     from tools import infer
 
-    with pytest.raises(SystemExit, match="two sources of boxes"):
+    with pytest.raises(InputError, match="two sources of boxes"):
         infer.main(["--checkpoint", "k.pt", "--det-checkpoint", "d.pt", "--boxes", "b.json", "--input", "x"])
-    with pytest.raises(SystemExit, match="two sources of boxes"):
+    with pytest.raises(InputError, match="two sources of boxes"):
         eval_tool.main(["--config", coco_mini_config, "--checkpoint", "k.pt", "--det-checkpoint", "d.pt",
                         "--boxes", "b.json", "--output-dir", str(tmp_path)])
     # Each threshold belongs to one source: given with the other, it would silently do nothing.
     for tool, extra in ((infer, ["--input", "x"]), (eval_tool, ["--config", coco_mini_config])):
-        with pytest.raises(SystemExit, match="--det-score-threshold"):
+        with pytest.raises(InputError, match="--det-score-threshold"):
             tool.main(["--checkpoint", "k.pt", "--det-checkpoint", "d.pt", "--box-score-threshold", "0.5", *extra])
-        with pytest.raises(SystemExit, match="--box-score-threshold"):
+        with pytest.raises(InputError, match="--box-score-threshold"):
             tool.main(["--checkpoint", "k.pt", "--boxes", "b.json", "--det-score-threshold", "0.5", *extra])
 
 

@@ -61,6 +61,10 @@ class Experiment:
         data_hashes: {description: sha256} of data that is not an annotation file (image lists, specs).
         checkpoint_extra: entries stored in every checkpoint besides the weights (e.g. ``{"meta": ...}``), so
             that inference can rebuild the model from the checkpoint alone.
+        val_data: the validation split as read (its images and ids), for tools that walk its images.
+
+    A task module's ``build_evaluation(cfg, device, progress)`` returns the same with ``train_loader=None``
+    and a model without pretrained weights, for evaluating a checkpoint.
     """
 
     model: nn.Module
@@ -71,3 +75,4 @@ class Experiment:
     annotation_files: list[str] = field(default_factory=list)
     data_hashes: dict[str, str] | None = None
     checkpoint_extra: dict = field(default_factory=dict)
+    val_data: Any = None

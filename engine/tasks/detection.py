@@ -27,6 +27,7 @@ from engine.tasks.base import Experiment
 from models.bbox import affine_boxes, batched_nms, box_is_empty, clip_boxes, xyxy_to_coco_xywh
 from models.box_codec import CenterNetCodec
 from models.detector import DETECTION_STRIDE, CenterNetDetector, build_detector
+from models.errors import CheckpointError
 from models.losses import centernet_focal_loss, giou_loss, masked_l1_loss
 from models.utils import device_of
 
@@ -292,6 +293,27 @@ def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int
     return Experiment(model=model, task=task, train_loader=train_loader, val_loader=val_loader, meta=meta,
                       annotation_files=sorted({cfg.data.train.ann_file, cfg.data.val.ann_file}),
                       checkpoint_extra={"meta": meta.to_dict()})
+
+
+def build_evaluation(cfg, device: torch.device, progress: bool = True) -> Experiment:
+    """The validation split, its loader and ground truth, the task, and an untrained model to load a checkpoint
+    into (classes from the validation json and ``data.category_ids``)."""
+    prepare_data(cfg)
+    val_data = load_split(cfg, cfg.data.val)
+    meta = DetectionMeta(class_names=val_data.class_names, category_ids=val_data.category_ids)
+    model = build_model(cfg, meta.num_classes, pretrained=False).to(device)
+    val_gt = coco_detection_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_ids)
+    return Experiment(model=model, task=build_task(cfg, meta, val_gt, progress), train_loader=None,
+                      val_loader=make_val_loader(cfg, make_dataset(cfg, val_data, train=False), device), meta=meta,
+                      annotation_files=[cfg.data.val.ann_file], val_data=val_data)
+
+
+def check_checkpoint_classes(state: dict, meta: DetectionMeta, checkpoint: str, ann_file: str) -> None:
+    """Refuse a detector whose classes are not the validation json's (its AP would be against other labels)."""
+    saved = DetectionMeta.from_dict(state["meta"])
+    if saved.category_ids != meta.category_ids:
+        raise CheckpointError(f"{checkpoint} detects categories {saved.category_ids} ({saved.class_names}) but "
+                              f"{ann_file} gives {meta.category_ids}; set data.category_ids to the checkpoint's")
 
 
 def load_detector(state: dict, cfg, device: torch.device) -> tuple[CenterNetDetector, DetectionMeta]:

@@ -148,17 +148,26 @@ class KeypointTask:
             model.train(was_training)
         return records
 
+    def rescore(self, keypoint_scores: np.ndarray, box_scores: np.ndarray) -> np.ndarray:
+        """Instance scores [N]: box score x mean confidence of the keypoints above ``rescore_threshold`` (0 when
+        none is). keypoint_scores: [N, K] confidences, box_scores: [N]."""
+        conf = np.asarray(keypoint_scores, dtype=np.float64).reshape(len(box_scores), -1)
+        confident = conf > self.rescore_threshold
+        # Per row, as numpy's mean of the selected values (a masked sum over the row would group the additions
+        # differently and move the last bits of scores that are written rounded).
+        kpt_score = np.array([c[m].mean() if m.any() else 0.0 for c, m in zip(conf, confident)], dtype=np.float64)
+        return np.asarray(box_scores, dtype=np.float64).reshape(-1) * kpt_score
+
     def to_coco_results(self, records: list[dict]) -> list[dict]:
-        """COCO keypoint results; instance score = box score x mean confidence of the confident keypoints."""
+        """COCO keypoint results, one per record; the instance score is :meth:`rescore`'s."""
+        if not records:
+            return []
+        scores = self.rescore(np.stack([r["scores"] for r in records]), np.array([r["box_score"] for r in records]))
         results = []
-        for r in records:
-            conf = r["scores"]
-            confident = conf[conf > self.rescore_threshold]
-            kpt_score = float(confident.mean()) if len(confident) else 0.0
-            flat = np.concatenate([r["keypoints"], conf[:, None]], axis=1).reshape(-1)
+        for r, score in zip(records, scores):
+            flat = np.concatenate([r["keypoints"], r["scores"][:, None]], axis=1).reshape(-1)
             results.append({"image_id": r["image_id"], "category_id": self.meta.category_id,
-                            "keypoints": [round(float(v), 3) for v in flat],
-                            "score": round(r["box_score"] * kpt_score, 6)})
+                            "keypoints": [round(float(v), 3) for v in flat], "score": round(float(score), 6)})
         return results
 
     # ------------------------------------------------------------------ evaluation
@@ -315,6 +324,18 @@ def make_val_loader(cfg, val_set, device: torch.device, rank: int = 0, world_siz
     return make_loader(val_set, batch_size=cfg.data.val_batch_size, shuffle=False, seed=cfg.train.seed,
                        num_workers=cfg.train.num_workers, rank=rank, world_size=world_size,
                        pin_memory=device.type == "cuda", pad=False)
+
+
+def build_evaluation(cfg, device: torch.device, progress: bool = True) -> Experiment:
+    """The validation split, its loader and ground truth, the task, and an untrained model to load a checkpoint
+    into (the meta is resolved from the validation json and the config)."""
+    val_data, meta = load_split_and_meta(cfg, cfg.data.val)
+    model = build_model(cfg, len(meta.keypoint_names), pretrained=False).to(device)
+    val_set = make_topdown_dataset(cfg, val_data, meta, train=False)
+    val_gt = coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id)
+    return Experiment(model=model, task=build_task(cfg, meta, val_gt=val_gt, progress=progress), train_loader=None,
+                      val_loader=make_val_loader(cfg, val_set, device), meta=meta,
+                      annotation_files=[cfg.data.val.ann_file], val_data=val_data)
 
 
 def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int = 0,

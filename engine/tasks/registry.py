@@ -27,3 +27,17 @@ def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int
     if cfg.task not in EXPERIMENT_BUILDERS:
         raise ConfigError(f"task {cfg.task!r} has no builder; known: {sorted(EXPERIMENT_BUILDERS)}")
     return EXPERIMENT_BUILDERS[cfg.task](cfg, device, progress=progress, rank=rank, world_size=world_size)
+
+
+EVALUATION_BUILDERS: dict[str, Callable[..., Experiment]] = {
+    "keypoints": keypoints.build_evaluation,
+    "detection": detection.build_evaluation,
+}
+
+
+def build_evaluation(cfg, device: torch.device, progress: bool = True) -> Experiment:
+    """The validation side of ``cfg.task`` (loader, ground truth, task, an untrained model to load weights into)."""
+    if cfg.task not in EVALUATION_BUILDERS:
+        raise ConfigError(f"task {cfg.task!r} cannot be evaluated by tools.eval (known: "
+                          f"{sorted(EVALUATION_BUILDERS)}); its validation metrics are in the run's metrics.json")
+    return EVALUATION_BUILDERS[cfg.task](cfg, device, progress=progress)
