@@ -21,31 +21,13 @@ import time
 import torch
 
 from datasets.input_policy import INPUT_POLICIES
+from engine.activation_memory import saved_tensor_bytes
 from engine.config import load_config
 from engine.tasks.registry import build_experiment
 from engine.training_setup import train
 from tools._common import setup_logging
 
 CONFIG = "configs/cls_resnet10t_synthetic-shapes_32x32.yaml"
-
-
-def saved_tensor_bytes(task, model, batch) -> int:
-    """Bytes autograd keeps for the backward pass of one training step (activation memory; the weights,
-    which are saved too, are left out: they do not grow with the input)."""
-    total = 0
-    seen = {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-    def pack(t):
-        nonlocal total
-        key = t.untyped_storage().data_ptr()
-        if key not in seen:
-            seen.add(key)
-            total += t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        task.training_step(model, batch)
-    return total
 
 
 def time_steps(exp, steps: int) -> float:
@@ -88,7 +70,7 @@ def main(argv=None) -> dict:
         exp = build_experiment(cfg, torch.device("cpu"), progress=False)
         batch = next(iter(exp.train_loader))
         exp.model.train()
-        memory = saved_tensor_bytes(exp.task, exp.model, batch)
+        memory = saved_tensor_bytes(exp.model, lambda e=exp, b=batch: e.task.training_step(e.model, b))
         pixels = int(batch["image"][:, 0].numel()) / len(batch["image"])
         step_seconds = time_steps(exp, args.time_steps)
         top1, seconds = float("nan"), 0.0

@@ -6,7 +6,7 @@ needs k * (h + w + 1) numbers instead of h * w, the storage ratio printed below.
 
 Usage::
 
-    python -m tools.svd_reconstruct IMAGE --ranks 5 20 50 [--output-dir DIR]
+    python -m tools.faq.svd_reconstruct IMAGE --ranks 5 20 50 [--output-dir DIR]
 
 Writes ``DIR/<image stem>_svd.png`` (original and one panel per rank, each titled with the
 rank and PSNR), prints a table and, when called as ``main(argv)``, returns the numbers.

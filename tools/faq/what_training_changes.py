@@ -1,6 +1,6 @@
 """What is a trained model, and what does "learning" change? Shown on this repository's own model.
 
-    python -m tools.what_training_changes --config configs/X.yaml [--checkpoint runs/X/best.pt]
+    python -m tools.faq.what_training_changes --config configs/X.yaml [--checkpoint runs/X/best.pt]
 
 A model is its architecture (code) plus a state dict of tensors. Some tensors are *parameters*: the
 optimiser changes them from gradients. Others are *buffers*: not learned by gradients, but updated by the

@@ -14,7 +14,7 @@ methods also vary, because the step carries past gradients).
 
 Usage::
 
-    python -m tools.optimizer_paths [--steps 100] [--output outputs/optimizer_paths.png]
+    python -m tools.faq.optimizer_paths [--steps 100] [--output outputs/optimizer_paths.png]
                                     [--cond 50] [--lr adam=0.3 sgd=0.02 ...]
 """
 
