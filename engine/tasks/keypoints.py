@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -360,10 +359,3 @@ def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int
     return Experiment(model=model, task=task, train_loader=train_loader, val_loader=val_loader, meta=meta,
                       annotation_files=[cfg.data.train.ann_file, cfg.data.val.ann_file],
                       checkpoint_extra={"meta": meta.to_dict()})
-
-
-def write_results(path: str, results: list[dict]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f)
-    os.replace(path + ".tmp", path)
