@@ -110,3 +110,27 @@ def test_plain_momentum_differs():
     lookahead = theta + mu * v
     assert (phi_plain - lookahead).abs().amax(dim=1).max() > 1e-2
     assert (phi_plain - theta).abs().amax(dim=1).max() > 1e-2
+
+
+def test_the_usual_slips_of_the_derivation_do_not_hold():
+    """The three slips named in docs/faq.md (question 5), each checked against PyTorch's iterates."""
+    _, _, grad = quadratic(cond=100.0)
+    lr, mu, steps = 0.01, 0.9, 50
+    theta0 = torch.tensor([3.0, -4.0], dtype=DT)
+    phi, _ = run_torch_sgd(theta0, grad, lr, mu, nesterov=True, steps=steps)
+    theta, v = run_lookahead_nesterov(theta0, grad, lr, mu, steps)
+
+    # 1. The gradient point: grad J(theta_{t-1}) instead of grad J(theta_{t-1} + mu v_{t-1}) is heavy-ball
+    #    momentum, whose iterates match neither theta + mu v nor theta.
+    t_hb, v_hb = theta0.clone(), torch.zeros_like(theta0)
+    heavy = [t_hb]
+    for _ in range(steps):
+        v_hb = mu * v_hb - lr * grad(t_hb)
+        t_hb = t_hb + v_hb
+        heavy.append(t_hb)
+    assert (torch.stack(heavy) - theta).abs().amax(dim=1).max() > 1e-2
+    # 2. The index of the look-ahead: phi_t = theta_t + mu v_t, not theta_t + mu v_{t-1}.
+    assert_close(phi[1:], theta[1:] + mu * v[1:], rtol=1e-12, atol=1e-12)
+    assert (phi[1:] - (theta[1:] + mu * v[:-1])).abs().amax(dim=1).max() > 1e-3
+    # 3. Which variable the last line updates: PyTorch's parameters are phi (the look-ahead point), not theta.
+    assert (phi[1:] - theta[1:]).abs().amax(dim=1).max() > 1e-3
