@@ -6,11 +6,13 @@ annotations' width/height refer to the stored grid).
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import cv2
 import numpy as np
 
+log = logging.getLogger(__name__)
 BAD_IMAGE_POLICIES = ("error", "skip")
 
 
@@ -34,3 +36,20 @@ def report_unreadable_image(description: str, on_bad_image: str) -> None:
     if on_bad_image == "error":
         raise OSError(msg + "; set data.on_bad_image=skip to skip such files")
     warnings.warn(msg + "; skipped", stacklevel=3)
+
+
+def read_record_image(path: str, image_id, recorded_size: tuple[int, int], on_bad_image: str, warned: set,
+                      what: str) -> np.ndarray | None:
+    """The RGB image of an annotation record, or None (reported as :func:`report_unreadable_image` says) when
+    it cannot be read. An image whose size differs from the record's ``(width, height)`` is warned about once
+    per image id (``warned`` keeps the ids), naming ``what`` (boxes, keypoints) may not match it."""
+    image = read_image_rgb(path)
+    if image is None:
+        report_unreadable_image(f"{path} (missing or corrupt; image_id {image_id})", on_bad_image)
+        return None
+    size = (image.shape[1], image.shape[0])
+    if size != tuple(recorded_size) and image_id not in warned:
+        warned.add(image_id)
+        log.warning("%s is %dx%d but its json record says %dx%d (EXIF rotation?); %s may not match", path, *size,
+                    *recorded_size, what)
+    return image

@@ -28,6 +28,25 @@ def default_run_dir(output_dir: str, name: str) -> str:
     return os.path.join(output_dir, f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
 
 
+def add_box_source_flags(parser: argparse.ArgumentParser, boxes_help: str, det_checkpoint_help: str,
+                         category_names_from: str, det_default: str) -> None:
+    """The flags that choose where a keypoint model's boxes come from (``tools.eval``, ``tools.infer``):
+    ``--boxes``, ``--det-checkpoint``, ``--det-category``, ``--det-score-threshold`` (None unless given; the
+    tool applies ``det_default``), ``--box-score-threshold`` (None unless given: 0)."""
+    parser.add_argument("--boxes", help=boxes_help)
+    parser.add_argument("--det-checkpoint", help=det_checkpoint_help)
+    parser.add_argument("--det-category",
+                        help="categories whose boxes go to the keypoint model, comma-separated names or category "
+                             "ids. With --det-checkpoint: the detector's classes (default: all). With --boxes: the "
+                             f"file's category_id values, names through {category_names_from} (default: the "
+                             "keypoint model's category if the file has it, else all)")
+    parser.add_argument("--det-score-threshold", type=float, default=None,
+                        help=f"--det-checkpoint only: keep detector boxes at or above this score ({det_default})")
+    parser.add_argument("--box-score-threshold", type=float, default=None,
+                        help="--boxes only: ignore the file's detections below this score (default 0: all, as "
+                             "COCO's protocol)")
+
+
 def check_box_source_flags(args: argparse.Namespace, tool: str, need_a_model: bool = False) -> None:
     """Refuse box-source flag combinations (``tools.eval``, ``tools.infer``) that would silently do something
     else than asked: two sources at once, or a threshold or category filter for a source that is not given.

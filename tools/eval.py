@@ -40,7 +40,7 @@ from engine.tasks.registry import build_evaluation
 from engine.two_stage import detection_file_boxes, detector_boxes, keypoint_pipeline, run_on_images
 from models.errors import InputError
 from models.utils import write_json
-from tools._common import add_debug_flag, check_box_source_flags, run_cli, setup_logging
+from tools._common import add_box_source_flags, add_debug_flag, check_box_source_flags, run_cli, setup_logging
 
 log = logging.getLogger("tools.eval")
 RESULTS_FILE = {"keypoints": "keypoint_results.json", "detection": "detection_results.json"}
@@ -54,21 +54,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="where to write results and metrics (default: next to the checkpoint)")
     p.add_argument("--device", help="auto | cpu | cuda (default: train.device from the config)")
     p.add_argument("--compare-flip", action="store_true", help="also evaluate without flip testing and report the gain")
-    p.add_argument("--boxes", help="keypoints: evaluate on the boxes of this COCO detection-results file instead of "
-                                   "the ground-truth boxes")
-    p.add_argument("--det-checkpoint", help="keypoints: evaluate on the boxes of this detector instead of the "
-                                            "ground-truth boxes")
-    p.add_argument("--det-category",
-                   help="categories whose boxes to use, comma-separated names or category ids. With "
-                        "--det-checkpoint: the detector's classes (default: all). With --boxes: the file's "
-                        "category_id values, names through the validation json's categories (default: the "
-                        "keypoint model's category if the file has it, else all)")
-    p.add_argument("--det-score-threshold", type=float, default=None,
-                   help="--det-checkpoint only: keep detector boxes at or above this score (default 0: AP wants "
-                        "every box; tools.infer defaults to 0.3)")
-    p.add_argument("--box-score-threshold", type=float, default=None,
-                   help="--boxes only: ignore the file's detections below this score (default 0: all, as COCO's "
-                        "protocol)")
+    add_box_source_flags(
+        p, boxes_help="keypoints: evaluate on the boxes of this COCO detection-results file instead of the "
+                      "ground-truth boxes",
+        det_checkpoint_help="keypoints: evaluate on the boxes of this detector instead of the ground-truth boxes",
+        category_names_from="the validation json's categories",
+        det_default="default 0: AP wants every box; tools.infer defaults to 0.3")
     p.add_argument("--oks-nms-threshold", type=float, default=0.9, help="OKS-NMS threshold with detected boxes")
     p.add_argument("--no-progress", action="store_true")
     return p

@@ -47,7 +47,7 @@ from engine.two_stage import (
 )
 from engine.visualize import draw_image_result, save_rgb
 from models.utils import write_json
-from tools._common import add_debug_flag, check_box_source_flags, run_cli, setup_logging
+from tools._common import add_box_source_flags, add_debug_flag, check_box_source_flags, run_cli, setup_logging
 
 log = logging.getLogger("tools.infer")
 
@@ -55,23 +55,16 @@ log = logging.getLogger("tools.infer")
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="a keypoint checkpoint written by tools.train")
-    p.add_argument("--det-checkpoint", help="a detection checkpoint: detect the instances first (two-stage)")
-    p.add_argument("--det-category",
-                   help="categories to pass to the keypoint model, comma-separated names or category ids. With "
-                        "--det-checkpoint: the detector's classes (default: all). With --boxes: the file's "
-                        "category_id values, names through --image-info's categories (default: the keypoint "
-                        "model's category if the file has it, else all)")
-    p.add_argument("--det-score-threshold", type=float, default=None,
-                   help="--det-checkpoint only: keep detector boxes at or above this score (default 0.3; "
-                        "tools.eval defaults to 0, since AP wants every box)")
+    add_box_source_flags(
+        p, boxes_help="COCO detection results JSON; without it (and without --det-checkpoint) the whole image is "
+                      "one instance",
+        det_checkpoint_help="a detection checkpoint: detect the instances first (two-stage)",
+        category_names_from="--image-info's categories",
+        det_default="default 0.3; tools.eval defaults to 0, since AP wants every box")
     p.add_argument("--input", required=True, help="an image, a folder of images, or a glob pattern (quote it)")
-    p.add_argument("--boxes", help="COCO detection results JSON; without it (and without --det-checkpoint) the "
-                                   "whole image is one instance")
     p.add_argument("--image-info", help="COCO json whose 'images' map file names to the ids used in --boxes. With "
                                         "--boxes every input needs an id (from here or a numeric file name); "
                                         "without --boxes, inputs without one get made-up ids")
-    p.add_argument("--box-score-threshold", type=float, default=None,
-                   help="--boxes only: ignore the file's detections below this score (default 0)")
     p.add_argument("--output-dir", default="outputs/infer")
     p.add_argument("--device", default="auto")
     p.add_argument("--max-images", type=int, help="process only the first N images (sorted by name)")
