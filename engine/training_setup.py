@@ -24,6 +24,7 @@ from engine.optim import build_optimizer, build_scheduler
 from engine.provenance import provenance
 from engine.tasks.registry import build_experiment
 from engine.trainer import Trainer, TrainerOptions
+from models.errors import ConfigError
 from models.utils import first_n, write_json
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,8 @@ def check_resume_config(saved: dict, current: dict, path: str) -> None:
     train_diffs = _diff(saved.get("train", {}), current.get("train", {}), None, prefix="train.")
     errors += [d for d in train_diffs if d.split(":")[0][len("train."):].split(".")[0] in RESUME_STRICT]
     if errors:
-        raise ValueError(f"cannot resume from {path}: the config differs in {len(errors)} fields: " + "; ".join(errors))
+        raise ConfigError(f"cannot resume from {path}: the config differs in {len(errors)} fields: " + "; ".join(errors)
+                          + "; resume with the run's own config.yaml, or start a new run (--weights to fine-tune)")
     warn = [d for d in train_diffs if d.split(":")[0][len("train."):].split(".")[0] not in RESUME_STRICT + RESUME_FREE]
     if warn:
         log.warning("resuming %s with different training settings (the run will not repeat the interrupted one): %s",

@@ -29,7 +29,7 @@ from datasets.image_io import read_image_rgb
 from engine.inference import DetectionPredictor, TopDownPredictor, load_for_inference
 from engine.oks_nms import oks_nms
 from models.bbox import box_area, box_is_empty, clip_boxes, coco_xywh_to_xyxy
-from models.errors import CheckpointError, DataError
+from models.errors import CheckpointError, DataError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +80,19 @@ def read_detections(path: str) -> list[dict]:
     with open(path) as f:
         dets = json.load(f)
     if not isinstance(dets, list):
-        raise ValueError(f"{path}: a detection-results file is a JSON list of {{image_id, bbox, score}}")
+        raise InputError(f"{path}: a detection-results file is a JSON list of {{image_id, bbox, score}}")
     out = []
     for i, d in enumerate(dets):
         bbox = d.get("bbox") if isinstance(d, dict) else None
         if not isinstance(d, dict) or "image_id" not in d or not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            raise ValueError(f"{path}: entry {i} lacks image_id or a 4-number bbox [x, y, w, h]")
+            raise InputError(f"{path}: entry {i} lacks image_id or a 4-number bbox [x, y, w, h]")
         try:
             bbox = [float(v) for v in bbox]
             score = float(d.get("score", 1.0))
             image_id = int(d["image_id"])
             cat = None if d.get("category_id") is None else int(d["category_id"])
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: entry {i} (image {d.get('image_id')!r}) has a non-numeric image_id, bbox, "
+            raise InputError(f"{path}: entry {i} (image {d.get('image_id')!r}) has a non-numeric image_id, bbox, "
                              f"score or category_id: {e}") from None
         out.append({**d, "index": i, "image_id": image_id, "bbox": bbox, "score": score, "category_id": cat})
     return out
@@ -154,7 +154,7 @@ def parse_categories(wanted: str | None, names: dict[int, str] | None = None) ->
         else:
             known = f"known names: {[f'{n} (id {i})' for i, n in sorted(names.items())]}" if names else \
                 "no category names are known here"
-            raise ValueError(f"category {token!r} is not a category id and not a known category name ({known}); "
+            raise InputError(f"category {token!r} is not a category id and not a known category name ({known}); "
                              f"give the category_id of the detection file's entries")
     return out
 
@@ -201,7 +201,7 @@ class DetectionFileBoxes:
         if category_ids is not None:
             missing = sorted({int(c) for c in category_ids} - set(counts))
             if missing:
-                raise ValueError(f"{path}: --det-category {missing} has no entries in the file; its categories "
+                raise InputError(f"{path}: --det-category {missing} has no entries in the file; its categories "
                                  f"(entries per category_id): {in_file}")
             used, why = sorted({int(c) for c in category_ids}), "--det-category"
         elif default_category_id is not None and int(default_category_id) in counts:
@@ -228,7 +228,7 @@ class DetectionFileBoxes:
         known = {int(i) for i in known_ids if i is not None}
         unknown = sorted(set(self.by_image) - known)
         if self.by_image and not (set(self.by_image) & known):
-            raise ValueError(f"{self.path}: none of its {len(self.by_image)} image ids matches an {what} (its ids "
+            raise InputError(f"{self.path}: none of its {len(self.by_image)} image ids matches an {what} (its ids "
                              f"include {unknown[:10]}); pass --image-info with the images' COCO json, or the file "
                              f"of the right split")
         if unknown:
@@ -317,7 +317,7 @@ def select_categories(class_names: Sequence[str], category_ids: Sequence[int], w
         elif token in class_names:
             out.append(int(category_ids[list(class_names).index(token)]))
         else:
-            raise ValueError(f"category {token!r} is not one of the detector's classes "
+            raise InputError(f"category {token!r} is not one of the detector's classes "
                              f"{[f'{n} (id {i})' for n, i in zip(class_names, category_ids)]}")
     return out
 

@@ -16,6 +16,7 @@ import json
 import numpy as np
 
 from engine.keypoint_metrics import estimate_oks_sigmas
+from models.errors import InputError
 from tools._common import add_debug_flag, run_cli
 
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     by_id = {ann["id"]: ann for ann in b["annotations"]}
     pairs = [(ann, by_id[ann["id"]]) for ann in a["annotations"] if ann["id"] in by_id and ann.get("keypoints")]
     if not pairs:
-        raise ValueError(f"{args.ann_a} and {args.ann_b} share no annotation ids with keypoints")
+        raise InputError(f"{args.ann_a} and {args.ann_b} share no annotation ids with keypoints")
     ka = np.array([x["keypoints"] for x, _ in pairs], float).reshape(len(pairs), -1, 3)
     kb = np.array([y["keypoints"] for _, y in pairs], float).reshape(len(pairs), -1, 3)
     areas = np.array([x.get("area") or x["bbox"][2] * x["bbox"][3] for x, _ in pairs], float)
