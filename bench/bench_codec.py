@@ -12,17 +12,14 @@ timeit repeats; ratios are baseline / ours (> 1 means ours is faster).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import timeit
 
 import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from models.heatmap_codec import HeatmapCodec  # noqa: E402
+from models.heatmap_codec import HeatmapCodec
 
 
 # ---------------------------------------------------------------------------------------------- inputs

@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
-import sys
 import time
 import timeit
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from models.box_codec import CenterNetCodec  # noqa: E402
+from models.box_codec import CenterNetCodec
 
 
 # ---------------------------------------------------------------------------------------------- inputs

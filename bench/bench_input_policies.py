@@ -16,47 +16,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from datasets.input_policy import INPUT_POLICIES  # noqa: E402
-from engine.config import load_config  # noqa: E402
+from datasets.input_policy import INPUT_POLICIES
+from engine.activation_memory import saved_tensor_bytes
+from engine.config import load_config
 from engine.tasks.registry import build_experiment
-from engine.training_setup import train  # noqa: E402
-from tools._common import setup_logging  # noqa: E402
+from engine.training_setup import train
+from tools._common import setup_logging
 
 CONFIG = "configs/cls_resnet10t_synthetic-shapes_32x32.yaml"
 
 
-def saved_tensor_bytes(task, model, batch) -> int:
-    """Bytes autograd keeps for the backward pass of one training step (activation memory; the weights,
-    which are saved too, are left out: they do not grow with the input)."""
-    total = 0
-    seen = {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-    def pack(t):
-        nonlocal total
-        key = t.untyped_storage().data_ptr()
-        if key not in seen:
-            seen.add(key)
-            total += t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        task.training_step(model, batch)
-    return total
-
-
 def time_steps(exp, steps: int) -> float:
     """Median seconds of a training step (forward, backward, optimiser) over the loader's first batches."""
-    model, task = exp["model"], exp["task"]
+    model, task = exp.model, exp.task
     optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
     times = []
-    for i, batch in enumerate(exp["train_loader"]):
+    for i, batch in enumerate(exp.train_loader):
         if i > steps:
             break
         start = time.perf_counter()
@@ -89,9 +68,9 @@ def main(argv=None) -> dict:
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         exp = build_experiment(cfg, torch.device("cpu"), progress=False)
-        batch = next(iter(exp["train_loader"]))
-        exp["model"].train()
-        memory = saved_tensor_bytes(exp["task"], exp["model"], batch)
+        batch = next(iter(exp.train_loader))
+        exp.model.train()
+        memory = saved_tensor_bytes(exp.model, lambda e=exp, b=batch: e.task.training_step(e.model, b))
         pixels = int(batch["image"][:, 0].numel()) / len(batch["image"])
         step_seconds = time_steps(exp, args.time_steps)
         top1, seconds = float("nan"), 0.0

@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from engine.config import load_config  # noqa: E402
-from engine.optim import build_optimizer  # noqa: E402
+from engine.config import load_config
+from engine.optim import build_optimizer
 from engine.tasks.registry import build_experiment
-from engine.training_setup import seed_everything  # noqa: E402
+from engine.training_setup import seed_everything
 
 
 def images_per_second(fn, steps: int, batch_size: int, warmup: int = 2) -> float:
@@ -46,7 +42,7 @@ def main(argv=None) -> dict:
     cfg = load_config(args.config, args.overrides)
     seed_everything(0)
     exp = build_experiment(cfg, torch.device("cpu"), progress=False)
-    model, task, loader = exp["model"], exp["task"], exp["train_loader"]
+    model, task, loader = exp.model, exp.task, exp.train_loader
     bs = cfg.train.batch_size
     optimizer = build_optimizer(model, "adamw", 1e-3)
     batch = next(iter(loader))

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from datasets.affine import crop_matrix, invert_affine
 from datasets.coco_detection import DetectionImage
-from datasets.image_io import BAD_IMAGE_POLICIES, image_problem, read_image_rgb, report_unreadable_image
+from datasets.image_io import BAD_IMAGE_POLICIES, read_record_image
 from datasets.topdown_augment import photometric_transform
 from models.bbox import affine_boxes, box_area, box_is_empty, clip_boxes
 from models.errors import ConfigError
@@ -123,17 +123,11 @@ class DetectionTransformDataset(Dataset):
     def __getitem__(self, item) -> dict | None:
         index, seed = item if isinstance(item, tuple) else (item, None)
         rec = self.images[index]
-        image = read_image_rgb(rec.image_path)
+        image = read_record_image(rec.image_path, rec.image_id, rec.image_size, self.on_bad_image, self._size_warned,
+                                  "boxes")
         if image is None:
-            report_unreadable_image(f"{rec.image_path} ({image_problem(rec.image_path) or 'corrupt'}; "
-                                    f"image_id {rec.image_id})",
-                                    self.on_bad_image)
             return None
         size = (image.shape[1], image.shape[0])
-        if size != rec.image_size and rec.image_id not in self._size_warned:
-            self._size_warned.add(rec.image_id)
-            log.warning("%s is %dx%d but its json record says %dx%d (EXIF rotation?); boxes may not match",
-                        rec.image_path, *size, *rec.image_size)
         rng = np.random.default_rng(seed)
         matrix = self.sample_matrix(size, rng)
         warped = cv2.warpAffine(image, matrix, self.input_size, flags=cv2.INTER_LINEAR,

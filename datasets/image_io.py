@@ -11,6 +11,7 @@ marker ``FF D9``, a PNG's ``IEND`` chunk); that costs two small reads, not a sec
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 
@@ -18,6 +19,8 @@ import cv2
 import numpy as np
 
 from models.errors import DataError
+
+log = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("error", "skip")
 _TAIL_BYTES = 4096        # encoders may pad a few bytes after the end marker; EXIF thumbnails sit at the start
@@ -103,3 +106,20 @@ def report_unreadable_image(description: str, on_bad_image: str) -> None:
     if on_bad_image == "error":
         raise DataError(msg + "; replace the file, or set data.on_bad_image=skip to skip such files")
     warnings.warn(msg + "; skipped", stacklevel=3)
+
+
+def read_record_image(path: str, image_id, recorded_size: tuple[int, int], on_bad_image: str, warned: set,
+                      what: str) -> np.ndarray | None:
+    """The RGB image of an annotation record, or None (reported as :func:`report_unreadable_image` says) when
+    it cannot be read. An image whose size differs from the record's ``(width, height)`` is warned about once
+    per image id (``warned`` keeps the ids), naming ``what`` (boxes, keypoints) may not match it."""
+    image = read_image_rgb(path)
+    if image is None:
+        report_unreadable_image(f"{path} ({image_problem(path) or 'corrupt'}; image_id {image_id})", on_bad_image)
+        return None
+    size = (image.shape[1], image.shape[0])
+    if size != tuple(recorded_size) and image_id not in warned:
+        warned.add(image_id)
+        log.warning("%s is %dx%d but its json record says %dx%d (EXIF rotation?); %s may not match", path, *size,
+                    *recorded_size, what)
+    return image

@@ -53,20 +53,49 @@ def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=interp)
 
 
-def fit_to_input(image: np.ndarray, size: Sequence[int], policy: str, train: bool = False,
-                 rng: np.random.Generator | None = None, crop_scale: float = 1.143,
-                 fill: Sequence[int] = (0, 0, 0)) -> tuple[np.ndarray, tuple[int, int]]:
-    """Apply ``policy`` to an RGB uint8 image; ``size`` is the input ``(width, height)``.
+@dataclass(frozen=True)
+class FitPlan:
+    """Where a policy puts an image of ``image_size`` (width, height) in an input of ``input_size``: resized
+    to ``resized`` (width, height), then cut at ``offset`` (x0, y0) for the crops or pasted at ``offset`` on
+    the canvas for letterbox; ``native`` and ``resize`` use no offset."""
 
-    Returns ``(image, (valid_h, valid_w))``: the output and the part of it that shows the image (the whole
-    output except for ``native``, where it is the image's own size; letterbox padding counts as input).
-    """
+    policy: str
+    image_size: tuple[int, int]
+    input_size: tuple[int, int]
+    resized: tuple[int, int]
+    offset: tuple[int, int] = (0, 0)
+
+    @property
+    def image_share(self) -> float:
+        """Fraction of the output that shows the image (letterbox: the rest is padding)."""
+        if self.policy != "letterbox":
+            return 1.0
+        return self.resized[0] * self.resized[1] / (self.input_size[0] * self.input_size[1])
+
+    @property
+    def kept(self) -> float:
+        """Fraction of the (resized) image that reaches the output (the crops cut the border)."""
+        if self.policy not in ("center_crop", "random_crop"):
+            return 1.0
+        return self.input_size[0] * self.input_size[1] / (self.resized[0] * self.resized[1])
+
+    @property
+    def aspect(self) -> float:
+        """Factor by which the aspect ratio changes (1: kept; resize squeezes)."""
+        sx, sy = self.resized[0] / self.image_size[0], self.resized[1] / self.image_size[1]
+        return max(sx, sy) / min(sx, sy)
+
+
+def plan_fit(width: int, height: int, size: Sequence[int], policy: str, train: bool = False,
+             rng: np.random.Generator | None = None, crop_scale: float = 1.143) -> FitPlan:
+    """The geometry :func:`fit_to_input` applies to a ``width x height`` image (random_crop at training draws
+    its zoom and window from ``rng``, in that order; at evaluation it is the centre window)."""
     out_w, out_h = int(size[0]), int(size[1])
-    h, w = image.shape[:2]
+    w, h = int(width), int(height)
     if policy == "native":
-        return image, (h, w)
+        return FitPlan(policy, (w, h), (w, h), (w, h))
     if policy == "resize":
-        return _resize(image, out_w, out_h), (out_h, out_w)
+        return FitPlan(policy, (w, h), (out_w, out_h), (out_w, out_h))
     if policy in ("center_crop", "random_crop"):
         scale = max(out_w / w, out_h / h) * crop_scale
         random_window = policy == "random_crop" and train
@@ -75,22 +104,44 @@ def fit_to_input(image: np.ndarray, size: Sequence[int], policy: str, train: boo
                 raise ValueError("random_crop at training needs an rng")
             scale = max(out_w / w, out_h / h) * rng.uniform(1.0, max(crop_scale, 1.0))
         new_w, new_h = max(out_w, round(w * scale)), max(out_h, round(h * scale))
-        resized = _resize(image, new_w, new_h)
         if random_window:
             x0 = int(rng.integers(0, new_w - out_w + 1))
             y0 = int(rng.integers(0, new_h - out_h + 1))
         else:
             x0, y0 = (new_w - out_w) // 2, (new_h - out_h) // 2
-        return np.ascontiguousarray(resized[y0:y0 + out_h, x0:x0 + out_w]), (out_h, out_w)
+        return FitPlan(policy, (w, h), (out_w, out_h), (new_w, new_h), (x0, y0))
     if policy == "letterbox":
         scale = min(out_w / w, out_h / h)
         new_w, new_h = max(1, min(out_w, round(w * scale))), max(1, min(out_h, round(h * scale)))
+        return FitPlan(policy, (w, h), (out_w, out_h), (new_w, new_h), ((out_w - new_w) // 2, (out_h - new_h) // 2))
+    raise ValueError(f"data.input_policy={policy!r} is not one of {INPUT_POLICIES}")
+
+
+def fit_to_input(image: np.ndarray, size: Sequence[int], policy: str, train: bool = False,
+                 rng: np.random.Generator | None = None, crop_scale: float = 1.143,
+                 fill: Sequence[int] = (0, 0, 0)) -> tuple[np.ndarray, tuple[int, int]]:
+    """Apply ``policy`` to an RGB uint8 image; ``size`` is the input ``(width, height)``.
+
+    Returns ``(image, (valid_h, valid_w))``: the output and the part of it that shows the image (the whole
+    output except for ``native``, where it is the image's own size; letterbox padding counts as input).
+    The geometry is :func:`plan_fit`'s.
+    """
+    h, w = image.shape[:2]
+    plan = plan_fit(w, h, size, policy, train=train, rng=rng, crop_scale=crop_scale)
+    out_w, out_h = plan.input_size
+    new_w, new_h = plan.resized
+    x0, y0 = plan.offset
+    if policy == "native":
+        return image, (h, w)
+    if policy == "resize":
+        return _resize(image, out_w, out_h), (out_h, out_w)
+    if policy == "letterbox":
         canvas = np.empty((out_h, out_w, 3), dtype=np.uint8)
         canvas[:] = np.asarray(fill, dtype=np.uint8)
-        x0, y0 = (out_w - new_w) // 2, (out_h - new_h) // 2
         canvas[y0:y0 + new_h, x0:x0 + new_w] = _resize(image, new_w, new_h)
         return canvas, (out_h, out_w)
-    raise ValueError(f"data.input_policy={policy!r} is not one of {INPUT_POLICIES}")
+    resized = _resize(image, new_w, new_h)     # center_crop, random_crop
+    return np.ascontiguousarray(resized[y0:y0 + out_h, x0:x0 + out_w]), (out_h, out_w)
 
 
 def collate_padded(batch: list) -> dict | None:

@@ -18,6 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from models.utils import write_json
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
@@ -44,17 +46,9 @@ def ensure_written(root: str, spec: Any, generator_version: int, what: str,
         n = spec.num_train_images if split == "train" else spec.num_val_images
         coco = generate_split(root, split, n, spec)
         os.makedirs(os.path.dirname(paths[split]), exist_ok=True)
-        write_json_atomic(paths[split], coco)
-    write_json_atomic(manifest_path, wanted)   # last: only a complete set has a manifest
+        write_json(paths[split], coco)
+    write_json(manifest_path, wanted)   # last: only a complete set has a manifest
     return paths
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Write to a temporary file and rename it, so ``path`` is never a half-written file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
 
 
 def write_split_images(root: str, split: str, num_images: int, seed: int,

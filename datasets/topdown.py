@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, default_collate
 
 from datasets.affine import apply_affine, crop_matrix, invert_affine
 from datasets.coco_keypoints import KeypointInstance
-from datasets.image_io import BAD_IMAGE_POLICIES, image_problem, read_image_rgb, report_unreadable_image
+from datasets.image_io import BAD_IMAGE_POLICIES, read_record_image
 from datasets.topdown_augment import TopDownAugment, photometric_transform
 from models.bbox import DEFAULT_CROP_PADDING, box_to_center_size
 from models.errors import ConfigError
@@ -85,16 +85,10 @@ class TopDownKeypointDataset(Dataset):
     def __getitem__(self, item) -> dict | None:
         index, seed = item if isinstance(item, tuple) else (item, None)
         inst = self.instances[index]
-        image = read_image_rgb(inst.image_path)
+        image = read_record_image(inst.image_path, inst.image_id, inst.image_size, self.on_bad_image,
+                                  self._size_warned, "keypoints")
         if image is None:
-            report_unreadable_image(f"{inst.image_path} ({image_problem(inst.image_path) or 'corrupt'}; "
-                                    f"image_id {inst.image_id})",
-                                    self.on_bad_image)
             return None
-        if (image.shape[1], image.shape[0]) != inst.image_size and inst.image_id not in self._size_warned:
-            self._size_warned.add(inst.image_id)
-            log.warning("%s is %dx%d but its json record says %dx%d (EXIF rotation?); keypoints may not match",
-                        inst.image_path, image.shape[1], image.shape[0], *inst.image_size)
         rng = np.random.default_rng(seed)
         center, size, rotation, flip = self._crop_params(inst, rng)
         matrix = crop_matrix(center, size, self.input_size, rotation, flip)

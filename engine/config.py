@@ -249,10 +249,6 @@ class ClassificationConfig:
 SCHEMAS["classification"] = ClassificationConfig
 
 
-def register_schema(task: str, schema: type) -> None:
-    SCHEMAS[task] = schema
-
-
 def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """Read ``path`` (YAML), apply dotted ``overrides`` (``train.lr=0.01``), check, return the dataclass."""
     if not os.path.isfile(path):

@@ -19,6 +19,8 @@ from collections import OrderedDict
 
 from torch import nn
 
+from models.utils import first_n
+
 BN_MODES = ("none", "frozen", "all")
 
 
@@ -35,7 +37,7 @@ def freeze_parameters(model: nn.Module, patterns: list[str] | tuple[str, ...]) -
         if not hits:
             tops = sorted({n.rsplit(".", 2)[0] for n in names})
             raise ValueError(f"freeze pattern {pattern!r} matches no parameter (train.freeze); patterns are globs "
-                             f"on parameter names such as {names[0]!r}; modules: {_short(tops, 12)}")
+                             f"on parameter names such as {names[0]!r}; modules: {first_n(tops, 12)}")
         for n in hits:
             params[n].requires_grad_(False)
         frozen += hits
@@ -153,7 +155,3 @@ def trainable_summary(model: nn.Module, max_groups: int = 30) -> str:
 def _prefix(name: str, depth: int) -> str:
     parts = name.split(".")[:-1] or [name]
     return ".".join(parts[:depth])
-
-
-def _short(items: list[str], n: int) -> str:
-    return ", ".join(items[:n]) + (f", ... (+{len(items) - n})" if len(items) > n else "")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from models.errors import UserError
+from models.utils import first_n
 
 DIAGNOSIS = ("Diagnose in this order: (1) the data: look at these samples (a NaN/Inf or absurd value in an input "
              "or a target, an empty box, a label out of range); (2) the loss formula: log(0), a division by zero, "
@@ -172,8 +173,7 @@ def format_report(*, what: str, epoch: int, step: int, batch_index: int, terms: 
     lines = [f"non-finite {what} at epoch {epoch}, step {step} (batch {batch_index} of the epoch)",
              f"  loss terms:        {', '.join(f'{k}={fmt(v)}' for k, v in terms.items())}"
              + (f"  -> non-finite: {', '.join(bad_terms)}" if bad_terms else ""),
-             f"  samples:           {', '.join(str(i) for i in ids[:16])}"
-             + (f" ... (+{len(ids) - 16})" if len(ids) > 16 else ""),
+             f"  samples:           {first_n(ids, 16)}",
              f"  learning rate:     {lr:.4g}",
              f"  gradient norm:     {fmt(grad_norm) if grad_norm is not None else 'n/a'} ({grad_norm_note})"]
     names, count = params

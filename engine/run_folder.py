@@ -20,7 +20,7 @@ from models.errors import DataError, Interrupted, RunDirError
 log = logging.getLogger(__name__)
 
 # What a run leaves that a user would lose (logs of a run that never finished an epoch are not worth a refusal).
-RUN_FILES = ("last.pt", "best.pt", "metrics.json", "train_summary.json", "epochs.csv")
+RUN_FILES = ("last.pt", "best.pt", "metrics.json", "epochs.csv")
 # Everything a run writes, removed by --overwrite so that the new run's logs do not mix with the old ones.
 RUN_OUTPUTS = RUN_FILES + ("steps.csv", "config.yaml", "provenance.json", "parameters.txt", "training_curves.png",
                            "tensorboard", "nonfinite")

@@ -25,7 +25,6 @@ only rank 0 writes.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -46,15 +45,14 @@ from engine.ema import ModelEMA
 from engine.logger import RunLogger
 from engine.nonfinite import NonFiniteError
 from engine.run_folder import check_epoch_trained
+from engine.tasks.base import SavesArtifacts, Task
 from engine.visualize import plot_training_curves
+from models.utils import device_of
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 NONFINITE_POLICIES = ("stop", "skip")
-
-NonFiniteLossError = NonFiniteError   # the name of earlier versions
-
 
 def metric_is_lower_better(name: str) -> bool:
     return name.lower().startswith(("nme", "loss", "error"))
@@ -82,17 +80,15 @@ class TrainerOptions:
 class Trainer:
     """Args:
         model: the network (on its device already), possibly wrapped in DistributedDataParallel.
-        task: an object with ``training_step(model, batch) -> dict`` (``"loss"`` plus logged terms, optionally
-            ``"batch_size"``), ``validate(model, loader) -> dict[str, float]`` and ``batch_ids(batch) -> list``
-            (sample ids for error reports); optionally ``save_artifacts(run_dir, tag)`` to write pictures of
-            the last validation (rank 0 only).
+        task: an :class:`engine.tasks.base.Task` (``training_step``, ``validate``, ``batch_ids``); one that is
+            also :class:`engine.tasks.base.SavesArtifacts` writes pictures of each validation (rank 0 only).
         train_loader / val_loader: loaders whose sampler has ``set_epoch`` (a SeededSampler).
         optimizer, scheduler: the scheduler is stepped once per optimiser step.
         run_dir: output folder.
         ema: optional :class:`engine.ema.ModelEMA`, updated after every optimiser step and evaluated alongside.
     """
 
-    def __init__(self, model: nn.Module, task, train_loader, val_loader, optimizer: torch.optim.Optimizer,
+    def __init__(self, model: nn.Module, task: Task, train_loader, val_loader, optimizer: torch.optim.Optimizer,
                  scheduler, run_dir: str, options: TrainerOptions, ema: ModelEMA | None = None):
         if options.precision not in PRECISIONS:
             raise ValueError(f"train.precision={options.precision!r} is not one of {PRECISIONS}")
@@ -110,7 +106,7 @@ class Trainer:
         self.run_dir = run_dir
         self.options = options
         self.ema = ema
-        self.device = next(self.module.parameters()).device
+        self.device = device_of(self.module)
         self.is_main = dist_utils.is_main_process()
         self.distributed = dist_utils.is_distributed()
         # Precision is decided once: the autocast dtype, and a gradient scaler for fp16 (bf16 has fp32's range).
@@ -175,7 +171,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:
-        """Train from ``self.epoch`` to ``epochs``; returns the summary also written to ``train_summary.json``."""
+        """Train from ``self.epoch`` to ``epochs``; returns the run's summary (best and last metrics, epochs,
+        steps, skipped steps, seconds), which :func:`engine.training_setup.train` writes to ``metrics.json``."""
         start = time.time()
         last_metrics: dict = {}
         for epoch in range(self.epoch, self.options.epochs):
@@ -205,7 +202,6 @@ class Trainer:
                    "last": last_metrics, "epochs": self.epoch, "steps": self.global_step,
                    "nonfinite_skips": self.nonfinite_skips, "train_seconds": round(time.time() - start, 1)}
         if self.is_main:
-            self._write_json("train_summary.json", summary)
             try:
                 plot_training_curves(self.logger.epochs.path, self.logger.steps.path,
                                      os.path.join(self.run_dir, "training_curves.png"), self.options.main_metric)
@@ -216,7 +212,7 @@ class Trainer:
 
     def _validate(self, model: nn.Module, tag: str) -> dict:
         metrics = self.task.validate(model, self.val_loader)
-        if self.is_main and hasattr(self.task, "save_artifacts"):
+        if self.is_main and isinstance(self.task, SavesArtifacts):
             try:
                 self.task.save_artifacts(self.run_dir, tag)
             except Exception as err:   # a picture must never lose a run
@@ -354,7 +350,7 @@ class Trainer:
 
     def _nonfinite_report(self, what: str, out: dict, batch, epoch: int, batch_index: int, action: str) -> str:
         terms = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}
-        ids = list(self.task.batch_ids(batch)) if hasattr(self.task, "batch_ids") else []
+        ids = list(self.task.batch_ids(batch))
         n = int(out.get("batch_size", _batch_size(batch)))
         if what == "gradient":
             grad_norm, note = self._last_grad_norm, "this step, before clipping"
@@ -407,12 +403,6 @@ class Trainer:
         star = " (best)" if improved else ""
         log.info("epoch %d/%d: loss %.4g, %.0f img/s%s%s", self.epoch, self.options.epochs, train_stats["train_loss"],
                  train_stats["train_images_per_s"], f"; {shown}" if shown else "", star)
-
-    def _write_json(self, name: str, obj: dict) -> None:
-        path = os.path.join(self.run_dir, name)
-        with open(path + ".tmp", "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(path + ".tmp", path)
 
 
 # ---------------------------------------------------------------------------------------------- RNG state

@@ -7,7 +7,6 @@ schedule; EMA; DistributedDataParallel; the run folder (resolved config, provena
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ from engine.run_folder import claim_run_dir, interrupted_error
 from engine.tasks.registry import build_experiment
 from engine.trainer import Trainer, TrainerOptions
 from models.errors import CheckpointError, DataError
+from models.utils import first_n, write_json
 
 log = logging.getLogger(__name__)
 
@@ -59,30 +59,31 @@ def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, pr
     rank, world = dist_utils.rank(), dist_utils.world_size()
     is_main = rank == 0
     seed_everything(t.seed)
-    exp = build_experiment(cfg, device, progress and is_main, rank, world)
-    model = exp["model"]
+    exp = build_experiment(cfg, device, progress=progress and is_main, rank=rank, world_size=world)
+    model = exp.model
 
     if t.init_weights and not resume:
         report = load_weights_for_finetuning(model, t.init_weights)
         log.info("fine-tuning from %s: %d tensors loaded; %d missing (left at init): %s; %d unexpected (ignored): "
                  "%s; %d of another shape (left at init): %s", t.init_weights, len(report["loaded"]),
-                 len(report["missing"]), _short(report["missing"]), len(report["unexpected"]),
-                 _short(report["unexpected"]), len(report["shape_mismatch"]), _short(report["shape_mismatch"]))
+                 len(report["missing"]), first_n(report["missing"], empty="-"), len(report["unexpected"]),
+                 first_n(report["unexpected"], empty="-"), len(report["shape_mismatch"]),
+                 first_n(report["shape_mismatch"], empty="-"))
 
     frozen = freeze_stages(model, t.freeze_stages) + freeze_parameters(model, t.freeze)
     bn_frozen = freeze_batchnorm(model, t.freeze_bn)
     summary_text = trainable_summary(model)
     if frozen or bn_frozen:
         log.info("frozen: %d parameter tensors (%s); BatchNorm layers on running statistics: %d", len(frozen),
-                 _short(frozen), len(bn_frozen))
+                 first_n(frozen, empty="-"), len(bn_frozen))
     log.info("%s", summary_text)
 
     optimizer = build_optimizer(model, t.optimizer, t.lr, t.weight_decay, t.momentum, t.nesterov, betas=t.betas,
                                 eps=t.eps, alpha=t.alpha, decay_norm_and_bias=t.decay_norm_and_bias)
-    if len(exp["train_loader"]) == 0:
+    if len(exp.train_loader) == 0:
         raise DataError(f"{cfg.data.train.ann_file if hasattr(cfg.data, 'train') else 'the train split'}: no "
                         f"training batch (0 samples); nothing to train on")
-    steps_per_epoch = math.ceil(len(exp["train_loader"]) / max(t.accumulate_steps, 1))
+    steps_per_epoch = math.ceil(len(exp.train_loader) / max(t.accumulate_steps, 1))
     scheduler = build_scheduler(optimizer, t.epochs * steps_per_epoch, steps_per_epoch, t.scheduler,
                                 warmup_steps=t.warmup_steps, warmup_factor=t.warmup_factor,
                                 min_lr_ratio=t.min_lr_ratio, step_epochs=t.step_epochs, gamma=t.gamma)
@@ -96,24 +97,24 @@ def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, pr
         if stale:
             log.info("removed %d partial checkpoint files of an interrupted save: %s", len(stale), stale)
         save_config(cfg, os.path.join(run_dir, "config.yaml"))
-        prov = provenance(t.seed, exp.get("annotation_files", []), exp.get("data_hashes"))
+        prov = provenance(t.seed, exp.annotation_files, exp.data_hashes)
         prov["world_size"] = world
-        _write_json(os.path.join(run_dir, "provenance.json"), prov)
+        write_json(os.path.join(run_dir, "provenance.json"), prov, indent=2)
         with open(os.path.join(run_dir, "parameters.txt"), "w") as f:
             f.write(summary_text + "\n\nfrozen parameters:\n" + "\n".join(frozen) + "\n")
     n_params = sum(p.numel() for p in model.parameters())
     log.info("run folder %s; %s parameters; %d optimiser steps per epoch (%d batches of %d%s)", run_dir,
-             f"{n_params:,}", steps_per_epoch, len(exp["train_loader"]), t.batch_size,
+             f"{n_params:,}", steps_per_epoch, len(exp.train_loader), t.batch_size,
              f" x {world} processes" if world > 1 else "")
-    extra = {"config": config_dict, "provenance": prov, **exp.get("checkpoint_extra", {})}
+    extra = {"config": config_dict, "provenance": prov, **exp.checkpoint_extra}
     options = TrainerOptions(epochs=t.epochs, main_metric=cfg.eval.main_metric, log_interval=t.log_interval,
                              eval_interval=t.eval_interval, grad_clip_norm=t.grad_clip_norm, progress=progress,
                              checkpoint_extra=extra, accumulate_steps=t.accumulate_steps, precision=t.precision,
                              on_nonfinite=t.on_nonfinite, max_nonfinite_skips=t.max_nonfinite_skips,
                              check_inputs=t.check_inputs, check_grads=t.check_grads,
                              nominal_batch_size=t.batch_size, data_seed=t.seed)
-    trainer = Trainer(train_model, exp["task"], exp["train_loader"], exp["val_loader"], optimizer, scheduler, run_dir,
-                      options, ema=ema)
+    trainer = Trainer(train_model, exp.task, exp.train_loader, exp.val_loader, optimizer, scheduler, run_dir, options,
+                      ema=ema)
     trainer.on_epoch_end.extend(epoch_hooks)
     if state is not None:
         trainer.load_state_dict(state)
@@ -125,7 +126,7 @@ def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, pr
     summary["provenance"] = prov
     summary["config"] = config_dict
     if is_main:
-        _write_json(os.path.join(run_dir, "metrics.json"), summary)
+        write_json(os.path.join(run_dir, "metrics.json"), summary, indent=2)
     return summary
 
 
@@ -137,7 +138,8 @@ def check_resume_config(saved: dict, current: dict, path: str) -> None:
     errors += [d for d in train_diffs if d.split(":")[0][len("train."):].split(".")[0] in RESUME_STRICT]
     if errors:
         raise CheckpointError(f"cannot resume from {path}: the config differs in {len(errors)} fields: "
-                              + "; ".join(errors))
+                              + "; ".join(errors) + "; resume with the run's own config.yaml, or start a new run "
+                              "(--weights to fine-tune)")
     warn = [d for d in train_diffs if d.split(":")[0][len("train."):].split(".")[0] not in RESUME_STRICT + RESUME_FREE]
     if warn:
         log.warning("resuming %s with different training settings (the run will not repeat the interrupted one): %s",
@@ -162,14 +164,3 @@ def _diff(a: dict, b: dict, sections, prefix: str = "") -> list[str]:
             if section in a or section in b:
                 walk(a.get(section, "<absent>"), b.get(section, "<absent>"), section)
     return diffs
-
-
-def _short(items: list, n: int = 8) -> str:
-    items = list(items)
-    return ", ".join(map(str, items[:n])) + (f", ... (+{len(items) - n} more)" if len(items) > n else "") or "-"
-
-
-def _write_json(path: str, obj) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(path + ".tmp", path)

@@ -19,34 +19,23 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from engine.inference import DetectionPredictor, TopDownPredictor
+from datasets.image_io import image_problem, read_image_rgb
+from engine.inference import DetectionPredictor, TopDownPredictor, load_for_inference
 from engine.oks_nms import oks_nms
 from models.bbox import box_area, box_is_empty, clip_boxes, coco_xywh_to_xyxy
-from models.errors import InputError
+from models.errors import CheckpointError, DataError, InputError
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- box sources
-def check_box_source_flags(args, tool: str) -> None:
-    """Refuse box-source flag combinations (``tools.eval``, ``tools.infer``) that would silently do something
-    else than asked: two sources at once, or a threshold or category filter for a source that is not given."""
-    if args.boxes and args.det_checkpoint:
-        raise InputError(f"{tool}: --boxes and --det-checkpoint are two sources of boxes; give one")
-    if args.box_score_threshold is not None and not args.boxes:
-        raise InputError(f"{tool}: --box-score-threshold filters the entries of --boxes; for a detector use "
-                         "--det-score-threshold")
-    if args.det_score_threshold is not None and not args.det_checkpoint:
-        raise InputError(f"{tool}: --det-score-threshold is the threshold of --det-checkpoint; for a --boxes "
-                         "file use --box-score-threshold")
-    if args.det_category and not (args.boxes or args.det_checkpoint):
-        raise InputError(f"{tool}: --det-category selects the categories of --boxes or --det-checkpoint")
-
-
 def croppable(boxes: np.ndarray) -> np.ndarray:
     """True where an inclusive xyxy box can be cropped: finite and at least one pixel wide and high
     (``x2 >= x1`` and ``y2 >= y1``, i.e. COCO ``w >= 1`` and ``h >= 1``). boxes: [N, 4] -> bool [N]."""
@@ -172,7 +161,7 @@ def parse_categories(wanted: str | None, names: dict[int, str] | None = None) ->
         else:
             known = f"known names: {[f'{n} (id {i})' for i, n in sorted(names.items())]}" if names else \
                 "no category names are known here"
-            raise ValueError(f"category {token!r} is not a category id and not a known category name ({known}); "
+            raise InputError(f"category {token!r} is not a category id and not a known category name ({known}); "
                              f"give the category_id of the detection file's entries")
     return out
 
@@ -219,7 +208,7 @@ class DetectionFileBoxes:
         if category_ids is not None:
             missing = sorted({int(c) for c in category_ids} - set(counts))
             if missing:
-                raise ValueError(f"{path}: --det-category {missing} has no entries in the file; its categories "
+                raise InputError(f"{path}: --det-category {missing} has no entries in the file; its categories "
                                  f"(entries per category_id): {in_file}")
             used, why = sorted({int(c) for c in category_ids}), "--det-category"
         elif default_category_id is not None and int(default_category_id) in counts:
@@ -246,7 +235,7 @@ class DetectionFileBoxes:
         known = {int(i) for i in known_ids if i is not None}
         unknown = sorted(set(self.by_image) - known)
         if self.by_image and not (set(self.by_image) & known):
-            raise ValueError(f"{self.path}: none of its {len(self.by_image)} image ids matches an {what} (its ids "
+            raise InputError(f"{self.path}: none of its {len(self.by_image)} image ids matches an {what} (its ids "
                              f"include {unknown[:10]}); pass --image-info with the images' COCO json, or the file "
                              f"of the right split")
         if unknown:
@@ -294,6 +283,11 @@ class DetectorBoxes:
         self.last: dict | None = None          # the latest image's full detections (all classes), for drawing
         self.stats: dict[str, int] = {"unusable": 0, "outside_image": 0}
 
+    @property
+    def class_names(self) -> list[str]:
+        """The detector's class names, by class index (``labels``)."""
+        return list(self.predictor.task.meta.class_names)
+
     def boxes_for(self, image_id: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         det = self.predictor.predict(image)
         self.last = det
@@ -330,7 +324,7 @@ def select_categories(class_names: Sequence[str], category_ids: Sequence[int], w
         elif token in class_names:
             out.append(int(category_ids[list(class_names).index(token)]))
         else:
-            raise ValueError(f"category {token!r} is not one of the detector's classes "
+            raise InputError(f"category {token!r} is not one of the detector's classes "
                              f"{[f'{n} (id {i})' for n, i in zip(class_names, category_ids)]}")
     return out
 
@@ -364,11 +358,116 @@ class TwoStagePipeline:
         records = [{"image_id": int(image_id), "bbox": box, "box_score": float(s), "keypoints": k[:, :2],
                     "scores": k[:, 2]} for box, s, k in zip(boxes, box_scores, pred)]
         # The instance score is the task's rescoring (box score x mean confident-keypoint confidence).
-        for rec, res in zip(records, self.task.to_coco_results(records)):
-            rec["score"] = float(res["score"])
+        scores = self.task.rescore(pred[:, :, 2], np.asarray(box_scores, dtype=np.float64))
+        for rec, score in zip(records, scores):
+            rec["score"] = float(score)
         if self.oks_nms_threshold is None or len(records) < 2:
             return sorted(records, key=lambda r: -r["score"])
         kpts = np.stack([np.concatenate([r["keypoints"], r["scores"][:, None]], 1) for r in records])
         keep = oks_nms(kpts, np.array([r["score"] for r in records]), box_area(boxes), self.oks_sigmas,
                        self.oks_nms_threshold)
         return [records[i] for i in keep]
+
+
+# ---------------------------------------------------------------------------------------------- set-up and loop
+def keypoint_pipeline(checkpoint: str, device: torch.device, no_flip: bool = False,
+                      oks_nms_threshold: float | None = 0.9, model=None, cfg=None, meta=None) -> TwoStagePipeline:
+    """The two-stage pipeline of a keypoint checkpoint (its config and meta inside), or of an already loaded
+    ``model`` with its ``cfg`` and ``meta``. Flip testing as ``eval.flip_test``, off with ``no_flip``."""
+    from engine.tasks import keypoints as kp
+
+    if model is None:
+        cfg, model, state = load_for_inference(checkpoint, device)
+        if cfg.task != "keypoints":
+            raise CheckpointError(f"--checkpoint {checkpoint} is a {cfg.task!r} checkpoint; pass a detector as "
+                                  f"--det-checkpoint and a keypoint model as --checkpoint")
+        meta = kp.KeypointMeta.from_dict(state["meta"])
+    task = kp.build_task(cfg, meta, progress=False, flip_test=cfg.eval.flip_test and not no_flip)
+    predictor = TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding)
+    return TwoStagePipeline(predictor, meta.oks_sigmas, oks_nms_threshold)
+
+
+def detector_boxes(checkpoint: str, device: torch.device, categories: str | None = None,
+                   score_threshold: float = 0.3) -> DetectorBoxes:
+    """A :class:`DetectorBoxes` source from a detection checkpoint; ``categories`` as ``--det-category``."""
+    from engine.tasks import detection as det
+
+    cfg, model, state = load_for_inference(checkpoint, device)
+    if cfg.task != "detection":
+        raise CheckpointError(f"--det-checkpoint {checkpoint} is a {cfg.task!r} checkpoint, not a detector")
+    meta = det.DetectionMeta.from_dict(state["meta"])
+    cats = select_categories(meta.class_names, meta.category_ids, categories)
+    predictor = DetectionPredictor(model, det.build_task(cfg, meta, progress=False), cfg.data.input_size)
+    return DetectorBoxes(predictor, cats, score_threshold, checkpoint)
+
+
+def detection_file_boxes(path: str, score_threshold: float, categories: str | None,
+                         category_names: dict[int, str], default_category_id: int | None) -> DetectionFileBoxes:
+    """A :class:`DetectionFileBoxes` source; ``categories`` as ``--det-category`` (ids, or names found in
+    ``category_names``)."""
+    return DetectionFileBoxes(path, score_threshold, parse_categories(categories, category_names),
+                              default_category_id=default_category_id, category_names=category_names)
+
+
+@dataclass
+class ImageResult:
+    """One image's outcome: its boxes and, with a keypoint pipeline, the poses kept (records as
+    :meth:`TwoStagePipeline.run` returns them); with a detector, its full detections (all classes)."""
+
+    path: str
+    image_id: int
+    boxes: np.ndarray
+    box_scores: np.ndarray
+    poses: list[dict] = field(default_factory=list)
+    detections: dict | None = None
+
+
+@dataclass
+class TwoStageRun:
+    """What :func:`run_on_images` did: pose records of every image, detections (with a detector), the number
+    of boxes used, the images that could not be read, and the box source's counts."""
+
+    records: list[dict] = field(default_factory=list)
+    detections: list[dict] = field(default_factory=list)
+    num_boxes: int = 0
+    num_images: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    box_stats: dict = field(default_factory=dict)
+
+
+def run_on_images(images: Sequence[tuple[str, int]], source, pipeline: TwoStagePipeline | None = None,
+                  on_bad_image: str = "skip", progress: bool = True,
+                  on_image: Callable[[np.ndarray, ImageResult], None] | None = None) -> TwoStageRun:
+    """Boxes from ``source``, then poses from ``pipeline`` (when given), for every ``(path, image_id)``.
+
+    An unreadable image is skipped with a warning (``on_bad_image="skip"``) or raises ``DataError``
+    (``"error"``). ``on_image(image, result)`` sees each image as it is done (to draw it, say).
+    """
+    run = TwoStageRun()
+    for path, image_id in tqdm(list(images), desc="two-stage", disable=not progress, leave=False):
+        image = read_image_rgb(path)
+        if image is None:
+            why = image_problem(path) or "corrupt"
+            if on_bad_image == "error":
+                raise DataError(f"cannot read image {path} ({why}); fix or remove it, or skip such images "
+                                f"(--on-bad-image skip)")
+            log.warning("cannot read image %s (%s); skipped", path, why)
+            run.unreadable.append(path)
+            continue
+        boxes, scores = source.boxes_for(image_id, image)
+        result = ImageResult(path, int(image_id), boxes, scores)
+        if isinstance(source, DetectorBoxes):
+            result.detections = {"image_id": int(image_id), **source.last}
+            run.detections.append(result.detections)
+        if pipeline is not None:
+            result.poses = pipeline.run(image, image_id, boxes, scores)
+            run.records.extend(result.poses)
+        run.num_boxes += len(boxes)
+        run.num_images += 1
+        if on_image is not None:
+            on_image(image, result)
+    run.box_stats = source.log_summary()
+    if run.unreadable:
+        log.warning("%d images could not be read and have no predictions, e.g. %s", len(run.unreadable),
+                    run.unreadable[:3])
+    return run

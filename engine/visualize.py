@@ -129,3 +129,21 @@ def _read_csv(path: str) -> list[dict]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def draw_image_result(image: np.ndarray, result, skeleton=None, flip_index=None, num_keypoints: int = 0,
+                      keypoint_threshold: float = 0.2, draw_boxes: bool = True, class_names=None,
+                      detection_threshold: float = 0.0) -> np.ndarray:
+    """One image of a two-stage run (:class:`engine.two_stage.ImageResult`) drawn: its poses (with their
+    boxes unless ``draw_boxes`` is False) when it has a keypoint model, else its detections at or above
+    ``detection_threshold`` labelled with ``class_names``."""
+    if skeleton is not None:
+        kept = result.poses
+        poses = np.stack([np.concatenate([r["keypoints"], r["scores"][:, None]], 1) for r in kept]) if kept \
+            else np.zeros((0, num_keypoints, 3))
+        boxes = np.array([r["bbox"] for r in kept]).reshape(-1, 4) if draw_boxes else None
+        return draw_keypoints(image, poses, skeleton, flip_index, keypoint_threshold, boxes=boxes)
+    det = result.detections
+    keep = det["scores"] >= detection_threshold
+    names = [class_names[int(c)] for c, k in zip(det["labels"], keep) if k]
+    return draw_detections(image, det["boxes"][keep], det["scores"][keep], names)

@@ -18,6 +18,7 @@ from torch import nn
 
 from models.errors import CheckpointError, ConfigError
 from models.pretrained import check_choice, is_download_error, offline_error
+from models.utils import first_n
 from models.weights_file import read_state_dict
 
 log = logging.getLogger(__name__)
@@ -102,10 +103,10 @@ class Backbone(nn.Module):
         log.info("loaded %d/%d backbone tensors from %s", len(matched), len(own), path)
         if missing:
             log.warning("backbone weights: %d missing keys (left at their initial values): %s",
-                        len(missing), _summarise(missing))
+                        len(missing), first_n(missing))
         if unexpected:
             # Classifier heads (fc.*, head.*) are expected here: features_only drops them.
-            log.info("backbone weights: %d unexpected keys ignored: %s", len(unexpected), _summarise(unexpected))
+            log.info("backbone weights: %d unexpected keys ignored: %s", len(unexpected), first_n(unexpected))
         return missing, unexpected
 
 
@@ -149,8 +150,3 @@ def _strip_prefixes(state: dict, own: dict) -> dict:
         if hits > best_hits:
             best, best_hits = candidate, hits
     return best
-
-
-def _summarise(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")

@@ -96,7 +96,7 @@ class HourglassHead(nn.Module):
         h, w = x.shape[-2:]
         if min(h, w) < 2 ** self.depth:
             raise ValueError(f"feature map {h}x{w} is too small for hourglass depth {self.depth} "
-                             f"(needs >= {2 ** self.depth} cells per side); lower model.head.depth or raise "
+                             f"(needs >= {2 ** self.depth} cells per side); lower model.depth or raise "
                              f"the input size")
         x = self.stem(x)
         outputs = []

@@ -182,3 +182,41 @@ def test_training_step_logs_boxes_over_max_objects(tiny_synthetic_detection, cap
     task.training_step(model, batch)
     assert "data.max_objects" not in caplog.text          # warned once, then only logged
     assert float(task.training_step(model, collate_detection(samples))["boxes_over_max_objects"]) == 0
+
+
+def test_validation_is_sharded_over_ranks_and_gathered(tiny_synthetic_detection, monkeypatch):
+    """Under DDP each rank evaluates its share of the val set (no image twice) and the predictions of all ranks
+    are gathered before COCOeval: the oracle's shares together score AP 1.0 over the whole set, one share alone
+    does not."""
+    import engine.tasks.detection as det
+
+    t = tiny_synthetic_detection
+    ann_file, image_root, input_size = t["val"], t["images"], (128, 128)
+    data = load_coco_detection(ann_file, image_root)
+    dataset = DetectionTransformDataset(data.images, input_size)
+    codec = CenterNetCodec(input_size, data.num_classes)
+    task = DetectionTask(codec, DetectionMeta(data.class_names, data.category_ids),
+                         coco_detection_subset(ann_file, data.image_ids, data.category_ids), progress=False)
+
+    def shard(rank):
+        loader = det.make_loader(dataset, batch_size=3, shuffle=False, seed=0, num_workers=0, rank=rank, world_size=2,
+                                 pad=False)
+        model = OracleDetector()
+        for batch in loader:
+            t = codec.encode(batch["boxes"], batch["labels"], batch["mask"])
+            size, offset = codec.dense_maps(t)
+            model.outputs.append({"heatmap": logit(t.heatmap), "size": size, "offset": offset})
+        return loader, model
+
+    (loader0, model0), (loader1, model1) = shard(0), shard(1)
+    ids0 = [int(i) for b in loader0 for i in b["image_id"]]
+    ids1 = [int(i) for b in loader1 for i in b["image_id"]]
+    assert not set(ids0) & set(ids1) and sorted(ids0 + ids1) == sorted(data.image_ids)
+    other_rank = task.predict(model1, loader1)
+    monkeypatch.setattr(det, "all_gather_list", lambda records: records + other_rank)
+    metrics, results = task.evaluate(model0, loader0)
+    assert metrics["AP"] == pytest.approx(1.0) and len(results) == data.num_objects
+
+    monkeypatch.setattr(det, "all_gather_list", lambda records: records)     # rank 0's share alone
+    alone, _ = task.evaluate(shard(0)[1], loader0)
+    assert alone["AR100"] < 0.75

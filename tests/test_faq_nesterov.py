@@ -63,14 +63,22 @@ def run_lookahead_nesterov(theta0, grad, lr, mu, steps):
     return torch.stack(thetas), torch.stack(vs)
 
 
+# Nesterov is stable for lr * lambda_max < 2 (1 + mu) / (1 + 2 mu) ~ 1.36; lr * lambda_max = 1 here
+LR, MU, STEPS = 0.01, 0.9, 50
+THETA0 = torch.tensor([3.0, -4.0], dtype=DT)
+
+
+def both_forms(grad):
+    """PyTorch's (phi, buf) and the look-ahead form's (theta, v) over STEPS steps from THETA0."""
+    phi, buf = run_torch_sgd(THETA0, grad, LR, MU, nesterov=True, steps=STEPS)
+    theta, v = run_lookahead_nesterov(THETA0, grad, LR, MU, STEPS)
+    return phi, buf, theta, v
+
+
 def test_pytorch_nesterov_is_lookahead_nesterov():
     A, b, grad = quadratic(cond=100.0)
-    # Nesterov is stable for lr * lambda_max < 2 (1 + mu) / (1 + 2 mu) ~ 1.36; lr * lambda_max = 1 here
-    lr, mu, steps = 0.01, 0.9, 50
-    theta0 = torch.tensor([3.0, -4.0], dtype=DT)
-
-    phi, buf = run_torch_sgd(theta0, grad, lr, mu, nesterov=True, steps=steps)
-    theta, v = run_lookahead_nesterov(theta0, grad, lr, mu, steps)
+    lr, mu, steps = LR, MU, STEPS
+    phi, buf, theta, v = both_forms(grad)
 
     for t in range(steps + 1):  # every step, not only the end point
         assert_close(
@@ -110,3 +118,21 @@ def test_plain_momentum_differs():
     lookahead = theta + mu * v
     assert (phi_plain - lookahead).abs().amax(dim=1).max() > 1e-2
     assert (phi_plain - theta).abs().amax(dim=1).max() > 1e-2
+
+
+def test_the_usual_slips_of_the_derivation_do_not_hold():
+    """The three slips named in docs/faq.md (question 5), each checked against PyTorch's iterates."""
+    _, _, grad = quadratic(cond=100.0)
+    phi, _, theta, v = both_forms(grad)
+    lr, mu, steps, theta0 = LR, MU, STEPS, THETA0
+
+    # 1. The gradient point: grad J(theta_{t-1}) instead of grad J(theta_{t-1} + mu v_{t-1}) is heavy-ball
+    #    momentum, whose iterates match neither theta + mu v nor theta.
+    #    (PyTorch's plain momentum is heavy-ball: its parameters are theta_t of that recursion.)
+    heavy, _ = run_torch_sgd(theta0, grad, lr, mu, nesterov=False, steps=steps)
+    assert (heavy - theta).abs().amax(dim=1).max() > 1e-2
+    # 2. The index of the look-ahead: phi_t = theta_t + mu v_t, not theta_t + mu v_{t-1}.
+    assert_close(phi[1:], theta[1:] + mu * v[1:], rtol=1e-12, atol=1e-12)
+    assert (phi[1:] - (theta[1:] + mu * v[:-1])).abs().amax(dim=1).max() > 1e-3
+    # 3. Which variable the last line updates: PyTorch's parameters are phi (the look-ahead point), not theta.
+    assert (phi[1:] - theta[1:]).abs().amax(dim=1).max() > 1e-3

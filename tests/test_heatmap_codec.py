@@ -43,7 +43,7 @@ def _as_keypoints(codec: HeatmapCodec, uv: torch.Tensor, device) -> torch.Tensor
 
 
 def _dark_margin(codec: HeatmapCodec) -> int:
-    # "Away from the border" (the wording): 3 cells. The border itself is covered by
+    # "Away from the border": 3 cells, past the reach of the blur and of the Taylor step. The border is covered by
     # test_dark_round_trip_is_exact_up_to_the_border.
     return 3
 

@@ -125,3 +125,7 @@ def test_rescoring_uses_confident_keypoints_only(setup):
     res = task.to_coco_results([rec])[0]
     assert res["score"] == pytest.approx(0.5 * (0.9 + 0.7) / 2)
     assert len(res["keypoints"]) == 51 and res["keypoints"][2] == pytest.approx(0.9)
+    # rescore is the one formula: per instance, and 0 when no keypoint is confident.
+    batch = np.stack([scores, np.full(17, 0.1)])
+    np.testing.assert_allclose(task.rescore(batch, np.array([0.5, 1.0])), [0.5 * 0.8, 0.0])
+    assert task.rescore(batch, np.array([0.5, 1.0]))[0] == res["score"]

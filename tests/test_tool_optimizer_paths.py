@@ -1,11 +1,11 @@
-"""tools/optimizer_paths.py: optimiser trajectories on J = 0.5 (theta_1^2 + cond theta_2^2)."""
+"""tools/faq/optimizer_paths.py: optimiser trajectories on J = 0.5 (theta_1^2 + cond theta_2^2)."""
 
 import math
 
 import numpy as np
 import pytest
 
-from tools import optimizer_paths as op
+from tools.faq import optimizer_paths as op
 
 START = [-5.0, 1.5]
 COND = 50.0

@@ -1,4 +1,4 @@
-"""tools/svd_reconstruct.py: truncated per-channel SVD of an image, PSNR and storage ratio."""
+"""tools/faq/svd_reconstruct.py: truncated per-channel SVD of an image, PSNR and storage ratio."""
 
 import math
 
@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tools import svd_reconstruct as svd
+from tools.faq import svd_reconstruct as svd
 
 
 def _write(path, img):

@@ -198,7 +198,7 @@ def test_show_heatmaps_draws_rows(trained, tmp_path):
 
 
 def test_what_training_changes(trained):
-    from tools import what_training_changes
+    from tools.faq import what_training_changes
 
     report = what_training_changes.main(["--config", trained["cfg"], "--checkpoint",
                                          os.path.join(trained["run_dir"], "best.pt"), *TINY_MODEL])

@@ -30,29 +30,20 @@ import json
 import logging
 import os
 
-from tqdm import tqdm
-
 from datasets.coco_common import resolve_image_path
-from datasets.image_io import read_image_rgb
 from engine.checkpoint import check_checkpoint_task, load_checkpoint, load_model_state
 from engine.coco_eval import coco_eval
-from engine.config import config_from_dict, load_config
+from engine.config import load_config
 from engine.distributed import resolve_device
-from engine.inference import DetectionPredictor, TopDownPredictor
-from engine.tasks import detection as det_task
-from engine.tasks import keypoints as kp
-from engine.two_stage import (
-    DetectionFileBoxes,
-    DetectorBoxes,
-    TwoStagePipeline,
-    check_box_source_flags,
-    parse_categories,
-    select_categories,
-)
-from models.errors import CheckpointError, DataError, InputError
-from tools._common import add_debug_flag, run_cli, setup_logging
+from engine.tasks.detection import check_checkpoint_classes
+from engine.tasks.registry import build_evaluation
+from engine.two_stage import detection_file_boxes, detector_boxes, keypoint_pipeline, run_on_images
+from models.errors import InputError
+from models.utils import write_json
+from tools._common import add_box_source_flags, add_debug_flag, check_box_source_flags, run_cli, setup_logging
 
 log = logging.getLogger("tools.eval")
+RESULTS_FILE = {"keypoints": "keypoint_results.json", "detection": "detection_results.json"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -63,21 +54,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="where to write results and metrics (default: next to the checkpoint)")
     p.add_argument("--device", help="auto | cpu | cuda (default: train.device from the config)")
     p.add_argument("--compare-flip", action="store_true", help="also evaluate without flip testing and report the gain")
-    p.add_argument("--boxes", help="keypoints: evaluate on the boxes of this COCO detection-results file instead of "
-                                   "the ground-truth boxes")
-    p.add_argument("--det-checkpoint", help="keypoints: evaluate on the boxes of this detector instead of the "
-                                            "ground-truth boxes")
-    p.add_argument("--det-category",
-                   help="categories whose boxes to use, comma-separated names or category ids. With "
-                        "--det-checkpoint: the detector's classes (default: all). With --boxes: the file's "
-                        "category_id values, names through the validation json's categories (default: the "
-                        "keypoint model's category if the file has it, else all)")
-    p.add_argument("--det-score-threshold", type=float, default=None,
-                   help="--det-checkpoint only: keep detector boxes at or above this score (default 0: AP wants "
-                        "every box; tools.infer defaults to 0.3)")
-    p.add_argument("--box-score-threshold", type=float, default=None,
-                   help="--boxes only: ignore the file's detections below this score (default 0: all, as COCO's "
-                        "protocol)")
+    add_box_source_flags(
+        p, boxes_help="keypoints: evaluate on the boxes of this COCO detection-results file instead of the "
+                      "ground-truth boxes",
+        det_checkpoint_help="keypoints: evaluate on the boxes of this detector instead of the ground-truth boxes",
+        category_names_from="the validation json's categories",
+        det_default="default 0: AP wants every box; tools.infer defaults to 0.3")
     p.add_argument("--oks-nms-threshold", type=float, default=0.9, help="OKS-NMS threshold with detected boxes")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -88,133 +70,95 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     check_box_source_flags(args, "tools.eval")
     cfg = load_config(args.config, args.overrides)
+    if cfg.task == "detection" and (args.boxes or args.det_checkpoint):
+        raise InputError("tools.eval: --boxes/--det-checkpoint give a keypoint model its boxes; this config is a "
+                         "detector: leave them out")
     device = resolve_device(args.device or cfg.train.device)
     out_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    if cfg.task == "detection":
-        if args.boxes or args.det_checkpoint:
-            raise InputError("tools.eval: --boxes/--det-checkpoint are for keypoint configs; this is a detector")
-        return evaluate_detector(args, cfg, device, out_dir)
-
+    exp = build_evaluation(cfg, device, progress=not args.no_progress)
     state = load_checkpoint(args.checkpoint, map_location=device)
     check_checkpoint_task(state, args.checkpoint, cfg.task, args.config)
-    val_data, meta = kp.load_split_and_meta(cfg, cfg.data.val)
-    model = kp.build_model(cfg, len(meta.keypoint_names), pretrained=False)
-    load_model_state(model, state["model"], source=args.checkpoint)
-    model.to(device).eval()
-    val_set = kp.make_topdown_dataset(cfg, val_data, meta, train=False)
-    loader = kp.make_loader(val_set, cfg.data.val_batch_size, False, cfg.train.seed, cfg.train.num_workers)
-    gt = kp.coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id, cfg.data.on_bad_annotation)
-    task = kp.KeypointTask(kp.build_codec(cfg), meta, flip_test=cfg.eval.flip_test, val_gt=gt,
-                           rescore_threshold=cfg.eval.rescore_threshold, pck_thresholds=cfg.eval.pck_thresholds,
-                           progress=not args.no_progress)
-
-    if args.boxes or args.det_checkpoint:
-        return evaluate_on_detections(args, cfg, device, out_dir, model, task, val_data, gt)
-    log.info("evaluating %s on %s (%d instances), top-down on ground-truth boxes, flip test %s",
-             args.checkpoint, cfg.data.val.ann_file, len(val_set), "on" if cfg.eval.flip_test else "off")
-    metrics, results = task.evaluate(model, loader)
-    report = {"checkpoint": args.checkpoint, "ann_file": cfg.data.val.ann_file, "boxes": "ground truth",
-              "flip_test": cfg.eval.flip_test, "refine": cfg.eval.refine, "instances": len(val_set),
-              "metrics": metrics}
-    if args.compare_flip:
-        other, _ = task.evaluate(model, loader, flip_test=not cfg.eval.flip_test)
-        with_flip, without = (metrics, other) if cfg.eval.flip_test else (other, metrics)
-        report["without_flip"] = without
-        report["with_flip"] = with_flip
-        report["flip_gain"] = {k: with_flip[k] - without[k] for k in with_flip}
-    kp.write_results(os.path.join(out_dir, "keypoint_results.json"), results)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    if cfg.task == "detection":
+        check_checkpoint_classes(state, exp.meta, args.checkpoint, cfg.data.val.ann_file)
+    load_model_state(exp.model, state["model"], source=args.checkpoint)
+    exp.model.eval()
+    if cfg.task == "detection":
+        report, results = evaluate_detector(args, cfg, exp)
+    elif args.boxes or args.det_checkpoint:
+        report, results = evaluate_on_detections(args, cfg, device, exp)
+    else:
+        report, results = evaluate_on_ground_truth(args, cfg, exp)
+    write_json(os.path.join(out_dir, RESULTS_FILE[cfg.task]), results)
+    write_json(os.path.join(out_dir, "metrics.json"), report, indent=2)
     print(format_metrics(report))
     return report
 
 
-def evaluate_on_detections(args, cfg, device, out_dir: str, model, task, val_data, gt: dict) -> dict:
+def evaluate_on_ground_truth(args, cfg, exp) -> tuple[dict, list[dict]]:
+    """Keypoint AP/AR, PCK and NME with one crop per annotated instance (optionally with and without flip)."""
+    task, loader = exp.task, exp.val_loader
+    log.info("evaluating %s on %s (%d instances), top-down on ground-truth boxes, flip test %s",
+             args.checkpoint, cfg.data.val.ann_file, len(loader.dataset), "on" if task.flip_test else "off")
+    metrics, results = task.evaluate(exp.model, loader)
+    report = {"checkpoint": args.checkpoint, "ann_file": cfg.data.val.ann_file, "boxes": "ground truth",
+              "flip_test": cfg.eval.flip_test, "refine": cfg.eval.refine, "instances": len(loader.dataset),
+              "metrics": metrics}
+    if args.compare_flip:
+        other, _ = task.evaluate(exp.model, loader, flip_test=not cfg.eval.flip_test)
+        with_flip, without = (metrics, other) if cfg.eval.flip_test else (other, metrics)
+        report.update(without_flip=without, with_flip=with_flip,
+                      flip_gain={k: with_flip[k] - without[k] for k in with_flip})
+    return report, results
+
+
+def evaluate_on_detections(args, cfg, device, exp) -> tuple[dict, list[dict]]:
     """Keypoint AP on detected boxes: the two-stage pipeline over every validation image."""
+    task, val_data = exp.task, exp.val_data
     if args.det_checkpoint:
-        dstate = load_checkpoint(args.det_checkpoint, map_location=device)
-        dcfg = config_from_dict(dstate["config"])
-        if dcfg.task != "detection":
-            raise CheckpointError(f"--det-checkpoint {args.det_checkpoint} is a {dcfg.task!r} checkpoint, not a "
-                                  f"detector")
-        dmodel, dmeta = det_task.load_detector(dstate, dcfg, device)
-        cats = select_categories(dmeta.class_names, dmeta.category_ids, args.det_category)
-        predictor = DetectionPredictor(dmodel, det_task.build_task(dcfg, dmeta, progress=False), dcfg.data.input_size)
-        source = DetectorBoxes(predictor, cats, args.det_score_threshold or 0.0, args.det_checkpoint)
+        source = detector_boxes(args.det_checkpoint, device, args.det_category, args.det_score_threshold or 0.0)
     else:
-        cats = gt.get("categories", [])
+        cats = task.val_gt.get("categories", [])
         if args.det_category:                   # names of every category of the validation json
             with open(cfg.data.val.ann_file) as f:
                 cats = json.load(f).get("categories") or cats
         names = {int(c["id"]): str(c["name"]) for c in cats if isinstance(c, dict) and "id" in c and "name" in c}
-        source = DetectionFileBoxes(args.boxes, args.box_score_threshold or 0.0,
-                                    parse_categories(args.det_category, names),
-                                    default_category_id=task.meta.category_id, category_names=names)
+        source = detection_file_boxes(args.boxes, args.box_score_threshold or 0.0, args.det_category, names,
+                                      task.meta.category_id)
         source.check_image_ids(val_data.image_ids, what=f"image of the validation split ({cfg.data.val.ann_file})")
-    pipeline = TwoStagePipeline(TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding),
-                                task.meta.oks_sigmas, args.oks_nms_threshold)
+    pipeline = keypoint_pipeline(args.checkpoint, device, oks_nms_threshold=args.oks_nms_threshold, model=exp.model,
+                                 cfg=cfg, meta=task.meta)
     log.info("evaluating %s on %s (%d images), top-down on DETECTED boxes: %s; flip test %s", args.checkpoint,
              cfg.data.val.ann_file, len(val_data.image_ids), source.description,
              "on" if cfg.eval.flip_test else "off")
-    records, n_boxes, unreadable = [], 0, []
-    for image_id in tqdm(val_data.image_ids, desc="two-stage", disable=args.no_progress):
-        path = resolve_image_path(cfg.data.val.image_root, val_data.images[image_id]["file_name"],
-                                  cfg.data.val.ann_file)
-        image = read_image_rgb(path)
-        if image is None:
-            unreadable.append(path)
-            continue
-        boxes, scores = source.boxes_for(image_id, image)
-        n_boxes += len(boxes)
-        records.extend(pipeline.run(image, image_id, boxes, scores))
-    box_stats = source.log_summary()
-    if unreadable:
-        log.warning("%d validation images could not be read and have no predictions, e.g. %s", len(unreadable),
-                    unreadable[:3])
-    results = task.to_coco_results(records)
-    metrics = coco_eval(gt, results, "keypoints", sigmas=task.meta.oks_sigmas)
+    images = [(resolve_image_path(cfg.data.val.image_root, val_data.images[i]["file_name"], cfg.data.val.ann_file), i)
+              for i in val_data.image_ids]
+    run = run_on_images(images, source, pipeline, progress=not args.no_progress)
+    results = task.to_coco_results(run.records)
+    metrics = coco_eval(task.val_gt, results, "keypoints", sigmas=task.meta.oks_sigmas)
     report = {"checkpoint": args.checkpoint, "ann_file": cfg.data.val.ann_file, "boxes": source.description,
-              "boxes_used": n_boxes, "box_stats": box_stats, "instances": len(results), "flip_test": cfg.eval.flip_test,
-              "refine": cfg.eval.refine, "oks_nms_threshold": args.oks_nms_threshold, "metrics": metrics}
-    kp.write_results(os.path.join(out_dir, "keypoint_results.json"), results)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    print(format_metrics(report))
-    return report
+              "boxes_used": run.num_boxes, "box_stats": run.box_stats, "instances": len(results),
+              "flip_test": cfg.eval.flip_test, "refine": cfg.eval.refine, "oks_nms_threshold": args.oks_nms_threshold,
+              "metrics": metrics}
+    return report, results
 
 
-def evaluate_detector(args, cfg, device, out_dir: str) -> dict:
+def evaluate_detector(args, cfg, exp) -> tuple[dict, list[dict]]:
     """COCO bbox AP/AR of a detection checkpoint on the config's validation split."""
-    state = load_checkpoint(args.checkpoint, map_location=device)
-    check_checkpoint_task(state, args.checkpoint, cfg.task, args.config)
-    det_task.prepare_data(cfg)
-    val_data = det_task.load_split(cfg, cfg.data.val)
-    model, meta = det_task.load_detector(state, cfg, device)
-    if meta.category_ids != val_data.category_ids:
-        raise DataError(f"{args.checkpoint} detects categories {meta.category_ids} ({meta.class_names}) but "
-                         f"{cfg.data.val.ann_file} gives {val_data.category_ids}; set data.category_ids")
-    gt = det_task.coco_detection_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_ids,
-                                        cfg.data.on_bad_annotation)
-    task = det_task.build_task(cfg, meta, gt, progress=not args.no_progress)
-    loader = det_task.make_loader(det_task.make_dataset(cfg, val_data, train=False), cfg.data.val_batch_size,
-                                  False, cfg.train.seed, cfg.train.num_workers, cfg.data.max_objects)
+    val_data = exp.val_data
     log.info("evaluating detector %s on %s (%d images, %d objects)", args.checkpoint, cfg.data.val.ann_file,
              len(val_data.images), val_data.num_objects)
-    metrics, results = task.evaluate(model, loader)
+    metrics, results = exp.task.evaluate(exp.model, exp.val_loader)
     report = {"checkpoint": args.checkpoint, "ann_file": cfg.data.val.ann_file, "task": "detection",
-              "images": len(val_data.images), "objects": val_data.num_objects, "classes": meta.class_names,
+              "images": len(val_data.images), "objects": val_data.num_objects, "classes": exp.meta.class_names,
               "nms": cfg.eval.nms, "score_threshold": cfg.eval.score_threshold, "metrics": metrics}
-    kp.write_results(os.path.join(out_dir, "detection_results.json"), results)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"detection: {report['images']} images, {report['objects']} objects, classes {meta.class_names}")
-    print("\n".join(f"  {k:<9} {v:.4f}" for k, v in metrics.items()))
-    return report
+    return report, results
 
 
 def format_metrics(report: dict) -> str:
     m = report["metrics"]
+    if report.get("task") == "detection":
+        return "\n".join([f"detection: {report['images']} images, {report['objects']} objects, classes "
+                          f"{report['classes']}"] + [f"  {k:<9} {v:.4f}" for k, v in m.items()])
     lines = [f"boxes: {report['boxes']}; flip test: {'on' if report['flip_test'] else 'off'}; "
              f"refine: {report['refine']}; {report['instances']} instances"]
     lines += [f"  {k:<9} {v:.4f}" for k, v in m.items()]

@@ -32,58 +32,40 @@ detector, COCO detection results to ``detection_results.json``.
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import logging
 import os
-import warnings
 
-import numpy as np
-from tqdm import tqdm
-
-from datasets.image_io import image_problem, read_image_rgb
 from engine.distributed import resolve_device
-from engine.inference import DetectionPredictor, TopDownPredictor, load_for_inference
-from engine.tasks import detection as det_task
-from engine.tasks import keypoints as kp
+from engine.image_inputs import category_names_of, inputs_with_ids
 from engine.two_stage import (
-    DetectionFileBoxes,
     DetectorBoxes,
-    TwoStagePipeline,
     WholeImageBoxes,
-    check_box_source_flags,
-    parse_categories,
-    select_categories,
+    detection_file_boxes,
+    detector_boxes,
+    keypoint_pipeline,
+    run_on_images,
 )
-from engine.two_stage import load_detections as _load_detections
-from engine.visualize import draw_detections, draw_keypoints, save_rgb
-from models.errors import CheckpointError, DataError, InputError
-from tools._common import add_debug_flag, run_cli, setup_logging
+from engine.visualize import draw_image_result, save_rgb
+from models.errors import InputError
+from models.utils import write_json
+from tools._common import add_box_source_flags, add_debug_flag, check_box_source_flags, run_cli, setup_logging
 
 log = logging.getLogger("tools.infer")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="a keypoint checkpoint written by tools.train")
-    p.add_argument("--det-checkpoint", help="a detection checkpoint: detect the instances first (two-stage)")
-    p.add_argument("--det-category",
-                   help="categories to pass to the keypoint model, comma-separated names or category ids. With "
-                        "--det-checkpoint: the detector's classes (default: all). With --boxes: the file's "
-                        "category_id values, names through --image-info's categories (default: the keypoint "
-                        "model's category if the file has it, else all)")
-    p.add_argument("--det-score-threshold", type=float, default=None,
-                   help="--det-checkpoint only: keep detector boxes at or above this score (default 0.3; "
-                        "tools.eval defaults to 0, since AP wants every box)")
+    add_box_source_flags(
+        p, boxes_help="COCO detection results JSON; without it (and without --det-checkpoint) the whole image is "
+                      "one instance",
+        det_checkpoint_help="a detection checkpoint: detect the instances first (two-stage)",
+        category_names_from="--image-info's categories",
+        det_default="default 0.3; tools.eval defaults to 0, since AP wants every box")
     p.add_argument("--input", required=True, help="an image, a folder of images, or a glob pattern (quote it)")
-    p.add_argument("--boxes", help="COCO detection results JSON; without it (and without --det-checkpoint) the "
-                                   "whole image is one instance")
     p.add_argument("--image-info", help="COCO json whose 'images' map file names to the ids used in --boxes. With "
                                         "--boxes every input needs an id (from here or a numeric file name); "
                                         "without --boxes, inputs without one get made-up ids")
-    p.add_argument("--box-score-threshold", type=float, default=None,
-                   help="--boxes only: ignore the file's detections below this score (default 0)")
     p.add_argument("--output-dir", default="outputs/infer")
     p.add_argument("--device", default="auto")
     p.add_argument("--max-images", type=int, help="process only the first N images (sorted by name)")
@@ -98,179 +80,61 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def list_images(spec: str) -> list[str]:
-    if os.path.isdir(spec):
-        files = [os.path.join(spec, f) for f in os.listdir(spec) if f.lower().endswith(IMAGE_EXTENSIONS)]
-    elif any(c in spec for c in "*?["):
-        files = [f for f in glob.glob(spec, recursive=True) if f.lower().endswith(IMAGE_EXTENSIONS)]
-    elif os.path.isfile(spec):
-        files = [spec]
-    else:
-        raise InputError(f"--input {spec!r} is neither an image, a folder nor a glob that matches files")
-    if not files:
-        raise InputError(f"--input {spec!r} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return sorted(files)
-
-
-def image_ids_for(files: list[str], image_info: str | None) -> list[int | None]:
-    """Id of each file: from --image-info's file names, else from a numeric stem, else None."""
-    if image_info:
-        with open(image_info) as f:
-            images = json.load(f).get("images")
-        if not isinstance(images, list):
-            raise InputError(f"--image-info {image_info} has no 'images' list")
-        by_name = {}
-        for im in images:
-            by_name[im["file_name"]] = int(im["id"])
-            by_name.setdefault(os.path.basename(im["file_name"]), int(im["id"]))
-        out = []
-        for path in files:
-            rel = [k for k in by_name if path.replace(os.sep, "/").endswith("/" + k) or path == k]
-            out.append(by_name[max(rel, key=len)] if rel else None)
-        return out
-    return [int(stem) if (stem := os.path.splitext(os.path.basename(p))[0]).isdigit() else None for p in files]
-
-
-def load_detections(path: str, score_threshold: float, category_ids=None) -> dict[int, list[dict]]:
-    """COCO detection results grouped by image id (see :func:`engine.two_stage.load_detections`)."""
-    return _load_detections(path, score_threshold, category_ids)
-
-
-def category_names_of(image_info: str | None) -> dict[int, str]:
-    """{category id: name} of --image-info's ``categories`` (empty without it)."""
-    if not image_info:
-        return {}
-    with open(image_info) as f:
-        cats = json.load(f).get("categories") or []
-    return {int(c["id"]): str(c["name"]) for c in cats if isinstance(c, dict) and "id" in c and "name" in c}
-
-
-def check_flags(args) -> None:
-    """Refuse flag combinations that would silently do something else than asked."""
-    if not args.checkpoint and not args.det_checkpoint:
-        raise InputError("tools.infer: give --checkpoint (keypoints), --det-checkpoint (detection) or both")
-    if args.max_images is not None and args.max_images < 1:
-        raise InputError(f"--max-images {args.max_images}: must be >= 1 (leave it out to process every image)")
-    check_box_source_flags(args, "tools.infer")
-
-
-def resolve_image_ids(files: list[str], ids: list[int | None], boxes: str | None,
-                      image_info: str | None) -> list[int]:
-    """Every file's id. With --boxes an unknown id is an error (a made-up id could be another image's and take
-    its boxes); without, files get made-up ids above the largest known one, in file order."""
-    unresolved = [f for f, i in zip(files, ids) if i is None]
-    if unresolved and boxes:
-        why = (f"--image-info {image_info} does not list them" if image_info else
-               "their names are not numbers and no --image-info was given")
-        raise InputError(f"--boxes {boxes}: cannot tell the image id of {len(unresolved)} input files, e.g. "
-                         f"{unresolved[:3]} ({why}); pass --image-info ann.json, the COCO json of these images whose "
-                         f"'images' give each file_name its id, so that each image gets its own boxes")
-    next_id = max((i for i in ids if i is not None), default=0) + 1
-    out = []
-    for i in ids:
-        if i is None:
-            i, next_id = next_id, next_id + 1
-        out.append(i)
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = add_debug_flag(get_args_parser()).parse_args(argv)
     setup_logging()
-    check_flags(args)
+    check_box_source_flags(args, "tools.infer", need_a_model=True)
+    if args.max_images is not None and args.max_images < 1:
+        raise InputError(f"--max-images {args.max_images}: must be >= 1 (leave it out to process every image)")
     det_threshold = 0.3 if args.det_score_threshold is None else args.det_score_threshold
-    box_threshold = 0.0 if args.box_score_threshold is None else args.box_score_threshold
-    files = list_images(args.input)
-    ids = image_ids_for(files, args.image_info)
-    # Only the images processed need an id; unknown-id warnings still look at every input.
-    n_used = args.max_images or len(files)
-    ids = resolve_image_ids(files[:n_used], ids[:n_used], args.boxes, args.image_info) + ids[n_used:]
+    images, all_ids = inputs_with_ids(args.input, args.image_info, args.boxes, args.max_images)
     device = resolve_device(args.device)
 
-    pipeline = meta = None
-    if args.checkpoint:
-        cfg, model, state = load_for_inference(args.checkpoint, device)
-        if cfg.task != "keypoints":
-            raise CheckpointError(f"--checkpoint {args.checkpoint} is a {cfg.task!r} checkpoint; pass a detector as "
-                             f"--det-checkpoint and a keypoint model as --checkpoint")
-        meta = kp.KeypointMeta.from_dict(state["meta"])
-        task = kp.KeypointTask(kp.build_codec(cfg), meta, flip_test=not args.no_flip and cfg.eval.flip_test,
-                               rescore_threshold=cfg.eval.rescore_threshold)
-        predictor = TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding)
-        pipeline = TwoStagePipeline(predictor, meta.oks_sigmas,
-                                    None if args.no_oks_nms else args.oks_nms_threshold)
-
-    det_meta, unknown_ids = None, []
+    pipeline = keypoint_pipeline(args.checkpoint, device, no_flip=args.no_flip,
+                                 oks_nms_threshold=None if args.no_oks_nms else args.oks_nms_threshold) \
+        if args.checkpoint else None
+    meta = pipeline.task.meta if pipeline else None
+    unknown_ids = []
     if args.det_checkpoint:
-        dcfg, dmodel, dstate = load_for_inference(args.det_checkpoint, device)
-        if dcfg.task != "detection":
-            raise CheckpointError(f"--det-checkpoint {args.det_checkpoint} is a {dcfg.task!r} checkpoint, not a "
-                                  f"detector; pass a keypoint model as --checkpoint")
-        det_meta = det_task.DetectionMeta.from_dict(dstate["meta"])
-        cats = select_categories(det_meta.class_names, det_meta.category_ids, args.det_category)
-        det_predictor = DetectionPredictor(dmodel, det_task.build_task(dcfg, det_meta, progress=False),
-                                           dcfg.data.input_size)
-        source = DetectorBoxes(det_predictor, cats, det_threshold, args.det_checkpoint)
+        source = detector_boxes(args.det_checkpoint, device, args.det_category, det_threshold)
     elif args.boxes:
-        names = category_names_of(args.image_info)
-        source = DetectionFileBoxes(args.boxes, box_threshold, parse_categories(args.det_category, names),
-                                    default_category_id=meta.category_id, category_names=names)
-        unknown_ids = source.check_image_ids(ids)
+        source = detection_file_boxes(args.boxes, args.box_score_threshold or 0.0, args.det_category,
+                                      category_names_of(args.image_info), meta.category_id)
+        unknown_ids = source.check_image_ids(all_ids)
     else:
         source = WholeImageBoxes()
     log.info("boxes: %s", source.description)
-    if args.max_images:
-        files, ids = files[: args.max_images], ids[: args.max_images]
 
     vis_dir = os.path.join(args.output_dir, "vis")
-    records, detections, n_boxes, skipped = [], [], 0, []
-    for path, image_id in tqdm(list(zip(files, ids)), desc="infer", disable=args.no_progress):
-        image = read_image_rgb(path)
-        if image is None:
-            why = image_problem(path) or "corrupt"
-            if args.on_bad_image == "error":
-                raise DataError(f"cannot read image {path} ({why}); replace it, or use --on-bad-image skip")
-            warnings.warn(f"cannot read image {path} ({why}); skipped", stacklevel=1)
-            skipped.append(path)
-            continue
-        boxes, box_scores = source.boxes_for(image_id, image)
-        n_boxes += len(boxes)
-        if isinstance(source, DetectorBoxes):
-            detections.append({"image_id": image_id, **source.last})
-        drawn = image
-        if pipeline is not None:
-            kept = pipeline.run(image, image_id, boxes, box_scores)
-            records.extend(kept)
-            poses = np.stack([np.concatenate([r["keypoints"], r["scores"][:, None]], 1) for r in kept]) if kept \
-                else np.zeros((0, len(meta.keypoint_names), 3))
-            drawn = draw_keypoints(image, poses, meta.skeleton, meta.flip_index, args.draw_threshold,
-                                   boxes=None if isinstance(source, WholeImageBoxes) else
-                                   np.array([r["bbox"] for r in kept]).reshape(-1, 4))
-        else:
-            names = [det_meta.class_names[int(c)] for c in source.last["labels"]]
-            keep = source.last["scores"] >= det_threshold
-            drawn = draw_detections(image, source.last["boxes"][keep], source.last["scores"][keep],
-                                    [nm for nm, k in zip(names, keep) if k])
-        save_rgb(os.path.join(vis_dir, os.path.splitext(os.path.basename(path))[0] + ".jpg"), drawn)
 
-    summary = {"images": len(files) - len(skipped), "boxes": n_boxes, "box_source": source.description,
-               "skipped": skipped, "vis_dir": vis_dir, "unknown_image_ids": unknown_ids,
-               "box_stats": source.log_summary()}
+    def draw(image, result):
+        drawn = draw_image_result(
+            image, result, skeleton=meta.skeleton if meta else None, flip_index=meta.flip_index if meta else None,
+            num_keypoints=len(meta.keypoint_names) if meta else 0, keypoint_threshold=args.draw_threshold,
+            draw_boxes=not isinstance(source, WholeImageBoxes), class_names=getattr(source, "class_names", None),
+            detection_threshold=det_threshold)
+        save_rgb(os.path.join(vis_dir, os.path.splitext(os.path.basename(result.path))[0] + ".jpg"), drawn)
+
+    run = run_on_images(images, source, pipeline, on_bad_image=args.on_bad_image, progress=not args.no_progress,
+                        on_image=draw)
+    summary = {"images": run.num_images, "boxes": run.num_boxes, "box_source": source.description,
+               "skipped": run.unreadable, "vis_dir": vis_dir, "unknown_image_ids": unknown_ids,
+               "box_stats": run.box_stats}
     if pipeline is not None:
-        results = pipeline.task.to_coco_results(records)
+        results = pipeline.task.to_coco_results(run.records)
         out_json = os.path.join(args.output_dir, "keypoint_results.json")
-        kp.write_results(out_json, results)
+        write_json(out_json, results)
         # "instances": poses written (after OKS-NMS); "boxes": instances cropped before it.
         summary.update(instances=len(results), results=out_json)
-        log.info("%d images, %d boxes from %s -> %d poses after OKS-NMS -> %s and %s", summary["images"], n_boxes,
-                 source.description, len(results), vis_dir, out_json)
-    if detections:
+        log.info("%d images, %d boxes from %s -> %d poses after OKS-NMS -> %s and %s", run.num_images,
+                 run.num_boxes, source.description, len(results), vis_dir, out_json)
+    if isinstance(source, DetectorBoxes):
         det_json = os.path.join(args.output_dir, "detection_results.json")
-        kp.write_results(det_json, det_task.DetectionTask.to_coco_results(detections))
+        write_json(det_json, source.predictor.task.to_coco_results(run.detections))
         summary["detection_results"] = det_json
         if pipeline is None:
-            summary["instances"] = n_boxes
-            log.info("%d images, %d detections (score >= %g) -> %s and %s", summary["images"], n_boxes,
+            summary["instances"] = run.num_boxes
+            log.info("%d images, %d detections (score >= %g) -> %s and %s", run.num_images, run.num_boxes,
                      det_threshold, vis_dir, det_json)
     return summary
 

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> str:
     load_model_state(model, state["model"], source=args.checkpoint)
     model.eval()
     dataset = kp.make_topdown_dataset(cfg, val, meta, train=False)
-    task = kp.KeypointTask(kp.build_codec(cfg), meta, progress=False)
+    task = kp.build_task(cfg, meta, progress=False)
     k_show = 9 if args.keypoint is None else kp._keypoint_index(args.keypoint, meta.keypoint_names)
     k_show = min(k_show, len(meta.keypoint_names) - 1)
     picks = np.random.default_rng(0).choice(len(dataset), size=min(args.num, len(dataset)), replace=False)

@@ -23,8 +23,10 @@ from datasets.input_policy import ClassificationAugment, collate_padded
 from datasets.sampler import seeded_loader
 from datasets.synthetic_classification import SyntheticClassificationDataset
 from engine import distributed as dist_utils
+from engine.tasks.base import Experiment
 from models.classifier import ImageClassifier, backbone_mean, letterbox_fill
 from models.errors import ConfigError
+from models.utils import device_of
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ class ClassificationTask:
     # ------------------------------------------------------------------ training
     @staticmethod
     def forward(model: nn.Module, batch: dict) -> torch.Tensor:
-        device = next(model.parameters()).device
+        device = device_of(model)
         images = batch["image"].to(device, non_blocking=True)
         valid = batch.get("valid_hw")
         # Only padded batches (native sizes) need the masked pooling; full-size images take the plain path.
@@ -77,7 +79,7 @@ class ClassificationTask:
         """top-k accuracy (%), mean per-class recall (%), and the sample-weighted loss over ``loader``."""
         was_training = model.training
         model.eval()
-        device = next(model.parameters()).device
+        device = device_of(model)
         c = len(self.class_names)
         confusion = torch.zeros((c, c), dtype=torch.int64, device=device)
         correct = torch.zeros(len(self.topk), dtype=torch.float64, device=device)
@@ -186,14 +188,15 @@ def build_datasets(cfg, fill: Sequence[int] = (0, 0, 0)) -> tuple:
                                 f"{d.val_root} (file list)": val_set.listing_sha256()}
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, rank: int = 0,
+def make_loader(dataset, *, batch_size: int, shuffle: bool, seed: int, num_workers: int, rank: int = 0,
                 world_size: int = 1, pin_memory: bool = False, pad: bool = True):
     """A seeded loader (:func:`datasets.sampler.seeded_loader`) batching with ``collate_padded``."""
-    return seeded_loader(dataset, batch_size, shuffle, seed, num_workers, collate_padded, rank=rank,
-                         world_size=world_size, pin_memory=pin_memory, pad=pad)
+    return seeded_loader(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers,
+                         collate_fn=collate_padded, rank=rank, world_size=world_size, pin_memory=pin_memory, pad=pad)
 
 
-def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int = 0, world_size: int = 1) -> dict:
+def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int = 0,
+                     world_size: int = 1) -> Experiment:
     """Everything a classification run needs, from its config."""
     fill = letterbox_fill(backbone_mean(cfg.model.backbone)) if cfg.model.normalization == "backbone" else (0, 0, 0)
     train_set, val_set, hashes = build_datasets(cfg, fill)
@@ -202,11 +205,12 @@ def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int
                               progress=progress)
     pin = device.type == "cuda"
     t = cfg.train
-    train_loader = make_loader(train_set, t.batch_size, True, t.seed, t.num_workers, rank, world_size, pin)
-    val_loader = make_loader(val_set, cfg.data.val_batch_size, False, t.seed, t.num_workers, rank, world_size, pin,
-                             pad=False)
+    train_loader = make_loader(train_set, batch_size=t.batch_size, shuffle=True, seed=t.seed,
+                               num_workers=t.num_workers, rank=rank, world_size=world_size, pin_memory=pin)
+    val_loader = make_loader(val_set, batch_size=cfg.data.val_batch_size, shuffle=False, seed=t.seed,
+                             num_workers=t.num_workers, rank=rank, world_size=world_size, pin_memory=pin, pad=False)
     log.info("classification: %d classes, %d training and %d validation images, input policy %s %s",
              train_set.num_classes, len(train_set), len(val_set), cfg.data.input_policy, list(cfg.data.input_size))
-    return {"model": model, "task": task, "train_loader": train_loader, "val_loader": val_loader,
-            "annotation_files": [], "data_hashes": hashes,
-            "checkpoint_extra": {"meta": {"class_names": list(train_set.class_names)}}}
+    return Experiment(model=model, task=task, train_loader=train_loader, val_loader=val_loader,
+                      meta={"class_names": list(train_set.class_names)}, data_hashes=hashes,
+                      checkpoint_extra={"meta": {"class_names": list(train_set.class_names)}})

@@ -22,11 +22,14 @@ from datasets.sampler import seeded_loader
 from datasets.synthetic_detection import ensure_synthetic_detection_dataset
 from engine.checkpoint import load_model_state
 from engine.coco_eval import coco_eval
+from engine.distributed import all_gather_list
+from engine.tasks.base import Experiment
 from models.bbox import affine_boxes, batched_nms, box_is_empty, clip_boxes, xyxy_to_coco_xywh
 from models.box_codec import CenterNetCodec
 from models.detector import DETECTION_STRIDE, CenterNetDetector, build_detector
-from models.errors import ConfigError, DataError
+from models.errors import CheckpointError, ConfigError, DataError
 from models.losses import centernet_focal_loss, giou_loss, masked_l1_loss
+from models.utils import device_of
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ class DetectionTask:
         return {"loss": total, **terms, "num_objects": t.mask.sum()}
 
     def training_step(self, model: nn.Module, batch: dict) -> dict:
-        device = _device_of(model)
+        device = device_of(model)
         images = batch["image"].to(device, non_blocking=True)
         out = self.losses(model(images), batch["boxes"].to(device, non_blocking=True),
                           batch["labels"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True))
@@ -130,7 +133,7 @@ class DetectionTask:
         the image; those below the score threshold, empty after clipping (less than one pixel) or not finite
         are dropped, so every box returned can be cropped.
         """
-        device = _device_of(model)
+        device = device_of(model)
         out = model(batch["image"].to(device, non_blocking=True))
         boxes, scores, labels = self.codec.decode(torch.sigmoid(out["heatmap"].float()), out["size"], out["offset"])
         boxes = affine_boxes(boxes, batch["input_to_image"].to(device))
@@ -189,7 +192,8 @@ class DetectionTask:
         gt = gt if gt is not None else self.val_gt
         if gt is None:
             raise ValueError("no ground truth to evaluate against (val_gt)")
-        results = self.to_coco_results(self.predict(model, loader))
+        # Under DistributedDataParallel each rank predicts its share of the loader: gather them all.
+        results = self.to_coco_results(all_gather_list(self.predict(model, loader)))
         metrics = coco_eval(gt, results, "bbox")
         metrics["detections_per_image"] = len(results) / max(len(gt["images"]), 1)
         return metrics, results
@@ -245,14 +249,25 @@ def make_dataset(cfg, data: DetectionDataset, train: bool) -> DetectionTransform
                                      on_bad_image=cfg.data.on_bad_image)
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, max_objects: int | None = None,
-                rank: int = 0, world_size: int = 1, pin_memory: bool = False):
-    # The seeded loader (its own generator), so that a resumed detection run continues bit-identically too.
-    return seeded_loader(dataset, batch_size, shuffle, seed, num_workers, detection_collate_fn(max_objects), rank,
-                         world_size, pin_memory)
+def make_loader(dataset, *, batch_size: int, shuffle: bool, seed: int, num_workers: int,
+                max_objects: int | None = None, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
+                pad: bool = True):
+    """A seeded loader (:func:`datasets.sampler.seeded_loader`, its own generator, so that a resumed detection
+    run continues bit-identically too) batching with ``detection_collate_fn(max_objects)``."""
+    return seeded_loader(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers,
+                         collate_fn=detection_collate_fn(max_objects), rank=rank, world_size=world_size,
+                         pin_memory=pin_memory, pad=pad)
 
 
-def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int = 0, world_size: int = 1) -> dict:
+def make_val_loader(cfg, val_set, device: torch.device, rank: int = 0, world_size: int = 1):
+    """The validation loader: in order, not padded (each rank its share under DDP, gathered by ``evaluate``)."""
+    return make_loader(val_set, batch_size=cfg.data.val_batch_size, shuffle=False, seed=cfg.train.seed,
+                       num_workers=cfg.train.num_workers, max_objects=cfg.data.max_objects, rank=rank,
+                       world_size=world_size, pin_memory=device.type == "cuda", pad=False)
+
+
+def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int = 0,
+                     world_size: int = 1) -> Experiment:
     """Everything a detection run needs, from its config."""
     prepare_data(cfg)
     train_data = load_split(cfg, cfg.data.train)
@@ -274,14 +289,35 @@ def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int
     val_gt = coco_detection_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_ids,
                                    cfg.data.on_bad_annotation)
     task = build_task(cfg, meta, val_gt, progress)
-    pin = device.type == "cuda"
-    train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.train.seed, cfg.train.num_workers,
-                               cfg.data.max_objects, rank, world_size, pin)
-    val_loader = make_loader(val_set, cfg.data.val_batch_size, False, cfg.train.seed, cfg.train.num_workers,
-                             cfg.data.max_objects, pin_memory=pin)
-    return {"model": model, "task": task, "train_loader": train_loader, "val_loader": val_loader, "meta": meta,
-            "annotation_files": sorted({cfg.data.train.ann_file, cfg.data.val.ann_file}),
-            "checkpoint_extra": {"meta": meta.to_dict()}}
+    train_loader = make_loader(train_set, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
+                               num_workers=cfg.train.num_workers, max_objects=cfg.data.max_objects, rank=rank,
+                               world_size=world_size, pin_memory=device.type == "cuda")
+    val_loader = make_val_loader(cfg, val_set, device, rank=rank, world_size=world_size)
+    return Experiment(model=model, task=task, train_loader=train_loader, val_loader=val_loader, meta=meta,
+                      annotation_files=sorted({cfg.data.train.ann_file, cfg.data.val.ann_file}),
+                      checkpoint_extra={"meta": meta.to_dict()})
+
+
+def build_evaluation(cfg, device: torch.device, progress: bool = True) -> Experiment:
+    """The validation split, its loader and ground truth, the task, and an untrained model to load a checkpoint
+    into (classes from the validation json and ``data.category_ids``)."""
+    prepare_data(cfg)
+    val_data = load_split(cfg, cfg.data.val)
+    meta = DetectionMeta(class_names=val_data.class_names, category_ids=val_data.category_ids)
+    model = build_model(cfg, meta.num_classes, pretrained=False).to(device)
+    val_gt = coco_detection_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_ids,
+                                   cfg.data.on_bad_annotation)
+    return Experiment(model=model, task=build_task(cfg, meta, val_gt, progress), train_loader=None,
+                      val_loader=make_val_loader(cfg, make_dataset(cfg, val_data, train=False), device), meta=meta,
+                      annotation_files=[cfg.data.val.ann_file], val_data=val_data)
+
+
+def check_checkpoint_classes(state: dict, meta: DetectionMeta, checkpoint: str, ann_file: str) -> None:
+    """Refuse a detector whose classes are not the validation json's (its AP would be against other labels)."""
+    saved = DetectionMeta.from_dict(state["meta"])
+    if saved.category_ids != meta.category_ids:
+        raise CheckpointError(f"{checkpoint} detects categories {saved.category_ids} ({saved.class_names}) but "
+                              f"{ann_file} gives {meta.category_ids}; set data.category_ids to the checkpoint's")
 
 
 def load_detector(state: dict, cfg, device: torch.device) -> tuple[CenterNetDetector, DetectionMeta]:
@@ -290,7 +326,3 @@ def load_detector(state: dict, cfg, device: torch.device) -> tuple[CenterNetDete
     model = build_model(cfg, meta.num_classes, pretrained=False)
     load_model_state(model, state["model"], source="detection checkpoint")
     return model.to(device).eval(), meta
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device

@@ -7,9 +7,7 @@ decodes and the crop matrices map the points back to the image.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,10 +26,12 @@ from datasets.topdown import TopDownKeypointDataset, check_flip_index, collate_s
 from engine.coco_eval import coco_eval
 from engine.distributed import all_gather_list
 from engine.keypoint_metrics import nme, pck
+from engine.tasks.base import Experiment
 from models.errors import ConfigError, DataError
 from models.heatmap_codec import HeatmapCodec
 from models.losses import stacked_heatmap_loss
 from models.pose import HEATMAP_STRIDE, TopDownPoseModel, build_pose_model
+from models.utils import device_of
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class KeypointTask:
 
     # ------------------------------------------------------------------ training
     def training_step(self, model: nn.Module, batch: dict) -> dict:
-        device = _device_of(model)
+        device = device_of(model)
         images = batch["image"].to(device, non_blocking=True)
         keypoints = batch["keypoints"].to(device, non_blocking=True)
         weights = self.keypoint_weights.to(device) if self.keypoint_weights is not None else None
@@ -120,7 +120,7 @@ class KeypointTask:
     @torch.no_grad()
     def predict_batch(self, model: nn.Module, batch: dict, flip_test: bool | None = None) -> dict:
         """Keypoints of a batch in image coordinates: ``keypoints`` [B, K, 2], ``scores`` [B, K] (on device)."""
-        device = _device_of(model)
+        device = device_of(model)
         heatmaps = self.predict_heatmaps(model, batch["image"].to(device, non_blocking=True), flip_test)
         crop_kpts, scores = self.codec.decode(heatmaps)
         to_image = batch["crop_to_image"].to(device)
@@ -148,17 +148,26 @@ class KeypointTask:
             model.train(was_training)
         return records
 
+    def rescore(self, keypoint_scores: np.ndarray, box_scores: np.ndarray) -> np.ndarray:
+        """Instance scores [N]: box score x mean confidence of the keypoints above ``rescore_threshold`` (0 when
+        none is). keypoint_scores: [N, K] confidences, box_scores: [N]."""
+        conf = np.asarray(keypoint_scores, dtype=np.float64).reshape(len(box_scores), -1)
+        confident = conf > self.rescore_threshold
+        # Per row, as numpy's mean of the selected values (a masked sum over the row would group the additions
+        # differently and move the last bits of scores that are written rounded).
+        kpt_score = np.array([c[m].mean() if m.any() else 0.0 for c, m in zip(conf, confident)], dtype=np.float64)
+        return np.asarray(box_scores, dtype=np.float64).reshape(-1) * kpt_score
+
     def to_coco_results(self, records: list[dict]) -> list[dict]:
-        """COCO keypoint results; instance score = box score x mean confidence of the confident keypoints."""
+        """COCO keypoint results, one per record; the instance score is :meth:`rescore`'s."""
+        if not records:
+            return []
+        scores = self.rescore(np.stack([r["scores"] for r in records]), np.array([r["box_score"] for r in records]))
         results = []
-        for r in records:
-            conf = r["scores"]
-            confident = conf[conf > self.rescore_threshold]
-            kpt_score = float(confident.mean()) if len(confident) else 0.0
-            flat = np.concatenate([r["keypoints"], conf[:, None]], axis=1).reshape(-1)
+        for r, score in zip(records, scores):
+            flat = np.concatenate([r["keypoints"], r["scores"][:, None]], axis=1).reshape(-1)
             results.append({"image_id": r["image_id"], "category_id": self.meta.category_id,
-                            "keypoints": [round(float(v), 3) for v in flat],
-                            "score": round(r["box_score"] * kpt_score, 6)})
+                            "keypoints": [round(float(v), 3) for v in flat], "score": round(float(score), 6)})
         return results
 
     # ------------------------------------------------------------------ evaluation
@@ -283,11 +292,12 @@ def make_topdown_dataset(cfg, data: KeypointDataset, meta: KeypointMeta, train: 
                                   bbox_padding=cfg.data.bbox_padding, on_bad_image=cfg.data.on_bad_image)
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, rank: int = 0,
+def make_loader(dataset, *, batch_size: int, shuffle: bool, seed: int, num_workers: int, rank: int = 0,
                 world_size: int = 1, pin_memory: bool = False, pad: bool = True):
     """A seeded loader (:func:`datasets.sampler.seeded_loader`) batching with ``collate_skipping_none``."""
-    return seeded_loader(dataset, batch_size, shuffle, seed, num_workers, collate_skipping_none, rank=rank,
-                         world_size=world_size, pin_memory=pin_memory, pad=pad)
+    return seeded_loader(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers,
+                         collate_fn=collate_skipping_none, rank=rank, world_size=world_size, pin_memory=pin_memory,
+                         pad=pad)
 
 
 def coco_subset(ann_file: str, image_ids, category_id: int, on_bad_annotation: str = "error") -> dict:
@@ -301,7 +311,37 @@ def coco_subset(ann_file: str, image_ids, category_id: int, on_bad_annotation: s
             "categories": [c for c in data["categories"] if c["id"] == category_id]}
 
 
-def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int = 0, world_size: int = 1) -> dict:
+def build_task(cfg, meta: KeypointMeta, val_gt: dict | None = None, progress: bool = True,
+               flip_test: bool | None = None) -> KeypointTask:
+    """The keypoint task of ``cfg`` (codec, flip testing, loss weights, rescoring, PCK); ``flip_test``
+    overrides ``eval.flip_test``."""
+    ev = cfg.eval
+    return KeypointTask(build_codec(cfg), meta, flip_test=ev.flip_test if flip_test is None else flip_test,
+                        keypoint_weights=cfg.data.keypoint_weights, val_gt=val_gt,
+                        rescore_threshold=ev.rescore_threshold, pck_thresholds=ev.pck_thresholds, progress=progress)
+
+
+def make_val_loader(cfg, val_set, device: torch.device, rank: int = 0, world_size: int = 1):
+    """The validation loader: in order, not padded (each rank its share under DDP, gathered by ``evaluate``)."""
+    return make_loader(val_set, batch_size=cfg.data.val_batch_size, shuffle=False, seed=cfg.train.seed,
+                       num_workers=cfg.train.num_workers, rank=rank, world_size=world_size,
+                       pin_memory=device.type == "cuda", pad=False)
+
+
+def build_evaluation(cfg, device: torch.device, progress: bool = True) -> Experiment:
+    """The validation split, its loader and ground truth, the task, and an untrained model to load a checkpoint
+    into (the meta is resolved from the validation json and the config)."""
+    val_data, meta = load_split_and_meta(cfg, cfg.data.val)
+    model = build_model(cfg, len(meta.keypoint_names), pretrained=False).to(device)
+    val_set = make_topdown_dataset(cfg, val_data, meta, train=False)
+    val_gt = coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id, cfg.data.on_bad_annotation)
+    return Experiment(model=model, task=build_task(cfg, meta, val_gt=val_gt, progress=progress), train_loader=None,
+                      val_loader=make_val_loader(cfg, val_set, device), meta=meta,
+                      annotation_files=[cfg.data.val.ann_file], val_data=val_data)
+
+
+def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int = 0,
+                     world_size: int = 1) -> Experiment:
     """Everything a keypoint run needs, from its config."""
     prepare_data(cfg)
     train_data = load_split(cfg, cfg.data.train)
@@ -313,27 +353,12 @@ def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int
     train_set = make_topdown_dataset(cfg, train_data, meta, train=True)
     val_set = make_topdown_dataset(cfg, val_data, meta, train=False)
     model = build_model(cfg, len(meta.keypoint_names)).to(device)
-    codec = build_codec(cfg)
     val_gt = coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id, cfg.data.on_bad_annotation)
-    task = KeypointTask(codec, meta, flip_test=cfg.eval.flip_test, keypoint_weights=cfg.data.keypoint_weights,
-                        val_gt=val_gt, rescore_threshold=cfg.eval.rescore_threshold,
-                        pck_thresholds=cfg.eval.pck_thresholds, progress=progress)
-    pin = device.type == "cuda"
-    train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.train.seed, cfg.train.num_workers,
-                               rank, world_size, pin)
-    val_loader = make_loader(val_set, cfg.data.val_batch_size, False, cfg.train.seed, cfg.train.num_workers,
-                             rank, world_size, pin_memory=pin, pad=False)   # each rank its share, gathered
-    return {"model": model, "task": task, "train_loader": train_loader, "val_loader": val_loader, "meta": meta,
-            "annotation_files": [cfg.data.train.ann_file, cfg.data.val.ann_file],
-            "checkpoint_extra": {"meta": meta.to_dict()}}
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def write_results(path: str, results: list[dict]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f)
-    os.replace(path + ".tmp", path)
+    task = build_task(cfg, meta, val_gt=val_gt, progress=progress)
+    train_loader = make_loader(train_set, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
+                               num_workers=cfg.train.num_workers, rank=rank, world_size=world_size,
+                               pin_memory=device.type == "cuda")
+    val_loader = make_val_loader(cfg, val_set, device, rank=rank, world_size=world_size)
+    return Experiment(model=model, task=task, train_loader=train_loader, val_loader=val_loader, meta=meta,
+                      annotation_files=[cfg.data.train.ann_file, cfg.data.val.ann_file],
+                      checkpoint_extra={"meta": meta.to_dict()})

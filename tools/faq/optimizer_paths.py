@@ -14,7 +14,7 @@ methods also vary, because the step carries past gradients).
 
 Usage::
 
-    python -m tools.optimizer_paths [--steps 100] [--output outputs/optimizer_paths.png]
+    python -m tools.faq.optimizer_paths [--steps 100] [--output outputs/optimizer_paths.png]
                                     [--cond 50] [--lr adam=0.3 sgd=0.02 ...]
 """
 
@@ -30,6 +30,7 @@ import torch
 matplotlib.use("Agg")  # headless: only ever writes files
 import matplotlib.pyplot as plt  # noqa: E402
 
+from models.errors import InputError
 from tools._common import add_debug_flag, run_cli
 
 # name -> (optimiser class, default kwargs); learning rates chosen so that all six converge
@@ -131,13 +132,13 @@ def parse_lrs(items: list[str]) -> dict[str, float]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or name not in OPTIMIZERS:
-            raise ValueError(f"--lr: expected NAME=VALUE with NAME in {sorted(OPTIMIZERS)}, got '{item}'")
+            raise InputError(f"--lr: expected NAME=VALUE with NAME in {sorted(OPTIMIZERS)}, got '{item}'")
         try:
             lrs[name] = float(value)
         except ValueError:
-            raise ValueError(f"--lr: '{value}' in '{item}' is not a number") from None
+            raise InputError(f"--lr: '{value}' in '{item}' is not a number") from None
         if lrs[name] <= 0:
-            raise ValueError(f"--lr: learning rate for {name} must be > 0, got {value}")
+            raise InputError(f"--lr: learning rate for {name} must be > 0, got {value}")
     return lrs
 
 
@@ -158,9 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     """Returns {name: run_optimizer(...) result} for every optimiser, in the order run."""
     args = add_debug_flag(get_args_parser()).parse_args(argv)
     if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        raise InputError(f"--steps must be >= 1, got {args.steps}")
     if args.cond < 1:
-        raise ValueError(f"--cond is a condition number and must be >= 1, got {args.cond}")
+        raise InputError(f"--cond is a condition number and must be >= 1, got {args.cond}")
     lrs = parse_lrs(args.lr)
     results = {
         name: run_optimizer(name, lrs.get(name), args.start, args.steps, args.cond)

@@ -1,6 +1,6 @@
 """What is a trained model, and what does "learning" change? Shown on this repository's own model.
 
-    python -m tools.what_training_changes --config configs/X.yaml [--checkpoint runs/X/best.pt]
+    python -m tools.faq.what_training_changes --config configs/X.yaml [--checkpoint runs/X/best.pt]
 
 A model is its architecture (code) plus a state dict of tensors. Some tensors are *parameters*: the
 optimiser changes them from gradients. Others are *buffers*: not learned by gradients, but updated by the
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     batch = torch.utils.data.default_collate([dataset[(i, i)] for i in range(args.batch_size)])
     torch.manual_seed(0)
     model = kp.build_model(cfg, len(meta.keypoint_names), pretrained=False)
-    task = kp.KeypointTask(kp.build_codec(cfg), meta, progress=False)
+    task = kp.build_task(cfg, meta, progress=False)
     kinds = _kinds(model)
     report: dict = {"state_dict_tensors": len(kinds),
                     "parameters": sum(k == "parameter" for k in kinds.values()),

@@ -6,7 +6,7 @@ needs k * (h + w + 1) numbers instead of h * w, the storage ratio printed below.
 
 Usage::
 
-    python -m tools.svd_reconstruct IMAGE --ranks 5 20 50 [--output-dir DIR]
+    python -m tools.faq.svd_reconstruct IMAGE --ranks 5 20 50 [--output-dir DIR]
 
 Writes ``DIR/<image stem>_svd.png`` (original and one panel per rank, each titled with the
 rank and PSNR), prints a table and, when called as ``main(argv)``, returns the numbers.
@@ -27,6 +27,7 @@ import numpy as np
 matplotlib.use("Agg")  # headless: only ever writes files
 import matplotlib.pyplot as plt  # noqa: E402
 
+from models.errors import InputError
 from tools._common import add_debug_flag, run_cli
 
 PEAK = 255.0
@@ -48,7 +49,7 @@ def read_image(path: Path) -> np.ndarray:
     # ANYCOLOR keeps grayscale as one channel and drops alpha; 16-bit input is converted to 8 bits
     img = cv2.imread(str(path), cv2.IMREAD_ANYCOLOR)
     if img is None:
-        raise ValueError(f"image: cv2 could not decode '{path}' (corrupt or not an image format cv2 reads)")
+        raise InputError(f"image: cv2 could not decode '{path}' (corrupt or not an image format cv2 reads)")
     return img.astype(np.float64)
 
 
@@ -79,9 +80,9 @@ def storage_ratio(k: int, h: int, w: int) -> float:
 def check_ranks(ranks: list[int], h: int, w: int) -> None:
     for k in ranks:
         if k < 1:
-            raise ValueError(f"--ranks: {k} is not a valid rank; use integers >= 1")
+            raise InputError(f"--ranks: {k} is not a valid rank; use integers >= 1")
         if k > min(h, w):
-            raise ValueError(
+            raise InputError(
                 f"--ranks: {k} is larger than min(height, width) = {min(h, w)} of the {h}x{w} image, "
                 f"which is the largest possible rank; use ranks <= {min(h, w)}"
             )
