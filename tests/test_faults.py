@@ -408,10 +408,10 @@ def test_ctrl_c_says_where_and_how_to_resume_then_the_command_resumes(kpt_set, c
 
 @pytest.mark.slow
 def test_an_epoch_without_a_single_sample_is_an_error_and_saves_nothing(kpt_set, capsys, monkeypatch):
-    import datasets.topdown
+    import datasets.image_io
     from tools import train
 
-    monkeypatch.setattr(datasets.topdown, "read_image_rgb", lambda path: None)   # unreadable after the check
+    monkeypatch.setattr(datasets.image_io, "read_image_rgb", lambda path: None)   # unreadable after the check
     with pytest.warns(UserWarning, match="skipped"):
         code, err = run_tool(train.main, ["--config", kpt_set["cfg"], "--run-dir", kpt_set["run"], "--no-progress",
                                           *KPT_TINY, "data.on_bad_image=skip"], capsys)

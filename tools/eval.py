@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
                          "detector: leave them out")
     device = resolve_device(args.device or cfg.train.device)
     out_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
-    exp = build_evaluation(cfg, device, progress=not args.no_progress)
     state = load_checkpoint(args.checkpoint, map_location=device)
-    check_checkpoint_task(state, args.checkpoint, cfg.task, args.config)
+    check_checkpoint_task(state, args.checkpoint, cfg.task, args.config)   # before reading data for the wrong task
+    exp = build_evaluation(cfg, device, progress=not args.no_progress)
     if cfg.task == "detection":
         check_checkpoint_classes(state, exp.meta, args.checkpoint, cfg.data.val.ann_file)
     load_model_state(exp.model, state["model"], source=args.checkpoint)
