@@ -21,6 +21,7 @@ from datasets.synthetic import SyntheticKeypointSpec
 from datasets.synthetic_classification import SyntheticClassificationSpec
 from datasets.synthetic_detection import SyntheticDetectionSpec
 from datasets.topdown_augment import TopDownAugment
+from engine.face_metrics import FaceReportConfig
 from models.errors import ConfigError  # noqa: F401  (re-exported: engine.config.ConfigError)
 
 
@@ -121,6 +122,7 @@ class KeypointEvalConfig:
     main_metric: str = "AP"             # the metric that picks the `best` checkpoint
     rescore_threshold: float = 0.2      # keypoints above this confidence enter the instance score
     pck_thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
+    face: FaceReportConfig | None = None   # landmark sets: NME/FR/AUC/CED and per-region NME (face_metrics)
 
 
 @dataclass

@@ -13,14 +13,17 @@ says which it used (``boxes`` in the printout and in metrics.json):
   (normalised by data.nme_normalize's keypoint pair, else the box diagonal);
 * detected boxes (``--boxes`` a COCO detection-results file, or ``--det-checkpoint`` a detector): the
   two-stage pipeline of tools.infer on every validation image (crop, keypoints, rescoring, OKS-NMS); COCO
-  keypoint AP/AR only (PCK and NME need a ground-truth instance per prediction). ``--det-category`` selects
+  keypoint AP/AR, and with ``eval.face`` the face report on the faces matched to a box (IoU >= 0.3; a face
+  without one counts as a failure). PCK needs a ground-truth instance per prediction. ``--det-category`` selects
   the categories of either source (detector: all by default; file: the keypoint model's category when the
   file has it, else all); ``--det-score-threshold`` is the detector's lowest score and
   ``--box-score-threshold`` the file's, both 0 by default (AP wants every box; tools.infer's detector default
   is 0.3).
 
 A detection config is evaluated with COCO bbox AP/AR (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l).
-Writes the COCO results JSON and the metrics JSON.
+Writes the COCO results JSON and the metrics JSON. With ``eval.face`` (landmark sets, e.g. the 300-W config)
+the metrics add the face-alignment report (engine/face_metrics.py: ``NME``, ``FR@t``, ``AUC@t``,
+``NME/<region>``, ``ms/face``) and ``ced.png`` is written beside them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import argparse
 import json
 import logging
 import os
+import time
 
 from tqdm import tqdm
 
@@ -38,6 +42,7 @@ from engine.checkpoint import load_checkpoint, load_model_state
 from engine.coco_eval import coco_eval
 from engine.config import config_from_dict, load_config
 from engine.distributed import resolve_device
+from engine.face_metrics import build_face_report, evaluate_detected, write_face_outputs
 from engine.inference import DetectionPredictor, TopDownPredictor
 from engine.tasks import detection as det_task
 from engine.tasks import keypoints as kp
@@ -105,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     gt = kp.coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id)
     task = kp.KeypointTask(kp.build_codec(cfg), meta, flip_test=cfg.eval.flip_test, val_gt=gt,
                            rescore_threshold=cfg.eval.rescore_threshold, pck_thresholds=cfg.eval.pck_thresholds,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress,
+                           face=build_face_report(cfg.eval.face, len(meta.keypoint_names), meta.nme_pair))
 
     if args.boxes or args.det_checkpoint:
         return evaluate_on_detections(args, cfg, device, out_dir, model, task, val_data, gt)
@@ -116,11 +122,15 @@ def main(argv: list[str] | None = None) -> dict:
               "flip_test": cfg.eval.flip_test, "refine": cfg.eval.refine, "instances": len(val_set),
               "metrics": metrics}
     if args.compare_flip:
+        face_nme = task.face and task.face.last_face_nme    # the CED is drawn for the configured flip setting
         other, _ = task.evaluate(model, loader, flip_test=not cfg.eval.flip_test)
         with_flip, without = (metrics, other) if cfg.eval.flip_test else (other, metrics)
         report["without_flip"] = without
         report["with_flip"] = with_flip
         report["flip_gain"] = {k: with_flip[k] - without[k] for k in with_flip}
+        if task.face:
+            task.face.last_face_nme = face_nme
+    write_face_outputs(task.face, out_dir, report)
     kp.write_results(os.path.join(out_dir, "keypoint_results.json"), results)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(report, f, indent=2)
@@ -154,7 +164,7 @@ def evaluate_on_detections(args, cfg, device, out_dir: str, model, task, val_dat
     log.info("evaluating %s on %s (%d images), top-down on DETECTED boxes: %s; flip test %s", args.checkpoint,
              cfg.data.val.ann_file, len(val_data.image_ids), source.description,
              "on" if cfg.eval.flip_test else "off")
-    records, n_boxes, unreadable = [], 0, []
+    records, n_boxes, unreadable, start = [], 0, [], time.perf_counter()
     for image_id in tqdm(val_data.image_ids, desc="two-stage", disable=args.no_progress):
         path = resolve_image_path(cfg.data.val.image_root, val_data.images[image_id]["file_name"],
                                   cfg.data.val.ann_file)
@@ -165,15 +175,17 @@ def evaluate_on_detections(args, cfg, device, out_dir: str, model, task, val_dat
         boxes, scores = source.boxes_for(image_id, image)
         n_boxes += len(boxes)
         records.extend(pipeline.run(image, image_id, boxes, scores))
-    box_stats = source.log_summary()
+    seconds, box_stats = time.perf_counter() - start, source.log_summary()
     if unreadable:
         log.warning("%d validation images could not be read and have no predictions, e.g. %s", len(unreadable),
                     unreadable[:3])
     results = task.to_coco_results(records)
     metrics = coco_eval(gt, results, "keypoints", sigmas=task.meta.oks_sigmas)
+    metrics.update(evaluate_detected(task.face, records, val_data.instances, val_data.image_ids, seconds))
     report = {"checkpoint": args.checkpoint, "ann_file": cfg.data.val.ann_file, "boxes": source.description,
               "boxes_used": n_boxes, "box_stats": box_stats, "instances": len(results), "flip_test": cfg.eval.flip_test,
               "refine": cfg.eval.refine, "oks_nms_threshold": args.oks_nms_threshold, "metrics": metrics}
+    write_face_outputs(task.face, out_dir, report)
     kp.write_results(os.path.join(out_dir, "keypoint_results.json"), results)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(report, f, indent=2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from datasets.synthetic import ensure_synthetic_dataset
 from datasets.topdown import TopDownKeypointDataset, check_flip_index, collate_skipping_none
 from engine.coco_eval import coco_eval
 from engine.distributed import all_gather_list
+from engine.face_metrics import FaceReport, build_face_report
 from engine.keypoint_metrics import nme, pck
 from models.heatmap_codec import HeatmapCodec
 from models.losses import stacked_heatmap_loss
@@ -68,6 +70,7 @@ class KeypointTask:
         val_gt: COCO ground-truth dict of the validation images (for ``validate``).
         rescore_threshold: keypoints above this confidence enter the instance score.
         pck_thresholds: PCK alphas.
+        face: the face-alignment report added to the metrics (``engine.face_metrics``).
     """
 
     name = "keypoints"
@@ -75,7 +78,7 @@ class KeypointTask:
     def __init__(self, codec: HeatmapCodec, meta: KeypointMeta, flip_test: bool = True, ohkm_topk: int | None = None,
                  keypoint_weights: Sequence[float] | None = None, val_gt: dict | None = None,
                  rescore_threshold: float = 0.2, pck_thresholds: Sequence[float] = (0.05, 0.1, 0.2),
-                 progress: bool = True):
+                 progress: bool = True, face: FaceReport | None = None):
         self.codec = codec
         self.meta = meta
         self.flip_test = flip_test
@@ -85,6 +88,7 @@ class KeypointTask:
         self.rescore_threshold = rescore_threshold
         self.pck_thresholds = tuple(pck_thresholds)
         self.progress = progress
+        self.face = face            # the face-alignment report (NME/FR/AUC per face), landmark sets only
 
     # ------------------------------------------------------------------ training
     def training_step(self, model: nn.Module, batch: dict) -> dict:
@@ -174,7 +178,9 @@ class KeypointTask:
         if gt is None:
             raise ValueError("no ground truth to evaluate against (val_gt)")
         # Under DistributedDataParallel each rank predicts its share of the loader: gather them all.
+        start = time.perf_counter()
         records = all_gather_list(self.predict(model, loader, flip_test))
+        seconds = time.perf_counter() - start
         results = self.to_coco_results(records)
         metrics = coco_eval(gt, results, "keypoints", sigmas=self.meta.oks_sigmas)
         instances = loader.dataset.instances
@@ -184,6 +190,8 @@ class KeypointTask:
             boxes = np.stack([instances[r["index"]].bbox for r in records])
             metrics.update(pck(pred, truth, boxes, self.pck_thresholds))
             metrics["NME"] = nme(pred, truth, boxes, self.meta.nme_pair)
+            if self.face is not None:
+                metrics.update(self.face.evaluate(pred, truth, boxes, seconds=seconds))
         return metrics, results
 
 
@@ -313,7 +321,8 @@ def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int
     val_gt = coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id)
     task = KeypointTask(codec, meta, flip_test=cfg.eval.flip_test, keypoint_weights=cfg.data.keypoint_weights,
                         val_gt=val_gt, rescore_threshold=cfg.eval.rescore_threshold,
-                        pck_thresholds=cfg.eval.pck_thresholds, progress=progress)
+                        pck_thresholds=cfg.eval.pck_thresholds, progress=progress,
+                        face=build_face_report(cfg.eval.face, len(meta.keypoint_names), meta.nme_pair))
     pin = device.type == "cuda"
     train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.train.seed, cfg.train.num_workers,
                                rank, world_size, pin)
