@@ -141,3 +141,23 @@ def test_real_300w_faces(shared_data):
     pupil = build_face_report(FaceReportConfig(normalize="inter_pupil"), 68).evaluate(shifted, gt, boxes)
     assert pupil["NME"] > report.evaluate(shifted, gt, boxes)["NME"]
     assert set(FACE68_REGIONS) <= {k.split("/")[1] for k in exact if k.startswith("NME/")}
+
+
+def test_peer_score_of_ground_truth_results(shared_data, tmp_path):
+    """bench/dlib_landmarks.py score: ground truth written as keypoint results scores NME 0 and AP 1."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dlib_landmarks", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "dlib_landmarks.py"))
+    peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer)
+    config = "configs/hg-fpn_resnet18_300w-faces_128x128.yaml"
+    anns = json.load(open(os.path.join(shared_data, "faces300w_train", "annotations.json")))["annotations"]
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "keypoints": a["keypoints"], "score": 1.0}
+               for a in anns]
+    path = tmp_path / "gt_results.json"
+    path.write_text(json.dumps(results))
+    out = peer.main(["score", "--config", config, "--results", f"truth={path}", "--out-dir", str(tmp_path)])
+    m = out["models"]["truth"]
+    assert m["NME"] == 0 and m["AP"] == pytest.approx(1.0) and m["faces"] > 100 and "faces_missed" not in m
+    assert os.path.isfile(tmp_path / "ced.png") and out["face_report"]["normalize"] == "inter_ocular"
