@@ -61,6 +61,7 @@ class TrainConfig:
     accumulate_steps: int = 1           # batches whose gradients add up before one optimiser step
     grad_clip_norm: float | None = None # clip the global gradient norm to this
     precision: str = "fp32"             # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler)
+    channels_last: bool = False         # NHWC weights and activations (GPUs with bf16/fp16; no gain on our CPU)
     ema_decay: float | None = None      # e.g. 0.999: keep an EMA of the weights, evaluated alongside
     ema_warmup_steps: int = 0           # ramp the EMA decay up over this many steps
     freeze: list[str] = field(default_factory=list)   # glob patterns of parameter names to freeze
