@@ -161,3 +161,14 @@ def test_peer_score_of_ground_truth_results(shared_data, tmp_path):
     m = out["models"]["truth"]
     assert m["NME"] == 0 and m["AP"] == pytest.approx(1.0) and m["faces"] > 100 and "faces_missed" not in m
     assert os.path.isfile(tmp_path / "ced.png") and out["face_report"]["normalize"] == "inter_ocular"
+
+
+def test_peer_predict_needs_no_torch():
+    """bench/dlib_landmarks.py predict runs in dlib's own environment: what it imports of ours must not pull torch."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = "import sys; import datasets.coco_common; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
