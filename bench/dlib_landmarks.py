@@ -40,6 +40,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from models.errors import InputError  # noqa: E402  (imports nothing: fine in dlib's environment)
+from tools._common import add_debug_flag, run_cli  # noqa: E402
+
 FACES = "../shared/data/faces300w_train"
 
 
@@ -79,8 +82,8 @@ def predict(args) -> dict:
     try:
         import dlib
     except ImportError as err:
-        raise SystemExit("dlib is not installed: pip install dlib-bin face-recognition-models (the [peers] extra), "
-                         "preferably in a virtualenv of its own") from err
+        raise InputError("dlib is not installed in this python: pip install dlib-bin face-recognition-models (the "
+                         "[peers] extra), preferably in a virtualenv of its own, and run predict with it") from err
     from datasets.coco_common import resolve_image_path, split_image_ids  # numpy only: no torch needed
 
     if args.predictor is None:
@@ -158,7 +161,7 @@ def score(args) -> dict:
     for item in args.results:
         label, _, path = item.partition("=")
         if not path:
-            raise SystemExit(f"--results {item!r}: give LABEL=FILE")
+            raise InputError(f"--results {item!r}: give LABEL=FILE, e.g. dlib=runs/dlib300w/dlib_keypoints.json")
         results = [r for r in json.load(open(path)) if int(r["image_id"]) in set(val_data.image_ids)]
         records = []
         for r in results:
@@ -191,9 +194,9 @@ def score(args) -> dict:
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_args(argv)
     return predict(args) if args.command == "predict" else score(args)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.bbox import box_iou, box_width_height
+from models.errors import ConfigError
 
 NORMALISATIONS = ("inter_ocular", "inter_pupil", "box")
 
@@ -160,11 +161,11 @@ class FaceReport:
                  regions: Mapping[str, Sequence[int]] | None = None, thresholds: Sequence[float] = (0.08, 0.1),
                  ced_plot: bool = True):
         if normalize not in NORMALISATIONS:
-            raise ValueError(f"eval.face.normalize={normalize!r} is not one of {NORMALISATIONS}")
+            raise ConfigError(f"eval.face.normalize={normalize!r} is not one of {NORMALISATIONS}; set one of them")
         if normalize == "inter_ocular" and pair is None:
-            raise ValueError("eval.face.normalize=inter_ocular needs eval.face.ocular_pair (or data.nme_normalize)")
+            raise ConfigError("eval.face.normalize=inter_ocular needs eval.face.ocular_pair (or data.nme_normalize)")
         if normalize == "inter_pupil" and (pupils is None or len(pupils) != 2):
-            raise ValueError("eval.face.normalize=inter_pupil needs eval.face.pupils: two lists of keypoint indices")
+            raise ConfigError("eval.face.normalize=inter_pupil needs eval.face.pupils: two lists of keypoint indices")
         self.normalize = normalize
         self.pair = tuple(int(i) for i in pair) if pair is not None else None
         self.pupils = tuple(tuple(int(i) for i in g) for g in pupils) if pupils is not None else None
@@ -217,7 +218,7 @@ def build_face_report(face_cfg: FaceReportConfig | None, num_keypoints: int,
             [(f"pupils[{i}]", g) for i, g in enumerate(pupils or ())]:
         bad = [int(i) for i in idx if not 0 <= int(i) < num_keypoints]
         if bad:
-            raise ValueError(f"eval.face {name}: keypoint indices {bad} are outside 0..{num_keypoints - 1}")
+            raise ConfigError(f"eval.face {name}: keypoint indices {bad} are outside 0..{num_keypoints - 1}")
     return FaceReport(face_cfg.normalize, pair, pupils, regions, face_cfg.thresholds, face_cfg.ced_plot)
 
 

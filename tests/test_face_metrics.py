@@ -169,6 +169,7 @@ def test_peer_predict_needs_no_torch():
     import sys
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = "import sys; import datasets.coco_common; assert 'torch' not in sys.modules, 'torch imported'"
+    code = ("import sys; import datasets.coco_common, models.errors, tools._common; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
