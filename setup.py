@@ -21,5 +21,7 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "pytest-timeout", "hypothesis", "ruff", "tensorboard"],
+        # The peer model of bench/dlib_landmarks.py (dlib's 68-point shape predictor); never needed by tests.
+        "peers": ["dlib-bin>=19.24", "face-recognition-models>=0.3"],
     },
 )

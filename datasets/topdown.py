@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, default_collate
 from datasets.affine import apply_affine, crop_matrix, invert_affine
 from datasets.coco_keypoints import KeypointInstance
 from datasets.image_io import BAD_IMAGE_POLICIES, read_record_image
-from datasets.topdown_augment import TopDownAugment, photometric_transform
+from datasets.topdown_augment import TopDownAugment, jitter_box, photometric_transform
 from models.bbox import DEFAULT_CROP_PADDING, box_to_center_size
 from models.errors import ConfigError
 
@@ -115,10 +115,14 @@ class TopDownKeypointDataset(Dataset):
     def _crop_params(self, inst: KeypointInstance, rng: np.random.Generator):
         """Crop centre, size (image pixels), rotation (degrees) and flip for one sample."""
         aspect = self.input_size[0] / self.input_size[1]
-        center, size = box_to_center_size(inst.bbox, aspect, self.bbox_padding)
         if not self.train:
+            center, size = box_to_center_size(inst.bbox, aspect, self.bbox_padding)
             return center, size, 0.0, False
         aug = self.augment
+        box = inst.bbox
+        if aug.box_jitter > 0 and rng.random() < aug.box_jitter_prob:
+            box = jitter_box(box, aug.box_jitter, rng)
+        center, size = box_to_center_size(box, aspect, self.bbox_padding)
         if aug.half_body_prob > 0 and len(self.upper_body_ids) and rng.random() < aug.half_body_prob:
             half = self._half_body(inst.keypoints, aspect, rng)
             if half is not None:

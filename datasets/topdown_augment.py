@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import albumentations as A
+import numpy as np
+
+from models.bbox import box_width_height
+from models.errors import ConfigError
 
 PHOTOMETRIC_PRESETS = ("none", "light", "strong")
 
@@ -28,6 +32,30 @@ class TopDownAugment:
     half_body_prob: float = 0.3        # crop to the upper or lower body (needs data.upper_body_ids)
     half_body_min_keypoints: int = 8   # labelled keypoints an instance needs for a half-body crop
     photometric: str = "light"         # one of PHOTOMETRIC_PRESETS
+    # Detector-like boxes: each edge of the annotated box moves independently by up to this fraction of the
+    # box's width (left, right) or height (top, bottom), so the model stops relying on a landmark-tight box
+    # that only exists when the landmarks are known. 0 (off) keeps the annotation box.
+    box_jitter: float = 0.0
+    box_jitter_prob: float = 1.0
+
+
+def jitter_box(box: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Move each edge of one inclusive xyxy box [4] by ``uniform(-fraction, fraction)`` x its width/height.
+
+    The edges move, so the width changes by the difference of the two moves (``w' = w + dx2 - dx1``); a
+    box is never made narrower than a quarter of its size. Returns a new float64 [4].
+    """
+    if not 0 <= fraction < 0.5:
+        raise ConfigError(f"data.augment.box_jitter={fraction} must be in [0, 0.5) (a fraction of the box size per "
+                          f"edge; 0.1-0.2 mimics a face detector's boxes)")
+    box = np.asarray(box, np.float64)
+    w, h = box_width_height(box)
+    scale = np.array([w, h, w, h])
+    out = box + rng.uniform(-fraction, fraction, size=4) * scale
+    # Keep at least a quarter of each side: large jitters may otherwise swap the edges.
+    centre = (out[:2] + out[2:]) / 2
+    half = np.maximum((out[2:] - out[:2] + 1) / 2, np.array([w, h]) / 8)
+    return np.concatenate([centre - half + 0.5, centre + half - 0.5])
 
 
 def photometric_transform(preset: str) -> A.Compose:

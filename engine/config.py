@@ -22,6 +22,7 @@ from datasets.synthetic import SyntheticKeypointSpec
 from datasets.synthetic_classification import SyntheticClassificationSpec
 from datasets.synthetic_detection import SyntheticDetectionSpec
 from datasets.topdown_augment import TopDownAugment
+from engine.face_metrics import FaceReportConfig
 from models.errors import ConfigError  # noqa: F401  (re-exported: engine.config.ConfigError)
 
 
@@ -61,6 +62,7 @@ class TrainConfig:
     accumulate_steps: int = 1           # batches whose gradients add up before one optimiser step
     grad_clip_norm: float | None = None # clip the global gradient norm to this
     precision: str = "fp32"             # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler)
+    channels_last: bool = False         # NHWC weights and activations (GPUs with bf16/fp16; no gain on our CPU)
     ema_decay: float | None = None      # e.g. 0.999: keep an EMA of the weights, evaluated alongside
     ema_warmup_steps: int = 0           # ramp the EMA decay up over this many steps
     freeze: list[str] = field(default_factory=list)   # glob patterns of parameter names to freeze
@@ -124,6 +126,7 @@ class KeypointEvalConfig:
     main_metric: str = "AP"             # the metric that picks the `best` checkpoint
     rescore_threshold: float = 0.2      # keypoints above this confidence enter the instance score
     pck_thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
+    face: FaceReportConfig | None = None   # landmark sets: NME/FR/AUC/CED and per-region NME (face_metrics)
 
 
 @dataclass

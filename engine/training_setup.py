@@ -61,6 +61,8 @@ def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, pr
     seed_everything(t.seed)
     exp = build_experiment(cfg, device, progress=progress and is_main, rank=rank, world_size=world)
     model = exp.model
+    if t.channels_last:     # in place: the same Parameter objects, so optimiser and EMA see NHWC weights
+        model.to(memory_format=torch.channels_last)
 
     if t.init_weights and not resume:
         report = load_weights_for_finetuning(model, t.init_weights)

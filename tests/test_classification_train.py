@@ -94,3 +94,22 @@ def test_a_huge_learning_rate_stops_with_the_report(tmp_path):
                  "gradient norm:", "first bad layer:   net.", "batch saved to:"):
         assert part in report, part
     assert os.listdir(tmp_path / "nan" / "nonfinite")
+
+
+def test_channels_last_trains_to_the_same_weights(tmp_path):
+    """train.channels_last changes the memory layout only: after a few steps the weights equal the NCHW run's."""
+    from tools import train
+
+    runs = {}
+    for layout in ("false", "true"):
+        run = str(tmp_path / layout)
+        train.main(["--config", CONFIG, "--run-dir", run, "--no-progress", "train.epochs=1", *TINY,
+                    "train.num_threads=1", "train.freeze_bn=all", "model.drop_rate=0.0",
+                    f"train.channels_last={layout}"])
+        runs[layout] = load_checkpoint(os.path.join(run, "last.pt"))
+    nchw, nhwc = runs["false"]["model"], runs["true"]["model"]
+    assert nhwc["net.conv1.0.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert not nchw["net.conv1.0.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert runs["true"]["global_step"] == 3
+    for name, value in nchw.items():
+        torch.testing.assert_close(nhwc[name], value, rtol=1e-4, atol=1e-5, msg=name)

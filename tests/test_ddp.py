@@ -1,4 +1,5 @@
-"""DistributedDataParallel on the CPU: 2 gloo processes (torchrun) match 1 process at the same global batch.
+"""DistributedDataParallel on the CPU: 2 gloo processes (torchrun) match 1 process at the same global batch,
+whether one launcher starts both or two launchers ("nodes") meet at a c10d rendezvous.
 
 The model must not depend on how a batch is split: BatchNorm uses its running statistics
 (``train.freeze_bn=all``; SyncBatchNorm would need GPUs) and dropout is off. Both runs see the same samples in
@@ -12,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -71,3 +73,44 @@ def test_two_gloo_processes_match_one(tmp_path):
     for r1, r2 in zip(rows_one, rows_two):                       # epoch loss summed over ranks
         assert float(r2["train_loss"]) == pytest.approx(float(r1["train_loss"]), rel=1e-4)
         assert int(r2["train_images"]) == int(r1["train_images"]) == 32
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multinode_two_launchers_match_one_process(tmp_path):
+    """Two torchrun launchers with --nnodes 2 (one process each) joined by a c10d rendezvous on localhost:
+    how two machines train together. The weights after training equal one process's at the same global batch."""
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    run(["--run-dir", one, "train.batch_size=8", *COMMON], nproc=1)
+    # GLOO_SOCKET_IFNAME: gloo would otherwise pick the interface of the host name (on a cluster: eth0, ib0).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, "GLOO_SOCKET_IFNAME": "lo"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_id=multinode-test",
+                "--local_addr=127.0.0.1"]
+    train = ["-m", "tools.train", "--config", CONFIG, "--no-progress", "--run-dir", two, "train.batch_size=4", *COMMON]
+    nodes = [subprocess.Popen([*launcher, *train], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = []
+    try:
+        for node in nodes:
+            outputs.append(node.communicate(timeout=600))
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    for node, (_, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-4000:]
+    logs = "".join(err for _, err in outputs)
+    assert "rank 0 of 2" in logs and "rank 1 of 2" in logs and "backend gloo" in logs
+
+    a, b = load_checkpoint(os.path.join(one, "last.pt")), load_checkpoint(os.path.join(two, "last.pt"))
+    assert a["global_step"] == b["global_step"] == 8
+    for name, value in a["model"].items():
+        torch.testing.assert_close(b["model"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    for key in ("top1", "loss"):
+        assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-4, abs=1e-4), key
+    assert json.load(open(os.path.join(two, "metrics.json")))["provenance"]["world_size"] == 2

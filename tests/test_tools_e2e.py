@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -211,3 +212,39 @@ def test_what_training_changes(trained):
     # Training changed weights and BN statistics, never the input normalisation constants.
     assert "normalizer.scale" in report["checkpoint_unchanged"]
     assert "normalizer.shift" in report["checkpoint_unchanged"]
+
+
+def test_eval_face_report_on_ground_truth_and_on_a_boxes_file(trained, tmp_path):
+    """``eval.face`` adds NME/FR/AUC/regions and ced.png; the same boxes given as a detection file score the same."""
+    from models.bbox import xyxy_to_coco_xywh
+    from tools import eval as eval_tool
+
+    face = ["eval.face.normalize=box", "eval.face.regions={head:[0,1,2,3,4],legs:[11,12,13,14,15,16]}"]
+    ckpt = os.path.join(trained["run_dir"], "best.pt")
+    on_gt = eval_tool.main(["--config", trained["cfg"], "--checkpoint", ckpt, "--output-dir", str(tmp_path / "gt"),
+                            "--no-progress", *TINY_MODEL, *face])
+    m = on_gt["metrics"]
+    for key in ("NME", "FR@0.08", "FR@0.1", "AUC@0.08", "AUC@0.1", "NME/head", "NME/legs", "ms/face"):
+        assert key in m, key
+    assert 0 <= m["FR@0.1"] <= m["FR@0.08"] <= 1 and 0 <= m["AUC@0.08"] <= m["AUC@0.1"] <= 1
+    assert on_gt["face_report"]["normalize"] == "box" and os.path.isfile(tmp_path / "gt" / "ced.png")
+    saved = json.load(open(tmp_path / "gt" / "metrics.json"))
+    assert saved["boxes"] == "ground truth" and saved["metrics"]["NME"] == m["NME"]
+
+    from engine.config import load_config
+
+    cfg = load_config(trained["cfg"])
+    anns = json.load(open(cfg.data.val.ann_file))["annotations"]
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0,
+             "bbox": xyxy_to_coco_xywh(np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2] - 1,
+                                                  a["bbox"][1] + a["bbox"][3] - 1]]))[0].tolist()}
+            for a in anns if a.get("num_keypoints", 1) > 0 and not a.get("iscrowd", 0)]
+    boxes_file = tmp_path / "boxes.json"
+    boxes_file.write_text(json.dumps(dets))
+    on_file = eval_tool.main(["--config", trained["cfg"], "--checkpoint", ckpt, "--output-dir", str(tmp_path / "det"),
+                              "--boxes", str(boxes_file), "--no-progress", *TINY_MODEL, *face])
+    assert on_file["boxes"] != "ground truth" and os.path.isfile(tmp_path / "det" / "ced.png")
+    d = on_file["metrics"]
+    assert d["faces"] == m["faces"] and d.get("faces_missed", 0) == 0
+    for key in ("NME", "NME/head", "AUC@0.1"):
+        assert d[key] == pytest.approx(m[key], rel=1e-3, abs=1e-5), key

@@ -16,6 +16,7 @@ from datasets.sampler import SeededSampler, sample_seed
 from datasets.skeletons import COCO_FLIP_INDEX, COCO_KEYPOINT_NAMES, COCO_UPPER_BODY_IDS
 from datasets.topdown import TopDownKeypointDataset, check_flip_index, collate_skipping_none
 from datasets.topdown_augment import TopDownAugment, photometric_transform
+from models.bbox import box_width_height
 from models.errors import DataError
 from models.heatmap_codec import HeatmapCodec
 
@@ -294,3 +295,43 @@ def test_photometric_does_not_move_keypoints(instances):
         torch.testing.assert_close(s["keypoints"], plain[0]["keypoints"])
         changed += not torch.equal(s["image"], plain[0]["image"])
     assert changed >= 1
+
+
+def test_jitter_box_moves_edges_within_the_range():
+    from datasets.topdown_augment import jitter_box
+
+    box = np.array([10.0, 20.0, 49.0, 99.0])                 # inclusive: 40 x 80 pixels
+    rng = np.random.default_rng(0)
+    moves = np.array([jitter_box(box, 0.1, rng) - box for _ in range(500)])
+    limit = 0.1 * np.array([40, 80, 40, 80])
+    assert (np.abs(moves) <= limit + 1e-9).all()
+    assert (np.abs(moves).max(0) > 0.9 * limit).all()        # the whole range is used, on every edge
+    assert np.abs(moves.mean(0)).max() < 0.1 * limit.max()   # and symmetrically
+    np.testing.assert_array_equal(jitter_box(box, 0.0, rng), box)
+    wide = np.array([jitter_box(box, 0.45, rng) for _ in range(500)])
+    assert (wide[:, 2] - wide[:, 0] + 1 >= 40 / 4 - 1e-9).all() and (wide[:, 3] - wide[:, 1] + 1 >= 80 / 4 - 1e-9).all()
+    with pytest.raises(ValueError, match="box_jitter"):
+        jitter_box(box, 0.6, rng)
+
+
+def test_box_jitter_changes_the_crop_only_when_on(instances):
+    plain = _dataset(instances)
+    off = _dataset(instances, train=True, augment=_no_aug())
+    on = _dataset(instances, train=True, augment=_no_aug(box_jitter=0.15))
+    moved = 0
+    for i, inst in enumerate(instances):
+        torch.testing.assert_close(off[(i, 5)]["crop_to_image"], plain[i]["crop_to_image"])
+        s = on[(i, 5)]
+        centre, width = _crop_centre_and_width(s)
+        c0, w0 = _crop_centre_and_width(plain[i])
+        # The crop follows the jittered box: its centre moves by at most the jitter of the box (edges move
+        # up to 15 % of the box size each, so the centre up to 15 %), its width changes by up to 30 %.
+        bw, bh = box_width_height(inst.bbox)
+        assert abs(centre[0] - c0[0]) <= 0.15 * bw + 1e-3 and abs(centre[1] - c0[1]) <= 0.15 * bh + 1e-3
+        assert 0.69 * w0 <= width <= 1.31 * w0
+        moved += not np.allclose(centre, c0, atol=1e-3)
+        # The keypoints move with the pixels: crop coordinates mapped back land on the annotation.
+        labelled = s["keypoints"][:, 2] > 0
+        back = apply_affine(s["keypoints"][:, :2].double().numpy(), s["crop_to_image"].double().numpy())
+        np.testing.assert_allclose(back[labelled.numpy()], inst.keypoints[labelled.numpy(), :2], atol=1e-3)
+    assert moved == len(instances)

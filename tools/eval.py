@@ -13,14 +13,17 @@ says which it used (``boxes`` in the printout and in metrics.json):
   (normalised by data.nme_normalize's keypoint pair, else the box diagonal);
 * detected boxes (``--boxes`` a COCO detection-results file, or ``--det-checkpoint`` a detector): the
   two-stage pipeline of tools.infer on every validation image (crop, keypoints, rescoring, OKS-NMS); COCO
-  keypoint AP/AR only (PCK and NME need a ground-truth instance per prediction). ``--det-category`` selects
+  keypoint AP/AR, and with ``eval.face`` the face report on the faces matched to a box (IoU >= 0.3; a face
+  without one counts as a failure). PCK needs a ground-truth instance per prediction. ``--det-category`` selects
   the categories of either source (detector: all by default; file: the keypoint model's category when the
   file has it, else all); ``--det-score-threshold`` is the detector's lowest score and
   ``--box-score-threshold`` the file's, both 0 by default (AP wants every box; tools.infer's detector default
   is 0.3).
 
 A detection config is evaluated with COCO bbox AP/AR (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l).
-Writes the COCO results JSON and the metrics JSON.
+Writes the COCO results JSON and the metrics JSON. With ``eval.face`` (landmark sets, e.g. the 300-W config)
+the metrics add the face-alignment report (engine/face_metrics.py: ``NME``, ``FR@t``, ``AUC@t``,
+``NME/<region>``, ``ms/face``) and ``ced.png`` is written beside them.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ import argparse
 import json
 import logging
 import os
+import time
 
 from datasets.coco_common import resolve_image_path
 from engine.checkpoint import check_checkpoint_task, load_checkpoint, load_model_state
 from engine.coco_eval import coco_eval
 from engine.config import load_config
 from engine.distributed import resolve_device
+from engine.face_metrics import evaluate_detected, write_face_outputs
 from engine.tasks.detection import check_checkpoint_classes
 from engine.tasks.registry import build_evaluation
 from engine.two_stage import detection_file_boxes, detector_boxes, keypoint_pipeline, run_on_images
@@ -88,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
         report, results = evaluate_on_detections(args, cfg, device, exp)
     else:
         report, results = evaluate_on_ground_truth(args, cfg, exp)
+    if cfg.task == "keypoints":
+        write_face_outputs(exp.task.face, out_dir, report)
     write_json(os.path.join(out_dir, RESULTS_FILE[cfg.task]), results)
     write_json(os.path.join(out_dir, "metrics.json"), report, indent=2)
     print(format_metrics(report))
@@ -104,10 +111,13 @@ def evaluate_on_ground_truth(args, cfg, exp) -> tuple[dict, list[dict]]:
               "flip_test": cfg.eval.flip_test, "refine": cfg.eval.refine, "instances": len(loader.dataset),
               "metrics": metrics}
     if args.compare_flip:
+        face_nme = task.face and task.face.last_face_nme    # the CED is drawn for the configured flip setting
         other, _ = task.evaluate(exp.model, loader, flip_test=not cfg.eval.flip_test)
         with_flip, without = (metrics, other) if cfg.eval.flip_test else (other, metrics)
         report.update(without_flip=without, with_flip=with_flip,
                       flip_gain={k: with_flip[k] - without[k] for k in with_flip})
+        if task.face:
+            task.face.last_face_nme = face_nme
     return report, results
 
 
@@ -132,9 +142,12 @@ def evaluate_on_detections(args, cfg, device, exp) -> tuple[dict, list[dict]]:
              "on" if cfg.eval.flip_test else "off")
     images = [(resolve_image_path(cfg.data.val.image_root, val_data.images[i]["file_name"], cfg.data.val.ann_file), i)
               for i in val_data.image_ids]
+    start = time.perf_counter()
     run = run_on_images(images, source, pipeline, progress=not args.no_progress)
+    seconds = time.perf_counter() - start
     results = task.to_coco_results(run.records)
     metrics = coco_eval(task.val_gt, results, "keypoints", sigmas=task.meta.oks_sigmas)
+    metrics.update(evaluate_detected(task.face, run.records, val_data.instances, val_data.image_ids, seconds))
     report = {"checkpoint": args.checkpoint, "ann_file": cfg.data.val.ann_file, "boxes": source.description,
               "boxes_used": run.num_boxes, "box_stats": run.box_stats, "instances": len(results),
               "flip_test": cfg.eval.flip_test, "refine": cfg.eval.refine, "oks_nms_threshold": args.oks_nms_threshold,

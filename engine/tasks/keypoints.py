@@ -8,6 +8,7 @@ decodes and the crop matrices map the points back to the image.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from datasets.synthetic import ensure_synthetic_dataset
 from datasets.topdown import TopDownKeypointDataset, check_flip_index, collate_skipping_none
 from engine.coco_eval import coco_eval
 from engine.distributed import all_gather_list
+from engine.face_metrics import FaceReport, build_face_report
 from engine.keypoint_metrics import nme, pck
 from engine.tasks.base import Experiment
 from models.errors import ConfigError, DataError
@@ -70,6 +72,7 @@ class KeypointTask:
         val_gt: COCO ground-truth dict of the validation images (for ``validate``).
         rescore_threshold: keypoints above this confidence enter the instance score.
         pck_thresholds: PCK alphas.
+        face: the face-alignment report added to the metrics (``engine.face_metrics``).
     """
 
     name = "keypoints"
@@ -77,7 +80,7 @@ class KeypointTask:
     def __init__(self, codec: HeatmapCodec, meta: KeypointMeta, flip_test: bool = True, ohkm_topk: int | None = None,
                  keypoint_weights: Sequence[float] | None = None, val_gt: dict | None = None,
                  rescore_threshold: float = 0.2, pck_thresholds: Sequence[float] = (0.05, 0.1, 0.2),
-                 progress: bool = True):
+                 progress: bool = True, face: FaceReport | None = None):
         self.codec = codec
         self.meta = meta
         self.flip_test = flip_test
@@ -87,6 +90,7 @@ class KeypointTask:
         self.rescore_threshold = rescore_threshold
         self.pck_thresholds = tuple(pck_thresholds)
         self.progress = progress
+        self.face = face            # the face-alignment report (NME/FR/AUC per face), landmark sets only
 
     # ------------------------------------------------------------------ training
     def training_step(self, model: nn.Module, batch: dict) -> dict:
@@ -185,7 +189,9 @@ class KeypointTask:
         if gt is None:
             raise ValueError("no ground truth to evaluate against (val_gt)")
         # Under DistributedDataParallel each rank predicts its share of the loader: gather them all.
+        start = time.perf_counter()
         records = all_gather_list(self.predict(model, loader, flip_test))
+        seconds = time.perf_counter() - start
         results = self.to_coco_results(records)
         metrics = coco_eval(gt, results, "keypoints", sigmas=self.meta.oks_sigmas)
         instances = loader.dataset.instances
@@ -195,6 +201,8 @@ class KeypointTask:
             boxes = np.stack([instances[r["index"]].bbox for r in records])
             metrics.update(pck(pred, truth, boxes, self.pck_thresholds))
             metrics["NME"] = nme(pred, truth, boxes, self.meta.nme_pair)
+            if self.face is not None:
+                metrics.update(self.face.evaluate(pred, truth, boxes, seconds=seconds))
         return metrics, results
 
 
@@ -318,7 +326,8 @@ def build_task(cfg, meta: KeypointMeta, val_gt: dict | None = None, progress: bo
     ev = cfg.eval
     return KeypointTask(build_codec(cfg), meta, flip_test=ev.flip_test if flip_test is None else flip_test,
                         keypoint_weights=cfg.data.keypoint_weights, val_gt=val_gt,
-                        rescore_threshold=ev.rescore_threshold, pck_thresholds=ev.pck_thresholds, progress=progress)
+                        rescore_threshold=ev.rescore_threshold, pck_thresholds=ev.pck_thresholds, progress=progress,
+                        face=build_face_report(ev.face, len(meta.keypoint_names), meta.nme_pair))
 
 
 def make_val_loader(cfg, val_set, device: torch.device, rank: int = 0, world_size: int = 1):
