@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         report, results = evaluate_on_detections(args, cfg, device, exp)
     else:
         report, results = evaluate_on_ground_truth(args, cfg, exp)
+    os.makedirs(out_dir, exist_ok=True)
     if cfg.task == "keypoints":
         write_face_outputs(exp.task.face, out_dir, report)
     write_json(os.path.join(out_dir, RESULTS_FILE[cfg.task]), results)
