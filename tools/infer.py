@@ -44,6 +44,7 @@ from tqdm import tqdm
 from datasets.image_io import read_image_rgb
 from engine.distributed import resolve_device
 from engine.inference import DetectionPredictor, TopDownPredictor, load_for_inference
+from engine.onnx_runtime import apply_backend_flags
 from engine.tasks import detection as det_task
 from engine.tasks import keypoints as kp
 from engine.two_stage import (
@@ -56,6 +57,8 @@ from engine.two_stage import (
     select_categories,
 )
 from engine.two_stage import load_detections as _load_detections
+from engine.video import split_inputs
+from engine.video_infer import add_video_arguments, infer_videos_from_args
 from engine.visualize import draw_detections, draw_keypoints, save_rgb
 from tools._common import add_debug_flag, run_cli, setup_logging
 
@@ -94,6 +97,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
                    help="what to do with an unreadable image (default: warn and skip)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--backend", choices=("pytorch", "onnxruntime"), default="pytorch",
+                   help="onnxruntime: run an exported model (--model, --det-model) without its checkpoint")
+    p.add_argument("--model", help="--backend onnxruntime: a keypoint model written by tools.export")
+    p.add_argument("--det-model", help="--backend onnxruntime: a detector written by tools.export")
+    add_video_arguments(p)
     return p
 
 
@@ -174,7 +182,14 @@ def resolve_image_ids(files: list[str], ids: list[int | None], boxes: str | None
 def main(argv: list[str] | None = None) -> dict:
     args = add_debug_flag(get_args_parser()).parse_args(argv)
     setup_logging()
+    apply_backend_flags(args)
     check_flags(args)
+    images, videos = split_inputs(args.input)
+    video_summary = {}
+    if videos:
+        video_summary = infer_videos_from_args(args, videos, resolve_device(args.device))
+        if not images:
+            return video_summary
     det_threshold = 0.3 if args.det_score_threshold is None else args.det_score_threshold
     box_threshold = 0.0 if args.box_score_threshold is None else args.box_score_threshold
     files = list_images(args.input)
@@ -250,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = {"images": len(files) - len(skipped), "boxes": n_boxes, "box_source": source.description,
                "skipped": skipped, "vis_dir": vis_dir, "unknown_image_ids": unknown_ids,
-               "box_stats": source.log_summary()}
+               "box_stats": source.log_summary(), **video_summary}
     if pipeline is not None:
         results = pipeline.task.to_coco_results(records)
         out_json = os.path.join(args.output_dir, "keypoint_results.json")
