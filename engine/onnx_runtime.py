@@ -172,8 +172,9 @@ def apply_backend_flags(args) -> None:
                                  f"onnxruntime --{'model' if flag == 'checkpoint' else 'det-model'} {path}")
         return
     if not models:
-        raise InputError("--backend onnxruntime runs an exported model: pass --model M.onnx (and/or --det-model); "
-                         "write one with python -m tools.export --checkpoint best.pt --output M.onnx")
+        ckpt = args.checkpoint or args.det_checkpoint or "best.pt"
+        raise InputError(f"--backend onnxruntime runs an exported model: export it (python -m tools.export "
+                         f"--checkpoint {ckpt} --output M.onnx) and pass --model M.onnx (a detector: --det-model)")
     if args.model and read_metadata(args.model)["kind"] == "detection" and not args.det_model:
         args.det_model, args.model = args.model, None          # a detector alone, given as --model
     for onnx_flag, ckpt_flag in (("model", "checkpoint"), ("det_model", "det_checkpoint")):
