@@ -128,7 +128,8 @@ def load_onnx_for_inference(path: str, device: torch.device) -> tuple:
     if model.outputs == "keypoints":
         raise CheckpointError(f"{path} was exported with --decode (keypoints in crop pixels, flip test inside), "
                               f"which this pipeline cannot flip-test or batch differently; export it without "
-                              f"--decode for tools.infer, or load it with engine.api.load")
+                              f"--decode for tools.infer and engine.api, or run it with "
+                              f"engine.onnx_runtime.DecodedKeypointRunner")
     cfg = config_from_dict(model.doc["config"])
     return cfg, model.to(device).eval(), {"meta": model.doc["meta"], "config": model.doc["config"]}
 
