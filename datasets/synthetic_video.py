@@ -64,3 +64,19 @@ def write_video(path: str, frames: list[np.ndarray], fps: float = 10.0) -> str:
         writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     writer.release()
     return path
+
+
+def truth_detections(truth: np.ndarray, margin: float = 8.0, category_id: int = 1) -> list[dict]:
+    """Per-frame COCO detections (``image_id`` = frame index, score 1) of boxes around each figure's true
+    keypoints widened by ``margin`` pixels: the boxes a perfect detector would give, for top-down inference.
+
+    truth: [T, F, 17, 2] as :func:`render_moving_figures` returns it."""
+    dets = []
+    for t, figs in enumerate(np.asarray(truth)):
+        for k in figs:
+            x1, y1 = k.min(0) - margin
+            x2, y2 = k.max(0) + margin
+            dets.append({"image_id": t, "category_id": category_id, "score": 1.0,
+                         "bbox": [round(float(x1), 2), round(float(y1), 2), round(float(x2 - x1 + 1), 2),
+                                  round(float(y2 - y1 + 1), 2)]})
+    return dets

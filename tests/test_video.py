@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.synthetic_video import render_moving_figures, write_video
+from datasets.synthetic_video import render_moving_figures, truth_detections, write_video
 from engine.pose_outputs import frame_results, read_dlc_csv, write_dlc_csv
 from engine.video import VideoSource, VideoWriter, split_inputs
 from models.errors import InputError
@@ -148,16 +148,8 @@ def test_batched_frames_give_the_per_image_poses(checkpoint, clip):
 
 
 def _truth_boxes(truth: np.ndarray, path: str) -> str:
-    """Per-frame COCO detections (image_id = frame index) around each figure's keypoints."""
-    dets = []
-    for t, figs in enumerate(truth):
-        for k in figs:
-            x1, y1 = k.min(0) - 8
-            x2, y2 = k.max(0) + 8
-            dets.append({"image_id": t, "category_id": 1, "bbox": [float(x1), float(y1), float(x2 - x1 + 1),
-                                                                   float(y2 - y1 + 1)], "score": 0.9})
     with open(path, "w") as f:
-        json.dump(dets, f)
+        json.dump(truth_detections(truth), f)
     return path
 
 
@@ -218,3 +210,42 @@ def test_video_flags_that_cannot_work_are_named(checkpoint, clip, tmp_path):
     with pytest.raises(InputError, match="--smooth .* --track"):
         infer.main(["--checkpoint", checkpoint, "--input", clip["path"], "--output-dir", str(tmp_path), "--smooth",
                     "--no-progress"])
+
+
+class _MovingDetector:
+    """A stand-in DetectionPredictor: one box that moves 10 px per call, and a count of the frames it saw."""
+
+    def __init__(self):
+        self.seen = 0
+        self.task = type("T", (), {"meta": type("M", (), {"category_ids": [1], "class_names": ["figure"]})()})()
+
+    def predict_many(self, images):
+        out = []
+        for _ in images:
+            x = 10.0 * self.seen
+            self.seen += 1
+            out.append({"boxes": np.array([[x, 0, x + 40, 60]]), "scores": np.array([0.9]),
+                        "labels": np.array([0]), "category_ids": np.array([1])})
+        return out
+
+
+def test_detector_every_n_frames_reuses_its_last_boxes(clip):
+    from engine.two_stage import DetectorBoxes
+    from engine.video_infer import VideoPoseRunner
+
+    det = _MovingDetector()
+    runner = VideoPoseRunner(None, DetectorBoxes(det, score_threshold=0.5), det_every=3, batch_size=4)
+    results = list(runner.run(enumerate(clip["frames"])))
+    assert det.seen == 3                                       # frames 0, 3 and 6 of 8
+    assert [r.boxes[0, 0] for r in results] == [0, 0, 0, 10, 10, 10, 20, 20]
+
+
+def test_demo_video_stage_on_a_tiny_model(checkpoint, tmp_path):
+    from tools import demo
+
+    timings: dict = {}
+    out = demo.run_video_stage(checkpoint, str(tmp_path), ["--no-progress"], timings, num_frames=6)
+    (summary,) = out["videos"]
+    assert summary["frames"] == 6 and summary["track_ids"] == [0, 1] and timings["video"] > 0
+    src = VideoSource(summary["outputs"]["video"])
+    assert src.size == (256, 192) and src.fps == pytest.approx(15.0)
