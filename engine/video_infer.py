@@ -245,6 +245,10 @@ def infer_video(source: VideoSource, runner: VideoPoseRunner, output_dir: str, m
             if writer is not None:
                 writer.write(draw_frame(res, meta, class_names, draw_threshold, draw_boxes=not whole))
             bar.update(1)
+    except KeyboardInterrupt:
+        if not source.camera:
+            raise
+        log.info("camera %s: stopped by Ctrl-C after %d frames", source.spec, len(frames))   # a camera's end
     finally:
         bar.close()
         if writer is not None:

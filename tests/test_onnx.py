@@ -191,3 +191,20 @@ def test_detector_export_matches_pytorch(tmp_path):
         np.testing.assert_allclose(b["boxes"], a["boxes"], rtol=0, atol=0.01)
         np.testing.assert_allclose(b["scores"], a["scores"], rtol=0, atol=1e-5)
         assert (a["labels"] == b["labels"]).all()
+
+
+def test_video_through_onnxruntime_matches_pytorch(exported, tmp_path):
+    from datasets.synthetic_video import truth_detections, write_video
+    from tools import infer
+
+    frames, truth = render_moving_figures(num_frames=4, size=(120, 100), num_figures=2, figure_height=60, seed=5)
+    video = write_video(str(tmp_path / "clip.mp4"), frames)
+    (tmp_path / "boxes.json").write_text(json.dumps(truth_detections(truth)))
+    common = ["--input", video, "--boxes", str(tmp_path / "boxes.json"), "--track", "--no-progress"]
+    a = infer.main(["--checkpoint", exported["ckpt"], "--output-dir", str(tmp_path / "pt"), *common])
+    b = infer.main(["--backend", "onnxruntime", "--model", exported["onnx"], "--output-dir", str(tmp_path / "ox"),
+                    *common])
+    pt = json.load(open(a["videos"][0]["outputs"]["json"]))
+    ox = json.load(open(b["videos"][0]["outputs"]["json"]))
+    assert [r["track_id"] for r in pt] == [r["track_id"] for r in ox]
+    _assert_same_results(pt, ox)
