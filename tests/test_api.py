@@ -100,3 +100,21 @@ def test_video_generator_tracks_and_smooths(workdir):
     # The first frame passes through the filter unchanged; later ones move towards the past.
     np.testing.assert_array_equal(smooth[0].keypoints, raw[0].keypoints)
     assert all(np.array_equal(s.keypoints[..., 2], r.keypoints[..., 2]) for s, r in zip(smooth, raw))
+
+
+def test_infer_runs_a_detector_on_a_video_alone_and_before_keypoints(workdir, tmp_path):
+    import json
+
+    from tools import infer
+
+    det, kpt, clip = (os.path.join(workdir, p) for p in ("runs/det/best.pt", "runs/pose/best.pt", "clip.mp4"))
+    alone = infer.main(["--det-checkpoint", det, "--det-score-threshold", "0", "--input", clip, "--output-dir",
+                        str(tmp_path / "det"), "--no-progress"])["videos"][0]
+    dets = json.load(open(alone["outputs"]["json"]))
+    assert alone["frames"] == 5 and {d["frame"] for d in dets} == set(range(5)) and alone["outputs"]["video"]
+    both = infer.main(["--det-checkpoint", det, "--det-score-threshold", "0", "--det-every", "2", "--checkpoint",
+                       kpt, "--input", clip, "--output-dir", str(tmp_path / "both"), "--track",
+                       "--no-progress"])["videos"][0]
+    poses = json.load(open(both["outputs"]["json"]))
+    assert both["frames"] == 5 and poses and all(len(p["keypoints"]) == 51 for p in poses)
+    assert {p["frame"] for p in poses} <= set(range(5)) and all(p["track_id"] is not None for p in poses)
