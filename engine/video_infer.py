@@ -207,8 +207,11 @@ def draw_frame(result: FrameResult, meta=None, class_names=None, draw_threshold:
         if draw_boxes:
             cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
         text = (f"id {tid} " if tid is not None else "") + f"{result.scores[i]:.2f}"
-        cv2.putText(out, text, (x1 + 2, max(y1 + int(12 * max(scale, 1)), 10)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.35 * max(scale, 1), colour, max(thick // 2, 1), cv2.LINE_AA)
+        # Above the box where there is room (inside it otherwise), clear of the keypoints.
+        size = 0.3 * max(scale, 1)
+        text_h = int(22 * size) + 2
+        y = y1 - 4 if y1 - 4 >= text_h else y1 + text_h
+        cv2.putText(out, text, (x1, y), cv2.FONT_HERSHEY_SIMPLEX, size, colour, max(thick // 2, 1), cv2.LINE_AA)
     return out
 
 
