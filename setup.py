@@ -18,8 +18,10 @@ setup(
         "omegaconf>=2.3",
         "tqdm",
         "matplotlib",
+        "scipy",
     ],
     extras_require={
         "dev": ["pytest", "pytest-timeout", "hypothesis", "ruff", "tensorboard"],
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
     },
 )

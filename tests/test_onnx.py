@@ -191,6 +191,27 @@ def test_detector_export_matches_pytorch(tmp_path):
         np.testing.assert_allclose(b["boxes"], a["boxes"], rtol=0, atol=0.01)
         np.testing.assert_allclose(b["scores"], a["scores"], rtol=0, atol=1e-5)
         assert (a["labels"] == b["labels"]).all()
+    # A detector given as --model runs alone through tools.infer.
+    from tools import infer
+
+    os.makedirs(tmp_path / "images")
+    for i, im in enumerate(images):
+        cv2.imwrite(str(tmp_path / "images" / f"{i}.png"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
+    out = infer.main(["--backend", "onnxruntime", "--model", str(tmp_path / "det.onnx"), "--input",
+                      str(tmp_path / "images"), "--output-dir", str(tmp_path / "o"), "--det-score-threshold", "0",
+                      "--no-progress"])
+    assert out["images"] == 3 and os.path.isfile(out["detection_results"])
+
+
+def test_api_loads_an_exported_model(exported):
+    from engine.api import load
+
+    image = render_moving_figures(num_frames=1, size=(100, 90), num_figures=1, figure_height=60, seed=8)[0][0]
+    boxes = [[10, 5, 60, 80], [30, 10, 95, 85]]
+    pt = load(exported["ckpt"], device="cpu")(image, boxes=boxes)
+    ox = load(exported["onnx"], device="cpu")(image, boxes=boxes)
+    np.testing.assert_allclose(ox[..., :2], pt[..., :2], rtol=0, atol=0.01)
+    np.testing.assert_allclose(ox[..., 2], pt[..., 2], rtol=0, atol=1e-5)
 
 
 def test_video_through_onnxruntime_matches_pytorch(exported, tmp_path):
