@@ -5,6 +5,12 @@
         [--image-info annotations.json] [--output-dir out/]
     python -m tools.infer --det-checkpoint runs/D/best.pt --checkpoint runs/K/best.pt --input images/
     python -m tools.infer --det-checkpoint runs/D/best.pt --input images/          # detection only
+    python -m tools.infer --checkpoint runs/X/best.pt --input clip.mp4 --track [--smooth]   # a video
+    python -m tools.infer --backend onnxruntime --model model.onnx --input images/  # a tools.export model
+
+Videos (files, folders that mix them with images, a camera index) go through engine.video_infer: the same
+boxes and poses, batched over frames, with ids, optional smoothing, an annotated video, per-frame JSON and a
+DeepLabCut-layout CSV (docs/inference.md).
 
 Where the boxes come from (one of them, said in the log and the returned summary):
 
@@ -78,7 +84,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--det-score-threshold", type=float, default=None,
                    help="--det-checkpoint only: keep detector boxes at or above this score (default 0.3; "
                         "tools.eval defaults to 0, since AP wants every box)")
-    p.add_argument("--input", required=True, help="an image, a folder of images, or a glob pattern (quote it)")
+    p.add_argument("--input", required=True,
+                   help="an image, a video, a folder (images and videos), a glob pattern (quote it) or a camera index")
     p.add_argument("--boxes", help="COCO detection results JSON; without it (and without --det-checkpoint) the "
                                    "whole image is one instance")
     p.add_argument("--image-info", help="COCO json whose 'images' map file names to the ids used in --boxes. With "
