@@ -30,6 +30,10 @@ _REENCODE_HINT = ("re-encode it to H.264 (ffmpeg -i IN -c:v libx264 -pix_fmt yuv
                   "(ffmpeg -i IN frames/%06d.png) and pass the folder")
 
 
+class MissingInputError(InputError, FileNotFoundError):
+    """An ``--input`` (or video) that does not exist; also a FileNotFoundError for callers that catch that."""
+
+
 def is_video(path: str) -> bool:
     return path.lower().endswith(VIDEO_EXTENSIONS)
 
@@ -56,13 +60,13 @@ def split_inputs(spec: str) -> tuple[list[str], list[str]]:
                              f"({', '.join(VIDEO_EXTENSIONS)}); rename it or convert it to one of these")
         files = [spec]
     else:
-        raise InputError(f"--input {spec!r} is neither a file, a folder, a glob that matches files nor a camera "
-                         f"index; check the path")
+        raise MissingInputError(f"--input {spec!r} is neither an image, a video, a folder, a glob that matches "
+                                f"files nor a camera index; check the path")
     images = sorted(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
     videos = sorted(f for f in files if is_video(f))
     if not images and not videos:
-        raise InputError(f"--input {spec!r} contains no images ({', '.join(IMAGE_EXTENSIONS)}) and no videos "
-                         f"({', '.join(VIDEO_EXTENSIONS)})")
+        raise MissingInputError(f"--input {spec!r} contains no images ({', '.join(IMAGE_EXTENSIONS)}) and no videos "
+                                f"({', '.join(VIDEO_EXTENSIONS)})")
     return images, videos
 
 
@@ -95,7 +99,7 @@ class VideoSource:
                                  f"another program, or pass another index (--input 1)")
         else:
             if not os.path.isfile(self.spec):
-                raise InputError(f"video {self.spec} does not exist; check the path")
+                raise MissingInputError(f"video {self.spec} does not exist; check the path")
             self.cap = cv2.VideoCapture(self.spec)
             if not self.cap.isOpened():
                 raise InputError(f"video {self.spec} cannot be opened by this OpenCV build (unreadable file or a "
