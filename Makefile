@@ -25,6 +25,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_codec.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_detection.py
+	$(PY) bench/bench_onnx.py
 
 clean:
 	rm -rf outputs runs data/synthetic_keypoints data/synthetic_detection

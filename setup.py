@@ -18,10 +18,12 @@ setup(
         "omegaconf>=2.3",
         "tqdm",
         "matplotlib",
+        "scipy",
     ],
     extras_require={
         "dev": ["pytest", "pytest-timeout", "hypothesis", "ruff", "tensorboard"],
         # The peer model of bench/dlib_landmarks.py (dlib's 68-point shape predictor); never needed by tests.
         "peers": ["dlib-bin>=19.24", "face-recognition-models>=0.3"],
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
     },
 )

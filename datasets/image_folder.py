@@ -23,13 +23,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datasets.image_io import read_image_rgb, report_unreadable_image
+from datasets.image_io import IMAGE_EXTENSIONS, read_image_rgb, report_unreadable_image
 from datasets.input_policy import ClassificationAugment, check_policy, fit_to_input
 from datasets.topdown_augment import photometric_transform
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class ClassificationDataset(Dataset):

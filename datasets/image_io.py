@@ -23,6 +23,7 @@ from models.errors import DataError
 log = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("error", "skip")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")   # what the readers list
 _TAIL_BYTES = 4096        # encoders may pad a few bytes after the end marker; EXIF thumbnails sit at the start
 
 

@@ -1,35 +1,17 @@
-"""Which images an inference run reads, and the COCO image id of each.
+"""The COCO image id of each image an inference run reads.
 
-``tools.infer`` takes an image, a folder or a glob; results files name images by COCO id, so each input gets
-one: from a COCO json's ``images`` (``--image-info``), else from a numeric file name (``000000000785.jpg``
+``tools.infer`` takes images (listed by ``engine.video.split_inputs``); results files name images by COCO
+id, so each input gets one: from a COCO json's ``images`` (``--image-info``), else from a numeric file name (``000000000785.jpg``
 is id 785). With a detection-results file the id decides which boxes an image gets, so an input whose id
 cannot be told is an error there; otherwise it gets a made-up id above the largest known one.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 
 from models.errors import InputError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def list_images(spec: str) -> list[str]:
-    """The image files of ``spec`` (an image, a folder, or a glob pattern), sorted by path."""
-    if os.path.isdir(spec):
-        files = [os.path.join(spec, f) for f in os.listdir(spec) if f.lower().endswith(IMAGE_EXTENSIONS)]
-    elif any(c in spec for c in "*?["):
-        files = [f for f in glob.glob(spec, recursive=True) if f.lower().endswith(IMAGE_EXTENSIONS)]
-    elif os.path.isfile(spec):
-        files = [spec]
-    else:
-        raise InputError(f"--input {spec!r} is neither an image, a folder nor a glob that matches files; give one")
-    if not files:
-        raise InputError(f"--input {spec!r} contains no images ({', '.join(IMAGE_EXTENSIONS)}); point it at images")
-    return sorted(files)
 
 
 def image_ids_for(files: list[str], image_info: str | None) -> list[int | None]:
@@ -73,11 +55,10 @@ def resolve_image_ids(files: list[str], ids: list[int | None], boxes: str | None
     return out
 
 
-def inputs_with_ids(spec: str, image_info: str | None, boxes: str | None,
+def inputs_with_ids(files: list[str], image_info: str | None, boxes: str | None,
                     max_images: int | None = None) -> tuple[list[tuple[str, int]], list[int | None]]:
-    """``([(path, id)] of the first ``max_images`` inputs, the ids known for every input)``: only the images
-    processed need an id, but a detection file's ids are checked against every input's."""
-    files = list_images(spec)
+    """``([(path, id)] of the first ``max_images`` of ``files``, the ids known for every file)``: only the
+    images processed need an id, but a detection file's ids are checked against every input's."""
     ids = image_ids_for(files, image_info)
     n = max_images or len(files)
     used = resolve_image_ids(files[:n], ids[:n], boxes, image_info)

@@ -108,7 +108,14 @@ class DetectionPredictor:
 
 
 def load_for_inference(checkpoint: str, device: torch.device) -> tuple:
-    """``(cfg, model in eval mode, checkpoint dict)`` from a checkpoint alone (its config and meta inside)."""
+    """``(cfg, model in eval mode, checkpoint dict)`` from a checkpoint alone (its config and meta inside).
+
+    An exported ``.onnx`` model gives the same triple from its metadata, its model running on onnxruntime
+    (engine.onnx_runtime)."""
+    if checkpoint.endswith(".onnx"):
+        from engine.onnx_runtime import load_onnx_for_inference
+
+        return load_onnx_for_inference(checkpoint, device)
     from engine.checkpoint import load_checkpoint, load_model_state
     from engine.config import config_from_dict
     from engine.tasks import classification as classification_task

@@ -183,6 +183,7 @@ def test_demo_runs_end_to_end(tmp_path):
     for name in ("predictions.jpg", "training_curves.png", "demo_metrics.json"):
         assert os.path.isfile(tmp_path / "demo" / name), name
     assert "AP" in summary["metrics"] and summary["seconds"]["train"] > 0
+    assert summary["video"]["frames"] == 48 and os.path.isfile(summary["video"]["video"])
     best = load_checkpoint(str(tmp_path / "demo" / "train" / "best.pt"))
     assert torch.is_tensor(best["model"]["head.heatmaps.0.weight"])
 

@@ -5,7 +5,9 @@
 Each stage calls the same tool a user would run by hand (the commands are printed), in one process so the
 libraries load once. Everything lands in the output folder: ``train/`` (checkpoints, logs, curves),
 ``eval/`` (COCO results, metrics), ``infer/vis/`` (drawn images), ``predictions.jpg`` (a contact sheet),
-``training_curves.png`` and ``demo_metrics.json`` (metrics and the time each stage took).
+``training_curves.png``, ``demo_metrics.json`` (metrics and the time each stage took) and ``video/``: a short
+clip of figures walking across the frame (``moving_figures.mp4``) run through the trained model with
+tracking (``moving_figures_annotated.mp4``, its per-frame JSON and DeepLabCut-layout CSV).
 """
 
 from __future__ import annotations
@@ -72,6 +74,22 @@ def contact_sheet(paths: list[str], out_path: str, tile: int = 224, columns: int
     cv2.imwrite(out_path, np.vstack(rows), [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
+def run_video_stage(checkpoint: str, out_dir: str, quiet: list[str], timings: dict, num_frames: int = 48) -> dict:
+    """Write a clip of moving synthetic figures and run it through ``tools.infer`` with tracking, on the
+    figures' true boxes (the demo trains no detector; its evaluation uses ground-truth boxes too)."""
+    from datasets.synthetic_video import render_moving_figures, truth_detections, write_video
+
+    os.makedirs(out_dir, exist_ok=True)
+    frames, truth = render_moving_figures(num_frames=num_frames, size=(256, 192), num_figures=2,
+                                          figure_height=120, speed=2.5, seed=7)
+    video = write_video(os.path.join(out_dir, "moving_figures.mp4"), frames, fps=15)
+    boxes = os.path.join(out_dir, "moving_figures_boxes.json")
+    with open(boxes, "w") as f:
+        json.dump(truth_detections(truth, margin=10), f)
+    return _run("video", infer_tool, ["--checkpoint", checkpoint, "--input", video, "--boxes", boxes, "--track",
+                                      "--output-dir", out_dir, *quiet], timings)
+
+
 def _run(stage: str, tool, argv: list[str], timings: dict):
     print(f"\n$ python -m tools.{tool.__name__.split('.')[-1]} {' '.join(argv)}", flush=True)
     start = time.time()
@@ -111,20 +129,23 @@ def main(argv: list[str] | None = None) -> dict:
     vis = sorted(os.path.join(infer["vis_dir"], f) for f in os.listdir(infer["vis_dir"]))
     contact_sheet(vis, os.path.join(out, "predictions.jpg"))
     shutil.copy(os.path.join(train_dir, "training_curves.png"), os.path.join(out, "training_curves.png"))
+    video = run_video_stage(best, os.path.join(out, "video"), quiet, timings)["videos"][0]
 
     timings["total_after_install"] = round(time.time() - t0, 1)
     summary = {"config": args.config, "metrics": report["metrics"], "flip_gain": report.get("flip_gain"),
                "without_flip": report.get("without_flip"), "seconds": timings,
+               "video": {"frames": video["frames"], "track_ids": video["track_ids"], **video["outputs"]},
                "evaluation": "top-down on ground-truth boxes; OKS area = the figure's silhouette area"}
     with open(os.path.join(out, "demo_metrics.json"), "w") as f:
         json.dump(summary, f, indent=2)
     m = report["metrics"]
     print(f"\nDemo finished in {timings['total_after_install']:.0f} s "
           f"(data {timings['data']:.0f} s, train {timings['train']:.0f} s, eval {timings['eval']:.0f} s, "
-          f"infer {timings['infer']:.0f} s)")
+          f"infer {timings['infer']:.0f} s, video {timings['video']:.0f} s)")
     print(f"COCO keypoint AP {m['AP']:.3f} (AP50 {m['AP50']:.3f}, AP75 {m['AP75']:.3f}), AR {m['AR']:.3f}, "
           f"PCK@0.1 {m['PCK@0.1']:.3f}; flip test gain AP {report['flip_gain']['AP']:+.3f}")
-    print(f"Outputs in {out}/: predictions.jpg, training_curves.png, demo_metrics.json, eval/, infer/, train/")
+    print(f"Outputs in {out}/: predictions.jpg, training_curves.png, demo_metrics.json, eval/, infer/, train/, "
+          f"video/ ({video['outputs']['video']})")
     return summary
 
 

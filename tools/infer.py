@@ -5,6 +5,12 @@
         [--image-info annotations.json] [--output-dir out/]
     python -m tools.infer --det-checkpoint runs/D/best.pt --checkpoint runs/K/best.pt --input images/
     python -m tools.infer --det-checkpoint runs/D/best.pt --input images/          # detection only
+    python -m tools.infer --checkpoint runs/X/best.pt --input clip.mp4 --track [--smooth]   # a video
+    python -m tools.infer --backend onnxruntime --model model.onnx --input images/  # a tools.export model
+
+Videos (files, folders that mix them with images, a camera index) go through engine.video_infer: the same
+boxes and poses, batched over frames, with ids, optional smoothing, an annotated video, per-frame JSON and a
+DeepLabCut-layout CSV (docs/inference.md).
 
 Where the boxes come from (one of them, said in the log and the returned summary):
 
@@ -37,6 +43,7 @@ import os
 
 from engine.distributed import resolve_device
 from engine.image_inputs import category_names_of, inputs_with_ids
+from engine.onnx_runtime import apply_backend_flags
 from engine.two_stage import (
     DetectorBoxes,
     WholeImageBoxes,
@@ -45,6 +52,8 @@ from engine.two_stage import (
     keypoint_pipeline,
     run_on_images,
 )
+from engine.video import split_inputs
+from engine.video_infer import add_video_arguments, infer_videos_from_args
 from engine.visualize import draw_image_result, save_rgb
 from models.errors import InputError
 from models.utils import write_json
@@ -62,7 +71,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         det_checkpoint_help="a detection checkpoint: detect the instances first (two-stage)",
         category_names_from="--image-info's categories",
         det_default="default 0.3; tools.eval defaults to 0, since AP wants every box")
-    p.add_argument("--input", required=True, help="an image, a folder of images, or a glob pattern (quote it)")
+    p.add_argument("--input", required=True,
+                   help="an image, a video, a folder (images and videos), a glob pattern (quote it) or a camera index")
     p.add_argument("--image-info", help="COCO json whose 'images' map file names to the ids used in --boxes. With "
                                         "--boxes every input needs an id (from here or a numeric file name); "
                                         "without --boxes, inputs without one get made-up ids")
@@ -77,17 +87,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
                    help="what to do with an unreadable image (default: warn and skip)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--backend", choices=("pytorch", "onnxruntime"), default="pytorch",
+                   help="onnxruntime: run an exported model (--model, --det-model) without its checkpoint")
+    p.add_argument("--model", help="--backend onnxruntime: a keypoint model written by tools.export")
+    p.add_argument("--det-model", help="--backend onnxruntime: a detector written by tools.export")
+    add_video_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = add_debug_flag(get_args_parser()).parse_args(argv)
     setup_logging()
+    apply_backend_flags(args)
     check_box_source_flags(args, "tools.infer", need_a_model=True)
     if args.max_images is not None and args.max_images < 1:
         raise InputError(f"--max-images {args.max_images}: must be >= 1 (leave it out to process every image)")
+    files, videos = split_inputs(args.input)
+    video_summary = {}
+    if videos:
+        video_summary = infer_videos_from_args(args, videos, resolve_device(args.device))
+        if not files:
+            return video_summary
     det_threshold = 0.3 if args.det_score_threshold is None else args.det_score_threshold
-    images, all_ids = inputs_with_ids(args.input, args.image_info, args.boxes, args.max_images)
+    images, all_ids = inputs_with_ids(files, args.image_info, args.boxes, args.max_images)
     device = resolve_device(args.device)
 
     pipeline = keypoint_pipeline(args.checkpoint, device, no_flip=args.no_flip,
@@ -119,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
                         on_image=draw)
     summary = {"images": run.num_images, "boxes": run.num_boxes, "box_source": source.description,
                "skipped": run.unreadable, "vis_dir": vis_dir, "unknown_image_ids": unknown_ids,
-               "box_stats": run.box_stats}
+               "box_stats": run.box_stats, **video_summary}
     if pipeline is not None:
         results = pipeline.task.to_coco_results(run.records)
         out_json = os.path.join(args.output_dir, "keypoint_results.json")

@@ -26,7 +26,7 @@ import re
 import numpy as np
 
 from datasets.formats.common import CocoBuilder, Conversion, Problems, image_size, outside_image, require_dir
-from datasets.formats.yolo import IMAGE_EXTENSIONS
+from datasets.image_io import IMAGE_EXTENSIONS
 from models.errors import InputError
 
 # flip[i]: the point that i becomes under a horizontal flip, for the 68-point (Multi-PIE) layout, zero-based:

@@ -31,9 +31,9 @@ from datasets.formats.common import (
     require_file,
 )
 from datasets.formats.names import flip_index_from_names
+from datasets.image_io import IMAGE_EXTENSIONS
 from models.errors import DataError, InputError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLIT_KEYS = ("train", "val", "test")
 
 

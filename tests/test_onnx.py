@@ -1,0 +1,231 @@
+"""ONNX export and the onnxruntime backend: heatmaps as PyTorch's to float tolerance, keypoints within 0.01 px
+(through tools.infer, on synthetic and real images), decoding in the graph, a detector, metadata, and named
+errors for models that do not fit. Skipped without onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from datasets.synthetic_video import render_moving_figures
+from engine.checkpoint import save_checkpoint
+from engine.config import config_from_dict, config_to_dict
+from models.errors import CheckpointError, InputError
+from tests.inference_utils import tiny_keypoint_checkpoint
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    from tools import export
+
+    folder = tmp_path_factory.mktemp("onnx")
+    ckpt = tiny_keypoint_checkpoint(str(folder / "kpt.pt"), input_size=(32, 48))
+    heat = export.main(["--checkpoint", ckpt, "--output", str(folder / "kpt.onnx")])
+    dec = export.main(["--checkpoint", ckpt, "--output", str(folder / "kpt_decoded.onnx"), "--decode"])
+    assert heat["max_abs_diff"] < 1e-4 and dec["max_abs_diff"] < 1e-2
+    return {"ckpt": ckpt, "onnx": heat["output"], "decoded": dec["output"], "folder": folder}
+
+
+def _crops(n: int = 12, size=(32, 48), seed: int = 0) -> torch.Tensor:
+    """Crops of synthetic figures (structured images, not only noise): uint8 [n, 3, H, W]."""
+    frames, truth = render_moving_figures(num_frames=n, size=(96, 96), num_figures=1, figure_height=70, seed=seed)
+    crops = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames]
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+
+
+def test_heatmaps_match_pytorch_and_the_batch_is_dynamic(exported):
+    from engine.inference import load_for_inference
+
+    _, model, _ = load_for_inference(exported["ckpt"], torch.device("cpu"))
+    _, onnx_model, state = load_for_inference(exported["onnx"], torch.device("cpu"))
+    for n in (1, 5, 12):
+        x = _crops(n)
+        with torch.no_grad():
+            ref = model(x)[-1]
+        got = onnx_model(x)[-1]
+        assert got.shape == ref.shape == (n, 17, 12, 8)
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    noise = torch.randint(0, 256, (4, 3, 48, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(onnx_model(noise)[-1], model(noise)[-1], rtol=1e-4, atol=1e-5)
+    assert state["meta"]["keypoint_names"][0] == "nose"
+
+
+def test_metadata_carries_what_inference_needs(exported):
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(exported["onnx"]).metadata_props}
+    assert json.loads(props["input_size"]) == [32, 48]
+    assert len(json.loads(props["keypoint_names"])) == 17 and json.loads(props["flip_index"])[1] == 2
+    codec = json.loads(props["codec"])
+    assert codec["heatmap_size"] == [8, 12] and codec["refine"] == "dark" and codec["sigma"] == 2.0
+    # resnet18's ImageNet statistics, recovered from the normaliser inside the graph.
+    np.testing.assert_allclose(json.loads(props["mean"]), [0.485, 0.456, 0.406], atol=1e-5)
+    np.testing.assert_allclose(json.loads(props["std"]), [0.229, 0.224, 0.225], atol=1e-5)
+    doc = json.loads(props["repo.inference"])
+    assert doc["kind"] == "keypoints" and doc["outputs"] == "heatmaps" and doc["config"]["task"] == "keypoints"
+
+
+def _infer_both(exported, images: str, tmp, extra=()) -> tuple[list, list]:
+    from tools import infer
+
+    a = infer.main(["--checkpoint", exported["ckpt"], "--input", images, "--output-dir", str(tmp / "pt"),
+                    "--no-progress", *extra])
+    b = infer.main(["--backend", "onnxruntime", "--model", exported["onnx"], "--input", images, "--output-dir",
+                    str(tmp / "ort"), "--no-progress", *extra])
+    return json.load(open(a["results"])), json.load(open(b["results"]))
+
+
+def _assert_same_results(pt: list, ox: list) -> None:
+    assert len(pt) == len(ox) > 0
+    for p, o in zip(sorted(pt, key=lambda r: (r["image_id"], -r["score"])),
+                    sorted(ox, key=lambda r: (r["image_id"], -r["score"]))):
+        assert p["image_id"] == o["image_id"]
+        kp, ko = np.array(p["keypoints"]).reshape(-1, 3), np.array(o["keypoints"]).reshape(-1, 3)
+        # 0.01 px, plus the 0.001 of the json's rounding to 3 decimals on each side.
+        np.testing.assert_allclose(ko[:, :2], kp[:, :2], rtol=0, atol=0.012)
+        np.testing.assert_allclose(ko[:, 2], kp[:, 2], rtol=0, atol=1e-3)
+
+
+def test_infer_with_onnxruntime_writes_the_same_keypoints_as_pytorch(exported, tmp_path):
+    frames, _ = render_moving_figures(num_frames=4, size=(120, 100), num_figures=2, figure_height=60, seed=4)
+    os.makedirs(tmp_path / "images")
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(tmp_path / "images" / f"{i:03d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    pt, ox = _infer_both(exported, str(tmp_path / "images"), tmp_path)       # flip test on (the config's)
+    _assert_same_results(pt, ox)
+
+
+def test_onnx_parity_on_real_images(exported, shared_data, tmp_path):
+    root = os.path.join(shared_data, "coco_mini")
+    det = os.path.join(shared_data, "coco_mini", "test_coco_det_AP_H_56.json")
+    pt, ox = _infer_both(exported, root, tmp_path,
+                         ["--boxes", det, "--image-info", os.path.join(root, "test_coco.json")])
+    _assert_same_results(pt, ox)
+
+
+def test_decoding_in_the_graph_matches_pytorch(exported):
+    from engine.inference import load_for_inference
+    from engine.onnx_runtime import DecodedKeypointRunner
+    from engine.tasks import keypoints as kp
+
+    cfg, model, state = load_for_inference(exported["ckpt"], torch.device("cpu"))
+    task = kp.KeypointTask(kp.build_codec(cfg), kp.KeypointMeta.from_dict(state["meta"]), flip_test=True)
+    x = _crops(12, seed=2)
+    mats = np.tile(np.array([[2.0, 0.0, 10.0], [0.0, 2.0, -5.0]]), (12, 1, 1))
+    ref = task.predict_batch(model, {"image": x, "crop_to_image": torch.from_numpy(mats).float()})
+    got = DecodedKeypointRunner(exported["decoded"]).predict(x.permute(0, 2, 3, 1).numpy(), mats)
+    np.testing.assert_allclose(got[..., :2], ref["keypoints"].numpy(), rtol=0, atol=0.01)
+    np.testing.assert_allclose(got[..., 2], ref["scores"].numpy(), rtol=0, atol=1e-5)
+
+
+def test_mismatches_and_wrong_flags_are_named_errors(exported, tmp_path):
+    from engine.onnx_runtime import check_matches_checkpoint
+    from tools import infer
+
+    other = tiny_keypoint_checkpoint(str(tmp_path / "other.pt"), input_size=(64, 96))
+    with pytest.raises(CheckpointError, match=r"input size differs.*\[32, 48\].*\[64, 96\]"):
+        check_matches_checkpoint(exported["onnx"], other)
+    state = torch.load(exported["ckpt"], weights_only=True)
+    state["meta"]["keypoint_names"] = state["meta"]["keypoint_names"][:5]
+    torch.save(state, tmp_path / "five.pt")
+    with pytest.raises(CheckpointError, match=r"keypoint_names differ \(17 vs 5\)"):
+        check_matches_checkpoint(exported["onnx"], str(tmp_path / "five.pt"))
+    check_matches_checkpoint(exported["onnx"], exported["ckpt"])          # its own checkpoint fits
+    os.makedirs(tmp_path / "in")
+    cv2.imwrite(str(tmp_path / "in" / "1.png"), np.zeros((40, 30, 3), np.uint8))
+    args = ["--input", str(tmp_path / "in"), "--output-dir", str(tmp_path / "o"), "--no-progress"]
+    with pytest.raises(InputError, match="add --backend onnxruntime"):
+        infer.main(["--model", exported["onnx"], *args])
+    with pytest.raises(InputError, match="export it"):
+        infer.main(["--backend", "onnxruntime", "--checkpoint", exported["ckpt"], *args])
+    with pytest.raises(CheckpointError, match="input size differs"):
+        infer.main(["--backend", "onnxruntime", "--model", exported["onnx"], "--checkpoint", other, *args])
+    with pytest.raises(CheckpointError, match="--decode"):
+        infer.main(["--backend", "onnxruntime", "--model", exported["decoded"], *args])
+    shutil.copy(exported["onnx"], tmp_path / "bare.onnx")
+    import onnx
+
+    proto = onnx.load(str(tmp_path / "bare.onnx"))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    with pytest.raises(CheckpointError, match="no 'repo.inference' metadata"):
+        infer.main(["--backend", "onnxruntime", "--model", str(tmp_path / "bare.onnx"), *args])
+
+
+def test_detector_export_matches_pytorch(tmp_path):
+    from engine.inference import DetectionPredictor, load_for_inference
+    from engine.tasks import detection as det_task
+    from tools import export
+
+    torch.manual_seed(0)
+    split = {"ann_file": "x", "image_root": "x"}
+    cfg = config_from_dict({"task": "detection", "model": {"out_indices": [1, 2, 3], "fpn_channels": 16,
+                                                           "head_channels": 16},
+                            "data": {"input_size": [64, 64], "train": split, "val": split},
+                            "eval": {"topk": 5}})
+    meta = det_task.DetectionMeta(["square", "disc"], [1, 2])
+    model = det_task.build_model(cfg, 2, pretrained=False)
+    save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg), "meta": meta.to_dict()},
+                    str(tmp_path / "det.pt"))
+    out = export.main(["--checkpoint", str(tmp_path / "det.pt"), "--output", str(tmp_path / "det.onnx")])
+    assert out["kind"] == "detection" and out["max_abs_diff"] < 1e-4
+    images = [np.asarray(f) for f in render_moving_figures(num_frames=3, size=(90, 70), num_figures=1,
+                                                           figure_height=50)[0]]
+    preds = []
+    for path in ("det.pt", "det.onnx"):
+        dcfg, m, state = load_for_inference(str(tmp_path / path), torch.device("cpu"))
+        task = det_task.build_task(dcfg, det_task.DetectionMeta.from_dict(state["meta"]), progress=False)
+        preds.append(DetectionPredictor(m, task, dcfg.data.input_size).predict_many(images))
+    for a, b in zip(*preds):
+        assert len(a["boxes"]) == len(b["boxes"]) > 0
+        np.testing.assert_allclose(b["boxes"], a["boxes"], rtol=0, atol=0.01)
+        np.testing.assert_allclose(b["scores"], a["scores"], rtol=0, atol=1e-5)
+        assert (a["labels"] == b["labels"]).all()
+    # A detector given as --model runs alone through tools.infer.
+    from tools import infer
+
+    os.makedirs(tmp_path / "images")
+    for i, im in enumerate(images):
+        cv2.imwrite(str(tmp_path / "images" / f"{i}.png"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
+    out = infer.main(["--backend", "onnxruntime", "--model", str(tmp_path / "det.onnx"), "--input",
+                      str(tmp_path / "images"), "--output-dir", str(tmp_path / "o"), "--det-score-threshold", "0",
+                      "--no-progress"])
+    assert out["images"] == 3 and os.path.isfile(out["detection_results"])
+
+
+def test_api_loads_an_exported_model(exported):
+    from engine.api import load
+
+    image = render_moving_figures(num_frames=1, size=(100, 90), num_figures=1, figure_height=60, seed=8)[0][0]
+    boxes = [[10, 5, 60, 80], [30, 10, 95, 85]]
+    pt = load(exported["ckpt"], device="cpu")(image, boxes=boxes)
+    ox = load(exported["onnx"], device="cpu")(image, boxes=boxes)
+    np.testing.assert_allclose(ox[..., :2], pt[..., :2], rtol=0, atol=0.01)
+    np.testing.assert_allclose(ox[..., 2], pt[..., 2], rtol=0, atol=1e-5)
+
+
+def test_video_through_onnxruntime_matches_pytorch(exported, tmp_path):
+    from datasets.synthetic_video import truth_detections, write_video
+    from tools import infer
+
+    frames, truth = render_moving_figures(num_frames=4, size=(120, 100), num_figures=2, figure_height=60, seed=5)
+    video = write_video(str(tmp_path / "clip.mp4"), frames)
+    (tmp_path / "boxes.json").write_text(json.dumps(truth_detections(truth)))
+    common = ["--input", video, "--boxes", str(tmp_path / "boxes.json"), "--track", "--no-progress"]
+    a = infer.main(["--checkpoint", exported["ckpt"], "--output-dir", str(tmp_path / "pt"), *common])
+    b = infer.main(["--backend", "onnxruntime", "--model", exported["onnx"], "--output-dir", str(tmp_path / "ox"),
+                    *common])
+    pt = json.load(open(a["videos"][0]["outputs"]["json"]))
+    ox = json.load(open(b["videos"][0]["outputs"]["json"]))
+    assert [r["track_id"] for r in pt] == [r["track_id"] for r in ox]
+    _assert_same_results(pt, ox)

@@ -1,0 +1,47 @@
+"""Export a keypoint model or a detector to ONNX, with what inference needs in the file's metadata.
+
+    python -m tools.export --checkpoint runs/X/best.pt --output model.onnx           # heatmaps out
+    python -m tools.export --checkpoint runs/X/best.pt --output model.onnx --decode  # keypoints out
+    python -m tools.infer --backend onnxruntime --model model.onnx --input images/ --output-dir out/
+
+The graph takes uint8 RGB crops ``[B, 3, H, W]`` (B dynamic) and normalises them itself. By default a
+keypoint model outputs heatmaps and the runner does the flip test, decoding and mapping back as PyTorch
+does; ``--decode`` puts the flip test (when the config has it), argmax and refinement in the graph, so the
+model returns keypoints and scores in crop pixels. The export is checked against PyTorch with
+onnxruntime on a random batch (the largest difference is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from engine.onnx_export import export_onnx
+from tools._common import add_debug_flag, run_cli, setup_logging
+
+log = logging.getLogger("tools.export")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a keypoint or detection checkpoint written by tools.train")
+    p.add_argument("--output", required=True, help="the .onnx file to write")
+    p.add_argument("--decode", action="store_true",
+                   help="keypoint models: flip test, argmax and refinement inside the graph (keypoints out)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = add_debug_flag(get_args_parser()).parse_args(argv)
+    setup_logging()
+    summary = export_onnx(args.checkpoint, args.output, decode=args.decode, opset=args.opset,
+                          verify=not args.no_verify)
+    log.info("%s", json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    run_cli(main)
