@@ -1,8 +1,8 @@
 """The COCO image id of each image an inference run reads.
 
 ``tools.infer`` takes images (listed by ``engine.video.split_inputs``); results files name images by COCO
-id, so each input gets one: from a COCO json's ``images`` (``--image-info``), else from a numeric file name (``000000000785.jpg``
-is id 785). With a detection-results file the id decides which boxes an image gets, so an input whose id
+id, so each input gets one: from a COCO json's ``images`` (``--image-info``), else from a numeric file name
+(``000000000785.jpg`` is id 785). With a detection-results file the id decides which boxes an image gets, so an input whose id
 cannot be told is an error there; otherwise it gets a made-up id above the largest known one.
 """
 
