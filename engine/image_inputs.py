@@ -2,8 +2,9 @@
 
 ``tools.infer`` takes images (listed by ``engine.video.split_inputs``); results files name images by COCO
 id, so each input gets one: from a COCO json's ``images`` (``--image-info``), else from a numeric file name
-(``000000000785.jpg`` is id 785). With a detection-results file the id decides which boxes an image gets, so an input whose id
-cannot be told is an error there; otherwise it gets a made-up id above the largest known one.
+(``000000000785.jpg`` is id 785). With a detection-results file the id decides which boxes an image gets,
+so an input whose id cannot be told is an error there; otherwise it gets a made-up id above the largest
+known one.
 """
 
 from __future__ import annotations
