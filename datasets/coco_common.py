@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from datasets.coco_validate import validate_coco
+from datasets.coco_validate import check_coco_layout, validate_coco
 from models.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -41,13 +41,7 @@ def load_json(ann_file: str, kind: str) -> dict:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{ann_file} is not valid JSON: {err}") from err
-    if not isinstance(data, dict):
-        raise DataError(f"{ann_file}: the top level is a {type(data).__name__}, not a JSON object with images, "
-                        f"annotations and categories")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"{ann_file}: missing or non-list field {key!r} (a COCO {kind} file has images, "
-                            f"annotations and categories)")
+    check_coco_layout(data, ann_file, kind)
     return data
 
 

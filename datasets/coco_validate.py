@@ -54,6 +54,17 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def check_coco_layout(data, source: str, kind: str) -> None:
+    """A COCO file's top level: a JSON object whose ``images``, ``annotations`` and ``categories`` are lists."""
+    if not isinstance(data, dict):
+        raise DataError(f"{source}: the top level is a {type(data).__name__}, not a JSON object with images, "
+                        f"annotations and categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{source}: missing or non-list field {key!r} (a COCO {kind} file has images, "
+                            f"annotations and categories)")
+
+
 def validate_coco(data, source: str, kind: str, on_bad_annotation: str = "error") -> tuple[dict, Counter]:
     """Check a parsed COCO file; return ``(clean, dropped)``.
 
@@ -74,13 +85,7 @@ def validate_coco(data, source: str, kind: str, on_bad_annotation: str = "error"
         raise DataError(f"data.on_bad_annotation={on_bad_annotation!r} is not one of {BAD_ANNOTATION_POLICIES}")
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not one of {KINDS}")
-    if not isinstance(data, dict):
-        raise DataError(f"{source}: the top level is a {type(data).__name__}, not a JSON object with images, "
-                        f"annotations and categories")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"{source}: missing or non-list field {key!r} (a COCO {kind} file has images, "
-                            f"annotations and categories)")
+    check_coco_layout(data, source, kind)
     categories = _check_categories(data["categories"], source, kind)
     images = _check_images(data["images"], source)
     _check_unique_annotation_ids(data["annotations"], source)

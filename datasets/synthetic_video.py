@@ -55,11 +55,12 @@ def render_moving_figures(num_frames: int = 12, size: tuple[int, int] = (192, 16
     return frames, np.asarray(truth)
 
 
-def write_video(path: str, frames: list[np.ndarray], fps: float = 10.0) -> str:
-    """Write RGB frames as an ``mp4v`` MP4 (what every OpenCV build can write and read back)."""
+def write_video(path: str, frames: list[np.ndarray], fps: float = 10.0, fourcc: str = "mp4v") -> str:
+    """Write RGB frames with codec ``fourcc`` (default ``mp4v`` in an MP4: what every OpenCV build can write
+    and read back; ``MJPG`` for an AVI)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
     for f in frames:
         writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     writer.release()

@@ -32,12 +32,7 @@ def checkpoint(tmp_path_factory) -> str:
 
 
 def _avi(path: str, frames: list[np.ndarray], fps: float = 10.0) -> str:
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-    for f in frames:
-        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
+    return write_video(path, frames, fps, fourcc="MJPG")
 
 
 # ---------------------------------------------------------------------------------------------- reading
