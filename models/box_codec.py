@@ -265,3 +265,91 @@ def expected_peak_count(targets: BoxTargets) -> torch.Tensor:
     """Number of positive cells (value 1) per image: [B]. Objects sharing a cell of one class count once."""
     return (targets.heatmap >= POSITIVE_THRESHOLD).flatten(1).sum(1)
 
+
+
+# ---------------------------------------------------------------------------------------------- several levels
+def default_size_bounds(strides: Sequence[int]) -> list[float]:
+    """Level boundaries ``8 * stride`` of every level but the last: each level sees objects of ~4-8 cells
+    (``[32, 64, 128]`` for strides 4-32), the first everything smaller and the last everything larger."""
+    return [8.0 * s for s in strides[:-1]]
+
+
+def assign_levels(boxes: torch.Tensor, size_bounds: torch.Tensor) -> torch.Tensor:
+    """Level index of each box by its larger side: [..., 4] inclusive xyxy -> [...] int64.
+
+    ``s = max(w, h)`` (``+1`` widths, input pixels) goes to level ``i`` when
+    ``size_bounds[i - 1] <= s < size_bounds[i]`` (FCOS's size ranges, as CenterNet-style multi-level heads
+    use them): level 0 takes everything below ``size_bounds[0]``, the last level everything from
+    ``size_bounds[-1]`` on.
+    """
+    bw, bh = box_width_height(boxes.float())
+    return torch.bucketize(torch.maximum(bw, bh).contiguous(), size_bounds.to(boxes.device).float(), right=True)
+
+
+class MultiLevelCenterNetCodec:
+    """CenterNet targets and decoding over several FPN levels, each object on the level its size says.
+
+    Every level is a :class:`CenterNetCodec` at its stride (same cell convention, Gaussian radius and decoding);
+    an object is encoded only on its level (:func:`assign_levels`), so each level learns objects of a few
+    cells. Decoding takes the top ``k`` peaks of every level, merges them and keeps the top ``k`` overall;
+    class-wise NMS (in the task) removes an object found on two neighbouring levels.
+
+    Args:
+        input_size: model input ``(width, height)``; a multiple of every stride.
+        num_classes: heatmap channels. strides: the levels' strides, finest first, each double the previous.
+        size_bounds: ``len(strides) - 1`` increasing boundaries (input pixels) between consecutive levels;
+            :func:`default_size_bounds` when None.
+        min_overlap, topk: as :class:`CenterNetCodec`.
+    """
+
+    def __init__(self, input_size: Sequence[int], num_classes: int, strides: Sequence[int] = (4, 8, 16, 32),
+                 size_bounds: Sequence[float] | None = None, min_overlap: float = 0.7, topk: int = 100):
+        strides = [int(s) for s in strides]
+        if not strides or any(b != 2 * a for a, b in zip(strides, strides[1:])):
+            raise ValueError(f"strides {strides} must be non-empty and double level to level (e.g. [4, 8, 16, 32])")
+        bounds = default_size_bounds(strides) if size_bounds is None else [float(v) for v in size_bounds]
+        if len(bounds) != len(strides) - 1 or any(b <= a for a, b in zip(bounds, bounds[1:])) or \
+                any(b <= 0 for b in bounds):
+            raise ValueError(f"size_bounds {bounds} must be {len(strides) - 1} increasing positive sizes (pixels), "
+                             f"one boundary between each pair of the levels {strides}")
+        self.levels = [CenterNetCodec(input_size, num_classes, s, min_overlap, topk) for s in strides]
+        self.input_size = self.levels[0].input_size
+        self.num_classes = int(num_classes)
+        self.strides = strides
+        self.size_bounds = bounds
+        self.topk = int(topk)
+
+    def __repr__(self) -> str:
+        return (f"MultiLevelCenterNetCodec(input_size={self.input_size}, num_classes={self.num_classes}, "
+                f"strides={self.strides}, size_bounds={self.size_bounds}, topk={self.topk})")
+
+    def assign(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Level index [B, N] of boxes [B, N, 4] (:func:`assign_levels` with this codec's bounds)."""
+        return assign_levels(boxes, torch.tensor(self.size_bounds, dtype=torch.float32))
+
+    def encode(self, boxes: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> list[BoxTargets]:
+        """One :class:`BoxTargets` per level (finest first) for padded boxes [B, N, 4], labels [B, N], mask [B, N].
+
+        Every level keeps the batch's ``N`` slots; a box's mask is 1 only on its own level (and only where
+        that level's codec accepts it), so a level's targets hold only its objects.
+        """
+        level = self.assign(boxes)
+        return [codec.encode(boxes, labels, mask.bool() & (level == i)) for i, codec in enumerate(self.levels)]
+
+    def decode(self, heatmaps: Sequence[torch.Tensor], sizes: Sequence[torch.Tensor],
+               offsets: Sequence[torch.Tensor], topk: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Boxes from per-level maps (lists, finest first, shaped as for :meth:`CenterNetCodec.decode`).
+
+        Returns boxes [B, k, 4] (inclusive xyxy, input pixels), scores [B, k], labels [B, k] by decreasing
+        score: the top ``k`` of the union of every level's top ``k`` peaks.
+        """
+        if not len(heatmaps) == len(sizes) == len(offsets) == len(self.levels):
+            raise ValueError(f"expected maps of {len(self.levels)} levels (strides {self.strides}), got "
+                             f"{len(heatmaps)} heatmaps, {len(sizes)} sizes and {len(offsets)} offsets")
+        k = int(topk or self.topk)
+        per_level = [codec.decode(h, s, o, k) for codec, h, s, o in zip(self.levels, heatmaps, sizes, offsets)]
+        boxes, scores, labels = (torch.cat(parts, 1) for parts in zip(*per_level))
+        scores, order = scores.topk(min(k, scores.shape[1]), dim=1)
+        boxes = boxes.gather(1, order[..., None].expand(*order.shape, 4))
+        return boxes, scores, labels.gather(1, order)
