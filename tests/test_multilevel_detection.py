@@ -248,3 +248,21 @@ def test_multi_level_a_few_steps_lower_the_loss(tiny_synthetic_detection):
     det = task.predict_batch(model, {"image": batch["image"][:2], "input_to_image":
                                      torch.eye(2, 3).expand(2, 2, 3), "image_size": torch.tensor([[64, 64]] * 2)})
     assert len(det) == 2 and all(d["boxes"].shape[1] == 4 for d in det)
+
+
+def test_level_assignment_of_the_tiger_config_on_its_real_boxes(shared_data):
+    # The tiger config's claim: at 320 x 192 every val tiger (one per frame) is on the stride-32 level.
+    import os
+
+    cfg = load_config("configs/centernet-fpn_resnet18_tiger-box_320x192.yaml")
+    root = os.path.join(shared_data, "tiger_pose")
+    data = load_coco_detection(os.path.join(root, "val.json"), os.path.join(root, "images"))
+    assert len(data.images) == 53 and data.num_objects == 53 and data.num_classes == 1
+    codec = det_task.build_codec(cfg, data.num_classes)
+    assert codec.strides == [8, 16, 32, 64] and codec.size_bounds == [64.0, 128.0, 256.0]
+    batch = collate_detection([DetectionTransformDataset(data.images, cfg.data.input_size)[i] for i in range(53)])
+    assert codec.assign(batch["boxes"])[batch["mask"]].unique().tolist() == [2]
+    targets = codec.encode(batch["boxes"], batch["labels"], batch["mask"])
+    assert [int(t.mask.sum()) for t in targets] == [0, 0, 53, 0]
+    model = det_task.build_model(cfg, 1, pretrained=False)
+    assert isinstance(model, MultiLevelCenterNetDetector) and model.neck.strides == [8, 16, 32]
