@@ -147,6 +147,7 @@ class DetectionModelConfig:
     head_strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32])   # multi_level levels, finest first
     # multi_level: boundaries of max(w, h) (input pixels) between consecutive levels; 8 * stride when None
     level_size_bounds: list[float] | None = None
+    shared_head: bool = True            # multi_level: one head for all levels (false: one head per level)
 
 
 @dataclass

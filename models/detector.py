@@ -44,8 +44,8 @@ class MultiLevelCenterNetDetector(nn.Module):
 
     Args:
         backbone, neck, normalizer: the trunk; ``neck`` outputs the backbone levels among ``strides``.
-        head: a :class:`CenterNetHead` (its weights are shared by all levels: sizes are in cells, so an
-            object of 4-8 cells looks alike on every level).
+        head: a :class:`CenterNetHead` whose weights all levels share (sizes are in cells, so an object of
+            4-8 cells looks alike on every level), or an ``nn.ModuleList`` of one head per level.
         strides: the head's levels, finest first, doubling. Levels coarser than the backbone's coarsest are
             built as in RetinaNet: a 3x3 stride-2 conv on the coarsest FPN output (``P6``), then on the
             ReLU of the previous extra level (``P7``, ...).
@@ -57,13 +57,15 @@ class MultiLevelCenterNetDetector(nn.Module):
 
     head_name = "multi-level CenterNet head"
 
-    def __init__(self, backbone: Backbone, neck: FPN, head: CenterNetHead, normalizer: InputNormalizer,
-                 strides: Sequence[int]):
+    def __init__(self, backbone: Backbone, neck: FPN, head: CenterNetHead | nn.ModuleList,
+                 normalizer: InputNormalizer, strides: Sequence[int]):
         super().__init__()
         self.strides = [int(s) for s in strides]
         if list(neck.strides) != self.strides[:len(neck.strides)]:
             raise ValueError(f"the FPN's output strides {neck.strides} must be the first of the head's strides "
                              f"{self.strides}")
+        if isinstance(head, nn.ModuleList) and len(head) != len(self.strides):
+            raise ValueError(f"{len(head)} heads for {len(self.strides)} levels {self.strides}")
         self.normalizer = normalizer
         self.backbone = backbone
         self.neck = neck
@@ -77,7 +79,7 @@ class MultiLevelCenterNetDetector(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        return self.head.num_classes
+        return self.head[0].num_classes if isinstance(self.head, nn.ModuleList) else self.head.num_classes
 
     @property
     def max_stride(self) -> int:
@@ -87,19 +89,21 @@ class MultiLevelCenterNetDetector(nn.Module):
         feats = list(self.neck(self.backbone(self.normalizer(images))))
         for i, conv in enumerate(self.extra_levels):
             feats.append(conv(feats[-1] if i == 0 else F.relu(feats[-1])))
-        outs = [self.head(f) for f in feats]
+        heads = self.head if isinstance(self.head, nn.ModuleList) else [self.head] * len(feats)
+        outs = [head(f) for head, f in zip(heads, feats)]
         return {key: [o[key] for o in outs] for key in ("heatmap", "size", "offset")}
 
 
 def build_detector(num_classes: int, backbone: str = "resnet18", out_indices: Sequence[int] = (1, 2, 3, 4),
                    pretrained_path: str | None = None, fpn_channels: int = 128, head_channels: int = 64,
-                   normalization: str = "backbone", strides: Sequence[int] | None = None
-                   ) -> CenterNetDetector | MultiLevelCenterNetDetector:
+                   normalization: str = "backbone", strides: Sequence[int] | None = None,
+                   shared_head: bool = True) -> CenterNetDetector | MultiLevelCenterNetDetector:
     """Compose the parts from plain arguments (the detection task maps its config onto these names).
 
     ``strides`` None: the single-level head at stride 4. Otherwise the multi-level head on those strides,
     finest first and doubling; the first must be the backbone's finest level (``out_indices``), and strides
-    coarser than the backbone's coarsest are built as extra levels.
+    coarser than the backbone's coarsest are built as extra levels; ``shared_head`` False gives every level
+    its own head.
     """
     if strides is None:
         bb, neck, normalizer = build_trunk(backbone, out_indices, pretrained_path, fpn_channels, normalization,
@@ -121,5 +125,8 @@ def build_detector(num_classes: int, backbone: str = "resnet18", out_indices: Se
                          f"coarsest ({max(bb.strides)}) are built from it")
     neck = FPN(bb.channels, bb.strides, out_channels=fpn_channels,
                output_levels=[bb.strides.index(s) for s in inside])
-    head = CenterNetHead(fpn_channels, num_classes, channels=head_channels)
+    if shared_head:
+        head = CenterNetHead(fpn_channels, num_classes, channels=head_channels)
+    else:
+        head = nn.ModuleList(CenterNetHead(fpn_channels, num_classes, channels=head_channels) for _ in strides)
     return MultiLevelCenterNetDetector(bb, neck, head, make_normalizer(normalization, bb), strides)

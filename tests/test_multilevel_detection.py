@@ -163,6 +163,14 @@ def test_multi_level_detector_outputs_one_map_per_stride_with_extra_levels():
         torch.testing.assert_close(torch.sigmoid(h).mean(), torch.tensor(0.1), atol=0.02, rtol=0)
     with pytest.raises(ValueError, match="finest head stride"):
         build_detector(3, out_indices=(1, 2, 3), strides=[8, 16, 32, 64])
+    # One head per level instead: the same outputs, four heads' parameters.
+    own = build_detector(3, out_indices=(2, 3, 4), fpn_channels=16, head_channels=16, strides=[8, 16, 32, 64],
+                         shared_head=False)
+    assert isinstance(own.head, nn.ModuleList) and len(own.head) == 4 and own.num_classes == 3
+    shared_params = sum(p.numel() for p in model.head.parameters())
+    assert sum(p.numel() for p in own.head.parameters()) == 4 * shared_params
+    out = own(torch.zeros(1, 3, 128, 192, dtype=torch.uint8))
+    assert [tuple(h.shape) for h in out["offset"]] == [(1, 2, 128 // s, 192 // s) for s in (8, 16, 32, 64)]
 
 
 def _cfg(*overrides):
@@ -175,6 +183,8 @@ def test_multi_level_config_builds_the_head_and_codec_and_names_bad_keys():
     codec = det_task.build_codec(cfg, 4)
     assert isinstance(codec, MultiLevelCenterNetCodec) and codec.size_bounds == [16.0, 32.0, 64.0]
     assert isinstance(det_task.build_model(cfg, 4, pretrained=False), MultiLevelCenterNetDetector)
+    per_level = det_task.build_model(_cfg("model.head=multi_level", "model.shared_head=false"), 4, pretrained=False)
+    assert isinstance(per_level.head, nn.ModuleList) and len(per_level.head) == 4
     with pytest.raises(ConfigError, match="model.head='pyramid'"):
         det_task.build_codec(_cfg("model.head=pyramid"), 4)
     with pytest.raises(ConfigError, match="model.head_strides"):

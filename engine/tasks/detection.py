@@ -264,7 +264,8 @@ def build_model(cfg, num_classes: int, pretrained: bool = True) -> CenterNetDete
     try:
         model = build_detector(num_classes, backbone=m.backbone, out_indices=m.out_indices,
                                pretrained_path=m.pretrained_path if pretrained else None, fpn_channels=m.fpn_channels,
-                               head_channels=m.head_channels, normalization=m.normalization, strides=strides)
+                               head_channels=m.head_channels, normalization=m.normalization, strides=strides,
+                               shared_head=m.shared_head)
     except ValueError as e:
         if strides is None:
             raise
