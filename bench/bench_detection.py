@@ -4,9 +4,11 @@
     runs per sample (``src/lib/datasets/sample/ctdet.py``): for each object ``gaussian_radius``, a Gaussian
     patch drawn into its class map with ``draw_umich_gaussian`` (a max), and the size / offset / index / mask
     entries written one by one. Both in our aligned cell convention, so the targets must be equal; the script
-    checks that.
+    checks that. Then the same for the multi-level codec (strides 4-32, objects assigned by size): the
+    loop picks each object's level and draws it on that level's map.
 (b) Inference: the detector of the given config (random init, it does not matter for speed) on letterboxed
-    images, forward + decode + NMS, images/s at batch 1 and at ``--batch``.
+    images, forward + decode + NMS, images/s at batch 1 and at ``--batch``; ``--override model.head=multi_level``
+    measures the multi-level head.
 
 Run from the repository root: ``.venv/bin/python bench/bench_detection.py``. Times are medians of
 ``--repeats`` timeit repeats; ratios are baseline / ours (> 1 means ours is faster). The baseline is single
@@ -25,7 +27,7 @@ import timeit
 import numpy as np
 import torch
 
-from models.box_codec import CenterNetCodec
+from models.box_codec import CenterNetCodec, MultiLevelCenterNetCodec
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -138,6 +140,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, nargs=2, default=[512, 512], metavar=("W", "H"))
     p.add_argument("--config", default="configs/centernet-fpn_resnet18_synthetic-det_128x128.yaml",
                    help="detector for (b); its data.input_size is used there")
+    p.add_argument("--override", nargs="*", default=[], help="dotted config overrides for (b), e.g. "
+                   "model.head=multi_level")
     p.add_argument("--infer-batch", type=int, default=16)
     p.add_argument("--infer-seconds", type=float, default=8.0, help="time budget per inference measurement")
     p.add_argument("--repeats", type=int, default=5)
@@ -169,6 +173,40 @@ def bench_targets(args) -> None:
     same = (np.array_equal(t.mask.numpy(), ref[4]) and np.array_equal(t.index.numpy()[m], ref[1][m])
             and np.allclose(t.size.numpy(), ref[2], atol=1e-5) and np.allclose(t.offset.numpy(), ref[3], atol=1e-5))
     print(f"  targets agree: heatmaps max |diff| {diff:.2e}; index/size/offset/mask equal: {same}\n")
+    bench_multilevel_targets(args, boxes_np, labels_np, mask_np)
+
+
+def multilevel_reference(boxes, labels, mask, codec: MultiLevelCenterNetCodec):
+    """Per object: its level from max(w, h) against the bounds; then the per-sample loop on each level."""
+    side = np.maximum(boxes[..., 2] - boxes[..., 0] + 1, boxes[..., 3] - boxes[..., 1] + 1)
+    level = np.zeros(mask.shape, np.int64)
+    for bound in codec.size_bounds:
+        level += side >= bound
+    return [centernet_style_targets(boxes, labels, mask & (level == i), codec.num_classes, *c.heatmap_size,
+                                    c.stride) for i, c in enumerate(codec.levels)]
+
+
+def bench_multilevel_targets(args, boxes_np, labels_np, mask_np) -> None:
+    w, h = args.input_size
+    codec = MultiLevelCenterNetCodec((w, h), args.classes, (4, 8, 16, 32))
+    boxes, labels, mask = torch.from_numpy(boxes_np), torch.from_numpy(labels_np), torch.from_numpy(mask_np)
+    print(f"(a') multi-level targets: strides {codec.strides}, size bounds {codec.size_bounds} px; objects per "
+          f"level {np.bincount(codec.assign(boxes)[mask].numpy(), minlength=4).tolist()}")
+    base = median_ms(lambda: multilevel_reference(boxes_np, labels_np, mask_np, codec), args.repeats, args.number)
+    print(f"  {'per-sample numpy loop, per level':<40s} {base:9.2f} ms")
+    default = torch.get_num_threads()
+    for threads in sorted({default, 1}, reverse=True):
+        torch.set_num_threads(threads)
+        ours = median_ms(lambda: codec.encode(boxes, labels, mask), args.repeats, args.number)
+        label = f"MultiLevelCenterNetCodec.encode ({threads} thr)"
+        print(f"  {label:<40s} {ours:9.2f} ms   speed-up x{base / ours:.1f}")
+    torch.set_num_threads(default)
+    same = True
+    for t, ref in zip(codec.encode(boxes, labels, mask), multilevel_reference(boxes_np, labels_np, mask_np, codec)):
+        m = ref[4] > 0
+        same &= (np.abs(t.heatmap.numpy() - ref[0]).max() < 1e-6 and np.array_equal(t.mask.numpy(), ref[4])
+                 and np.array_equal(t.index.numpy()[m], ref[1][m]) and np.allclose(t.size.numpy(), ref[2], atol=1e-5))
+    print(f"  targets agree on every level: {same}\n")
 
 
 @torch.no_grad()
@@ -177,7 +215,7 @@ def bench_inference(args) -> None:
     from engine.inference import DetectionPredictor
     from engine.tasks import detection as det_task
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.override)
     meta = det_task.DetectionMeta([f"c{i}" for i in range(args.classes)], list(range(1, args.classes + 1)))
     model = det_task.build_model(cfg, meta.num_classes, pretrained=False).eval()
     task = det_task.build_task(cfg, meta, progress=False)
@@ -185,7 +223,8 @@ def bench_inference(args) -> None:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (int(h * 1.2), int(w * 1.1), 3), dtype=np.uint8) for _ in range(args.infer_batch)]
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"(b) detector inference: {cfg.model.backbone} -> FPN {cfg.model.fpn_channels} -> CenterNet head, "
+    head = "CenterNet head" if cfg.model.head == "single" else f"multi-level head {cfg.model.head_strides}"
+    print(f"(b) detector inference: {cfg.model.backbone} -> FPN {cfg.model.fpn_channels} -> {head}, "
           f"{n_params / 1e6:.1f} M parameters, input {w}x{h}, {torch.get_num_threads()} threads; letterbox + "
           f"forward + decode (top-{cfg.eval.topk}) + NMS")
     for batch in (1, args.infer_batch):

@@ -41,6 +41,9 @@ class DetectionAugment:
     scale_range: list[float] = field(default_factory=lambda: [0.6, 1.4])   # zoom around the letterbox fit
     shift_fraction: float = 0.2         # max shift of the view centre, as a fraction of the view's size
     min_visible_fraction: float = 0.3   # a cut box keeping less of its area than this is dropped
+    # Zoom in no further than the image's largest box fits, and move the view so that it stays whole: large
+    # objects are then never cut (or dropped by min_visible_fraction); the draws (and seeds) are unchanged.
+    keep_largest_box: bool = False
     photometric: str = "light"          # one of datasets.topdown_augment.PHOTOMETRIC_PRESETS
 
 
@@ -74,6 +77,23 @@ def transform_boxes(boxes: np.ndarray, matrix: np.ndarray, input_size: Sequence[
         visible = np.where(full > 0, box_area(clipped) / np.maximum(full, 1e-12), 0.0)
     keep = ~box_is_empty(clipped) & (visible >= min_visible_fraction) & (full > 0)
     return clipped[keep], keep
+
+
+def keep_box_in_view(image_size: Sequence[int], input_size: Sequence[int], zoom: float, shift: np.ndarray,
+                     box: np.ndarray) -> tuple[float, np.ndarray]:
+    """``(zoom, shift)`` of :func:`view_matrix` changed as little as possible so that ``box`` (inclusive xyxy,
+    image pixels) lies whole inside the view: the zoom capped where the box's edge-to-edge extent fills the
+    input, then the view centre clamped to the range that keeps both box edges in view."""
+    fit = letterbox_scale(image_size, input_size)
+    extent = np.array([box[2] - box[0] + 1, box[3] - box[1] + 1], dtype=np.float64)
+    zoom = float(min(zoom, *(np.asarray(input_size, np.float64) / (fit * np.maximum(extent, 1e-6)))))
+    view = np.asarray(input_size, np.float64) / (fit * zoom)
+    middle = np.array([(image_size[0] - 1) / 2, (image_size[1] - 1) / 2])
+    centre = middle + np.asarray(shift, np.float64) * view
+    low = np.array([box[2], box[3]]) + 0.5 - view / 2            # the box's far edges at the view's far side
+    high = np.array([box[0], box[1]]) - 0.5 + view / 2           # its near edges at the view's near side
+    centre = np.clip(centre, np.minimum(low, high), np.maximum(low, high))
+    return zoom, (centre - middle) / view
 
 
 class DetectionTransformDataset(Dataset):
@@ -110,14 +130,21 @@ class DetectionTransformDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def sample_matrix(self, image_size: Sequence[int], rng: np.random.Generator) -> np.ndarray:
-        """The image -> input matrix of one sample (the letterbox at evaluation)."""
+    def sample_matrix(self, image_size: Sequence[int], rng: np.random.Generator,
+                      boxes: np.ndarray | None = None) -> np.ndarray:
+        """The image -> input matrix of one sample (the letterbox at evaluation).
+
+        ``boxes`` [N, 4] (image pixels, inclusive xyxy) are used only with ``augment.keep_largest_box``.
+        """
         if not self.train:
             return view_matrix(image_size, self.input_size)
         aug = self.augment
         zoom = float(np.exp(rng.uniform(np.log(aug.scale_range[0]), np.log(aug.scale_range[1]))))
         shift = rng.uniform(-aug.shift_fraction, aug.shift_fraction, size=2)
         flip = bool(rng.random() < aug.flip_prob)
+        if aug.keep_largest_box and boxes is not None and len(boxes):
+            zoom, shift = keep_box_in_view(image_size, self.input_size, zoom, shift,
+                                           boxes[int(np.argmax(box_area(boxes)))])
         return view_matrix(image_size, self.input_size, zoom, shift, flip)
 
     def __getitem__(self, item) -> dict | None:
@@ -129,7 +156,7 @@ class DetectionTransformDataset(Dataset):
             return None
         size = (image.shape[1], image.shape[0])
         rng = np.random.default_rng(seed)
-        matrix = self.sample_matrix(size, rng)
+        matrix = self.sample_matrix(size, rng, rec.boxes)
         warped = cv2.warpAffine(image, matrix, self.input_size, flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
         min_visible = self.augment.min_visible_fraction if self.train else 0.0

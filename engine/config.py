@@ -150,6 +150,11 @@ class DetectionModelConfig:
     normalization: str = "backbone"     # backbone (timm mean/std) | unit ([0, 1])
     fpn_channels: int = 128
     head_channels: int = 64             # hidden channels of each CenterNet branch
+    head: str = "single"                # single: stride 4 only | multi_level: one shared head on head_strides
+    head_strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32])   # multi_level levels, finest first
+    # multi_level: boundaries of max(w, h) (input pixels) between consecutive levels; 8 * stride when None
+    level_size_bounds: list[float] | None = None
+    shared_head: bool = True            # multi_level: one head for all levels (false: one head per level)
 
 
 @dataclass

@@ -1,11 +1,24 @@
-"""CenterNet-style detector: input normalisation -> timm backbone -> FPN -> CenterNet head at stride 4."""
+"""CenterNet-style detectors: input normalisation -> timm backbone -> FPN -> CenterNet head.
+
+Two heads on the same trunk: :class:`CenterNetDetector` predicts on the FPN's stride-4 level only (the
+original CenterNet layout); :class:`MultiLevelCenterNetDetector` runs one shared CenterNet head on several
+FPN levels (e.g. strides 4-32, or 8-64 for large objects), and the codec puts each object on the level its
+size says (``models.box_codec.MultiLevelCenterNetCodec``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.backbone import Backbone
 from models.centernet import CenterNetHead
-from models.trunk import FPNHeadModel, build_trunk
+from models.fpn import FPN
+from models.normalize import InputNormalizer
+from models.trunk import FPNHeadModel, build_trunk, make_normalizer
 
 DETECTION_STRIDE = 4
 
@@ -26,11 +39,96 @@ class CenterNetDetector(FPNHeadModel):
         return self.head.num_classes
 
 
+class MultiLevelCenterNetDetector(nn.Module):
+    """One CenterNet head, shared by every level, on several FPN levels.
+
+    Args:
+        backbone, neck, normalizer: the trunk; ``neck`` outputs the backbone levels among ``strides``.
+        head: a :class:`CenterNetHead` whose weights all levels share (sizes are in cells, so an object of
+            4-8 cells looks alike on every level), or an ``nn.ModuleList`` of one head per level.
+        strides: the head's levels, finest first, doubling. Levels coarser than the backbone's coarsest are
+            built as in RetinaNet: a 3x3 stride-2 conv on the coarsest FPN output (``P6``), then on the
+            ReLU of the previous extra level (``P7``, ...).
+
+    forward(images [B, 3, H, W]) -> {"heatmap": [L tensors [B, C, H/s, W/s]], "size": [L x [B, 2, H/s, W/s]],
+    "offset": [L x [B, 2, H/s, W/s]]}, one entry per stride, finest first. H and W must be multiples of the
+    coarsest stride (the codec checks that too).
+    """
+
+    head_name = "multi-level CenterNet head"
+
+    def __init__(self, backbone: Backbone, neck: FPN, head: CenterNetHead | nn.ModuleList,
+                 normalizer: InputNormalizer, strides: Sequence[int]):
+        super().__init__()
+        self.strides = [int(s) for s in strides]
+        if list(neck.strides) != self.strides[:len(neck.strides)]:
+            raise ValueError(f"the FPN's output strides {neck.strides} must be the first of the head's strides "
+                             f"{self.strides}")
+        if isinstance(head, nn.ModuleList) and len(head) != len(self.strides):
+            raise ValueError(f"{len(head)} heads for {len(self.strides)} levels {self.strides}")
+        self.normalizer = normalizer
+        self.backbone = backbone
+        self.neck = neck
+        self.head = head
+        c = neck.out_channels
+        self.extra_levels = nn.ModuleList(nn.Conv2d(c, c, 3, stride=2, padding=1)
+                                          for _ in self.strides[len(neck.strides):])
+        for m in self.extra_levels:
+            nn.init.kaiming_uniform_(m.weight, a=1)
+            nn.init.zeros_(m.bias)
+
+    @property
+    def num_classes(self) -> int:
+        return self.head[0].num_classes if isinstance(self.head, nn.ModuleList) else self.head.num_classes
+
+    @property
+    def max_stride(self) -> int:
+        return max(self.strides)
+
+    def forward(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        feats = list(self.neck(self.backbone(self.normalizer(images))))
+        for i, conv in enumerate(self.extra_levels):
+            feats.append(conv(feats[-1] if i == 0 else F.relu(feats[-1])))
+        heads = self.head if isinstance(self.head, nn.ModuleList) else [self.head] * len(feats)
+        outs = [head(f) for head, f in zip(heads, feats)]
+        return {key: [o[key] for o in outs] for key in ("heatmap", "size", "offset")}
+
+
 def build_detector(num_classes: int, backbone: str = "resnet18", out_indices: Sequence[int] = (1, 2, 3, 4),
                    pretrained_path: str | None = None, fpn_channels: int = 128, head_channels: int = 64,
-                   normalization: str = "backbone", pretrained: bool = False) -> CenterNetDetector:
-    """Compose the parts from plain arguments (the detection task maps its config onto these names)."""
-    bb, neck, normalizer = build_trunk(backbone, out_indices, pretrained_path, fpn_channels, normalization,
-                                       DETECTION_STRIDE, pretrained=pretrained)
-    head = CenterNetHead(fpn_channels, num_classes, channels=head_channels)
-    return CenterNetDetector(bb, neck, head, normalizer)
+                   normalization: str = "backbone", strides: Sequence[int] | None = None,
+                   shared_head: bool = True,
+                   pretrained: bool = False) -> CenterNetDetector | MultiLevelCenterNetDetector:
+    """Compose the parts from plain arguments (the detection task maps its config onto these names).
+
+    ``strides`` None: the single-level head at stride 4. Otherwise the multi-level head on those strides,
+    finest first and doubling; the first must be the backbone's finest level (``out_indices``), and strides
+    coarser than the backbone's coarsest are built as extra levels; ``shared_head`` False gives every level
+    its own head.
+    """
+    if strides is None:
+        bb, neck, normalizer = build_trunk(backbone, out_indices, pretrained_path, fpn_channels, normalization,
+                                           DETECTION_STRIDE, pretrained=pretrained)
+        return CenterNetDetector(bb, neck, CenterNetHead(fpn_channels, num_classes, channels=head_channels),
+                                 normalizer)
+    strides = [int(s) for s in strides]
+    if not strides or any(b != 2 * a for a, b in zip(strides, strides[1:])):
+        raise ValueError(f"head strides {strides} must be non-empty and double level to level (e.g. [4, 8, 16, 32])")
+    bb = Backbone(backbone, out_indices=out_indices, pretrained_path=pretrained_path, required_stride=None,
+                  pretrained=pretrained)
+    inside = [s for s in strides if s <= max(bb.strides)]
+    # The finest backbone level must be the head's: a finer one would feed only the FPN's unused lateral conv
+    # (parameters without gradients, which DistributedDataParallel refuses).
+    if not inside or inside[0] != bb.strides[0] or any(s not in bb.strides for s in inside) or \
+            (len(inside) < len(strides) and inside[-1] != max(bb.strides)):
+        raise ValueError(f"head strides {strides} do not fit the backbone {backbone!r} with out_indices "
+                         f"{list(out_indices)} (strides {bb.strides}): the finest head stride must be the "
+                         f"backbone's finest level (choose out_indices starting there), and strides past its "
+                         f"coarsest ({max(bb.strides)}) are built from it")
+    neck = FPN(bb.channels, bb.strides, out_channels=fpn_channels,
+               output_levels=[bb.strides.index(s) for s in inside])
+    if shared_head:
+        head = CenterNetHead(fpn_channels, num_classes, channels=head_channels)
+    else:
+        head = nn.ModuleList(CenterNetHead(fpn_channels, num_classes, channels=head_channels) for _ in strides)
+    return MultiLevelCenterNetDetector(bb, neck, head, make_normalizer(normalization, bb), strides)

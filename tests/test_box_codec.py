@@ -131,3 +131,28 @@ def test_codec_rejects_bad_arguments():
         codec.encode(torch.zeros(2, 4), torch.zeros(2), torch.zeros(2))
     with pytest.raises(ValueError, match="heatmap must be"):
         codec.decode(torch.zeros(1, 2, 16, 16), torch.zeros(1, 2, 16, 16), torch.zeros(1, 2, 16, 16))
+
+
+@pytest.mark.parametrize("input_size", [(128, 96), (512, 512)])
+def test_windowed_encode_equals_centernets_per_sample_loop(input_size):
+    # The per-object numpy loop of CenterNet's data loader (bench/bench_detection.py, draw_umich_gaussian) on
+    # boxes of 4-90% of the input, many at the border (windows cut by the map edge), some overlapping in one
+    # class, with padding: the batched windowed Gaussians must give the same maps and entries.
+    from bench.bench_detection import centernet_style_targets, make_boxes
+
+    w, h = input_size
+    boxes, labels, mask = make_boxes(6, 12, w, h, 3, seed=1)
+    rng = np.random.default_rng(2)
+    big = rng.uniform(0.5, 0.9, (6, 2)) * [w, h]
+    boxes[:, 0, :2], boxes[:, 0, 2:] = 0, big - 1                        # a large box in each top-left corner
+    boxes[:, 1, :2], boxes[:, 1, 2:] = [w, h] - big, [w - 1, h - 1]      # and one in the bottom-right corner
+    mask[:, :2] = True
+    codec = CenterNetCodec(input_size, 3)
+    t = codec.encode(torch.from_numpy(boxes), torch.from_numpy(labels), torch.from_numpy(mask))
+    hm, ind, wh, reg, m = centernet_style_targets(boxes, labels, mask, 3, *codec.heatmap_size, codec.stride)
+    assert m.sum() > 20 and hm.max() == 1.0
+    np.testing.assert_allclose(t.heatmap.numpy(), hm, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(t.mask.numpy(), m)
+    np.testing.assert_array_equal(t.index.numpy()[m > 0], ind[m > 0])
+    np.testing.assert_allclose(t.size.numpy(), wh, atol=1e-5)
+    np.testing.assert_allclose(t.offset.numpy(), reg, atol=1e-5)

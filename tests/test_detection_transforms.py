@@ -12,6 +12,7 @@ from datasets.detection_transforms import (
     DetectionAugment,
     DetectionTransformDataset,
     collate_detection,
+    keep_box_in_view,
     transform_boxes,
     view_matrix,
 )
@@ -90,6 +91,35 @@ def test_training_samples_are_seeded_and_boxes_stay_inside(rect_image):
         bx = s["boxes"].numpy()
         assert (bx[:, :2] >= 0).all() and (bx[:, 2] <= 63).all() and (bx[:, 3] <= 63).all()
         assert len(bx) + s["dropped"] == 2 and len(s["labels"]) == len(bx)
+
+
+def test_keep_largest_box_never_cuts_the_large_object(rect_image):
+    # The hand case: zoom 2x on the centre of the 100 x 60 image into a 100 x 60 input would cut the 20 x 30
+    # box at x 10..29 (view x 25..74). It fits the view (50 x 30 image pixels) at zoom 2, so the zoom stays and
+    # the view moves left until the box's left edge (9.5) is the view's left edge: centre x 34.5, shift -0.3.
+    # Its 30 rows (edges 9.5..39.5) fill the view's 30 rows exactly: centre y 24.5, shift (24.5 - 29.5) / 30.
+    zoom, shift = keep_box_in_view((100, 60), (100, 60), 2.0, np.zeros(2), rect_image.boxes[0])
+    assert zoom == 2.0
+    np.testing.assert_allclose(shift, [(34.5 - 49.5) / 50, (24.5 - 29.5) / 30], atol=1e-9)
+    m = view_matrix((100, 60), (100, 60), zoom, shift)
+    boxes, keep = transform_boxes(rect_image.boxes[:1], m, (100, 60))
+    np.testing.assert_allclose(boxes[0], [0, 0, 39, 59], atol=1e-6)          # whole: 20 x 30 pixels, zoomed 2x
+    # A zoom at which the box cannot fit (3x: view 33.3 x 20 pixels < 30 rows) is capped to 2x.
+    assert keep_box_in_view((100, 60), (100, 60), 3.0, np.zeros(2), rect_image.boxes[0])[0] == pytest.approx(2.0)
+    # Through the dataset: with strong zooms and shifts, the larger box (the 20 x 30 one) is always whole.
+    aug = DetectionAugment(scale_range=[1.0, 4.0], shift_fraction=0.5, min_visible_fraction=0.3,
+                           photometric="none", keep_largest_box=True)
+    cut = DetectionTransformDataset([rect_image], (64, 64), train=True, augment=DetectionAugment(
+        scale_range=[1.0, 4.0], shift_fraction=0.5, min_visible_fraction=0.3, photometric="none"))
+    kept = DetectionTransformDataset([rect_image], (64, 64), train=True, augment=aug)
+    lost = 0
+    for seed in range(40):
+        s = kept[(0, seed)]
+        assert 0 in s["labels"].tolist()
+        back = affine_boxes(s["boxes"].numpy().astype(np.float64), s["input_to_image"].numpy().astype(np.float64))
+        np.testing.assert_allclose(back[s["labels"].numpy() == 0][0], rect_image.boxes[0], atol=1e-3)
+        lost += 0 not in cut[(0, seed)]["labels"].tolist()
+    assert lost > 10                                          # without the option, it is often dropped
 
 
 def test_collate_pads_to_one_n_with_a_mask():

@@ -358,9 +358,41 @@ def test_eval_takes_the_detector_threshold_from_det_score_threshold(trained_dete
     assert "score >= 0.99)" in none["boxes"] and none["boxes_used"] == 0
 
 
+@pytest.mark.slow
+def test_two_stage_with_a_multi_level_detector(tiny_synthetic_detection, keypoint_checkpoint, coco_mini_config,
+                                               tmp_path):
+    """--det-checkpoint takes a multi-level detector unchanged: its config in the checkpoint rebuilds the head."""
+    from tools import eval as eval_tool
+    from tools import infer, train
+
+    t = tiny_synthetic_detection
+    cfg = tmp_path / "det.yaml"
+    cfg.write_text(f"""task: detection
+name: tiny-det-multi
+data:
+  train: {{ann_file: {t['train']}, image_root: {t['images']}}}
+  val: {{ann_file: {t['val']}, image_root: {t['images']}}}
+""")
+    run = str(tmp_path / "run")
+    train.main(["--config", str(cfg), "--run-dir", run, "--no-progress", "train.epochs=1", *TINY_DET,
+                "model.head=multi_level", "model.head_strides=[4,8,16]", "model.level_size_bounds=[16,32]"])
+    best = os.path.join(run, "best.pt")
+    assert "head: multi_level" in open(os.path.join(run, "config.yaml")).read()
+    val_dir = os.path.join(t["images"], "val")
+    out = infer.main(["--det-checkpoint", best, "--checkpoint", keypoint_checkpoint, "--input", val_dir,
+                      "--output-dir", str(tmp_path / "infer"), "--det-score-threshold", "0", "--max-images", "3",
+                      "--no-progress", "--no-flip"])
+    assert out["box_source"].startswith("detector") and 0 < out["boxes"] <= 9
+    results = json.load(open(out["results"]))
+    assert len(results) == out["instances"] and all(len(r["keypoints"]) == 51 for r in results)
+    report = eval_tool.main(["--config", coco_mini_config, "--checkpoint", keypoint_checkpoint, "--no-progress",
+                             "--det-checkpoint", best, "--output-dir", str(tmp_path / "eval"), "eval.flip_test=false"])
+    assert report["boxes"].startswith("detector") and report["boxes_used"] > 0
+
+
 def test_detection_configs_load():
     for name in ("centernet-fpn_resnet18_synthetic-det_128x128.yaml",
-                 "centernet-fpn_resnet18_fruits-nuts_320x240.yaml"):
+                 "centernet-fpn_resnet18_fruits-nuts_320x240.yaml", "centernet-fpn_resnet18_tiger-box_320x192.yaml"):
         cfg = load_config(os.path.join("configs", name))
         assert cfg.task == "detection" and cfg.data.input_size[0] % 16 == 0 and cfg.data.input_size[1] % 16 == 0
 

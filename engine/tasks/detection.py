@@ -25,8 +25,8 @@ from engine.coco_eval import coco_eval
 from engine.distributed import all_gather_list
 from engine.tasks.base import Experiment
 from models.bbox import affine_boxes, batched_nms, box_is_empty, clip_boxes, xyxy_to_coco_xywh
-from models.box_codec import CenterNetCodec
-from models.detector import DETECTION_STRIDE, CenterNetDetector, build_detector
+from models.box_codec import BoxTargets, CenterNetCodec, MultiLevelCenterNetCodec
+from models.detector import DETECTION_STRIDE, CenterNetDetector, MultiLevelCenterNetDetector, build_detector
 from models.errors import CheckpointError, ConfigError, DataError
 from models.losses import centernet_focal_loss, giou_loss, masked_l1_loss
 from models.utils import device_of
@@ -55,7 +55,8 @@ class DetectionMeta:
 
 class DetectionTask:
     """Args:
-        codec: the CenterNet codec (input size, stride, classes, Gaussian radius, top-k).
+        codec: the CenterNet codec (input size, stride, classes, Gaussian radius, top-k); a
+            ``MultiLevelCenterNetCodec`` for a multi-level head (whose outputs are lists, one map per level).
         meta: class names and COCO category ids.
         val_gt: COCO ground-truth dict of the validation images (for ``validate``).
         heatmap_weight, size_weight, offset_weight, giou_weight: loss weights (giou 0 disables it).
@@ -87,19 +88,40 @@ class DetectionTask:
     # ------------------------------------------------------------------ training
     def losses(self, outputs: dict, boxes: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict:
         """Loss terms of model ``outputs`` against padded boxes [B, N, 4] (input pixels), labels and mask."""
-        t = self.codec.encode(boxes, labels, mask)
-        heat = centernet_focal_loss(outputs["heatmap"], t.heatmap, self.focal_alpha, self.focal_beta)
-        size = self.codec.gather(outputs["size"], t.index)
-        offset = self.codec.gather(outputs["offset"], t.index)
-        terms = {"loss_heatmap": heat, "loss_size": masked_l1_loss(size, t.size, t.mask),
-                 "loss_offset": masked_l1_loss(offset, t.offset, t.mask)}
+        codecs, maps, targets = self._levels(outputs, boxes, labels, mask)
+        # Every level's cells and objects are concatenated, so the focal loss is normalised by the positives
+        # of all levels together and the L1 / GIoU terms average over all objects (one level: the same sums).
+        heat = centernet_focal_loss(torch.cat([m["heatmap"].flatten(2) for m in maps], 2),
+                                    torch.cat([t.heatmap.flatten(2) for t in targets], 2),
+                                    self.focal_alpha, self.focal_beta)
+        size = torch.cat([c.gather(m["size"], t.index) for c, m, t in zip(codecs, maps, targets)], 1)
+        offset = torch.cat([c.gather(m["offset"], t.index) for c, m, t in zip(codecs, maps, targets)], 1)
+        t_size, t_offset, t_mask = (torch.cat([getattr(t, k) for t in targets], 1) for k in ("size", "offset", "mask"))
+        terms = {"loss_heatmap": heat, "loss_size": masked_l1_loss(size, t_size, t_mask),
+                 "loss_offset": masked_l1_loss(offset, t_offset, t_mask)}
         if self.weights["giou"] > 0:
-            w = self.codec.heatmap_size[0]
-            cell = torch.stack([t.index % w, torch.div(t.index, w, rounding_mode="floor")], -1).float()
-            pred = self.codec.boxes_from_cells(cell, offset.float(), size.float())
-            terms["loss_giou"] = giou_loss(pred, t.boxes, t.mask)
+            pred = []
+            for i, (c, t) in enumerate(zip(codecs, targets)):
+                w, n = c.heatmap_size[0], t.index.shape[1]
+                cell = torch.stack([t.index % w, torch.div(t.index, w, rounding_mode="floor")], -1).float()
+                pred.append(c.boxes_from_cells(cell, offset[:, i * n:(i + 1) * n].float(),
+                                               size[:, i * n:(i + 1) * n].float()))
+            terms["loss_giou"] = giou_loss(torch.cat(pred, 1), torch.cat([t.boxes for t in targets], 1), t_mask)
         total = sum(self.weights[k[5:]] * v for k, v in terms.items())
-        return {"loss": total, **terms, "num_objects": t.mask.sum()}
+        return {"loss": total, **terms, "num_objects": t_mask.sum()}
+
+    def _levels(self, outputs: dict, boxes: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[list[CenterNetCodec], list[dict], list[BoxTargets]]:
+        """Per level: its codec, the model's maps ({"heatmap", "size", "offset"}) and the batch's targets."""
+        if isinstance(self.codec, MultiLevelCenterNetCodec):
+            n = len(self.codec.levels)
+            if not all(isinstance(outputs[k], (list, tuple)) and len(outputs[k]) == n for k in ("heatmap", "size")):
+                raise ValueError(f"the codec has {n} levels (strides {self.codec.strides}) but the model did not "
+                                 f"return {n} maps per output: model.head and the codec disagree")
+            maps = [dict(zip(("heatmap", "size", "offset"), m))
+                    for m in zip(outputs["heatmap"], outputs["size"], outputs["offset"])]
+            return self.codec.levels, maps, self.codec.encode(boxes, labels, mask)
+        return [self.codec], [outputs], [self.codec.encode(boxes, labels, mask)]
 
     def training_step(self, model: nn.Module, batch: dict) -> dict:
         device = device_of(model)
@@ -135,7 +157,12 @@ class DetectionTask:
         """
         device = device_of(model)
         out = model(batch["image"].to(device, non_blocking=True))
-        boxes, scores, labels = self.codec.decode(torch.sigmoid(out["heatmap"].float()), out["size"], out["offset"])
+        if isinstance(self.codec, MultiLevelCenterNetCodec):
+            boxes, scores, labels = self.codec.decode([torch.sigmoid(h.float()) for h in out["heatmap"]],
+                                                      out["size"], out["offset"])
+        else:
+            boxes, scores, labels = self.codec.decode(torch.sigmoid(out["heatmap"].float()), out["size"],
+                                                      out["offset"])
         boxes = affine_boxes(boxes, batch["input_to_image"].to(device))
         results = []
         category_ids = np.asarray(self.meta.category_ids, dtype=np.int64)
@@ -200,20 +227,53 @@ class DetectionTask:
 
 
 # ---------------------------------------------------------------------------------------------- builders
-def build_codec(cfg, num_classes: int) -> CenterNetCodec:
-    return CenterNetCodec(cfg.data.input_size, num_classes, stride=DETECTION_STRIDE,
-                          min_overlap=cfg.data.min_overlap, topk=cfg.eval.topk)
+HEADS = ("single", "multi_level")
 
 
-def build_model(cfg, num_classes: int, pretrained: bool = True) -> CenterNetDetector:
+def _head_strides(cfg) -> list[int] | None:
+    """The multi-level head's strides, or None for the single-level head (checks ``model.head``)."""
     m = cfg.model
-    model = build_detector(num_classes, backbone=m.backbone, out_indices=m.out_indices,
-                           pretrained_path=m.pretrained_path if pretrained else None, fpn_channels=m.fpn_channels,
-                           head_channels=m.head_channels, normalization=m.normalization,
-                           pretrained=m.pretrained and pretrained)
+    if m.head not in HEADS:
+        raise ConfigError(f"model.head={m.head!r}: use 'single' (stride 4 only) or 'multi_level' "
+                          f"(one head on model.head_strides)")
+    if m.head == "single":
+        return None
+    strides = [int(s) for s in m.head_strides]
+    if not strides or any(b != 2 * a for a, b in zip(strides, strides[1:])):
+        raise ConfigError(f"model.head_strides={strides}: give strides finest first, each double the previous "
+                          f"(e.g. [4, 8, 16, 32], or [8, 16, 32, 64] for large objects)")
+    return strides
+
+
+def build_codec(cfg, num_classes: int) -> CenterNetCodec | MultiLevelCenterNetCodec:
+    strides = _head_strides(cfg)
+    if strides is None:
+        return CenterNetCodec(cfg.data.input_size, num_classes, stride=DETECTION_STRIDE,
+                              min_overlap=cfg.data.min_overlap, topk=cfg.eval.topk)
+    try:
+        return MultiLevelCenterNetCodec(cfg.data.input_size, num_classes, strides, cfg.model.level_size_bounds,
+                                        min_overlap=cfg.data.min_overlap, topk=cfg.eval.topk)
+    except ValueError as e:
+        raise ConfigError(f"model.head_strides={strides}, model.level_size_bounds={cfg.model.level_size_bounds}, "
+                          f"data.input_size={list(cfg.data.input_size)}: {e}") from e
+
+
+def build_model(cfg, num_classes: int, pretrained: bool = True) -> CenterNetDetector | MultiLevelCenterNetDetector:
+    m = cfg.model
+    strides = _head_strides(cfg)
     w, h = (int(v) for v in cfg.data.input_size)
-    if w % DETECTION_STRIDE or h % DETECTION_STRIDE:
-        raise ConfigError(f"data.input_size {[w, h]} must be a multiple of the detection stride {DETECTION_STRIDE}")
+    coarsest = max(strides) if strides else DETECTION_STRIDE
+    if w % coarsest or h % coarsest:
+        raise ConfigError(f"data.input_size {[w, h]} must be a multiple of the head's coarsest stride {coarsest}")
+    try:
+        model = build_detector(num_classes, backbone=m.backbone, out_indices=m.out_indices,
+                               pretrained_path=m.pretrained_path if pretrained else None, fpn_channels=m.fpn_channels,
+                               head_channels=m.head_channels, normalization=m.normalization, strides=strides,
+                               shared_head=m.shared_head, pretrained=m.pretrained and pretrained)
+    except ValueError as e:
+        if strides is None:
+            raise
+        raise ConfigError(f"model.head_strides={strides}, model.out_indices={list(m.out_indices)}: {e}") from e
     if w % model.max_stride or h % model.max_stride:
         log.warning("data.input_size %s is not a multiple of the backbone's coarsest stride %d: the model runs, "
                     "but the FPN levels are no longer exactly aligned", [w, h], model.max_stride)
