@@ -105,7 +105,8 @@ class KeypointModel:
 
 class Detector:
     """A detector (see :func:`load`). ``detector(image) -> {"boxes" [n, 4], "scores" [n], "labels" [n],
-    "category_ids" [n], "class_names" [n]}`` with detections at or above ``score_threshold``."""
+    "category_ids" [n], "class_names" [n]}`` with detections at or above ``score_threshold`` of the
+    ``categories`` asked for (as its :meth:`video` and the tools keep them)."""
 
     def __init__(self, boxes: DetectorBoxes):
         self.source = boxes
@@ -113,7 +114,7 @@ class Detector:
 
     def __call__(self, image) -> dict:
         det = self.source.predictor.predict(_check_image(image))
-        keep = det["scores"] >= self.source.score_threshold
+        keep = self.source.selected(det)
         out = {k: np.asarray(v)[keep] for k, v in det.items()}
         out["class_names"] = [self.class_names[int(c)] for c in out["labels"]]
         return out

@@ -288,12 +288,18 @@ class DetectorBoxes:
         """The detector's class names, by class index (``labels``)."""
         return list(self.predictor.task.meta.class_names)
 
+    def selected(self, det: dict) -> np.ndarray:
+        """bool [n]: the detections of ``det`` (the predictor's dict) at or above ``score_threshold`` and of
+        ``category_ids`` (every class when None); one rule for images, videos and engine.api."""
+        keep = np.asarray(det["scores"]) >= self.score_threshold
+        if self.category_ids is not None:
+            keep &= np.isin(det["category_ids"], self.category_ids)
+        return keep
+
     def boxes_for(self, image_id: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         det = self.predictor.predict(image)
         self.last = det
-        keep = det["scores"] >= self.score_threshold
-        if self.category_ids is not None:
-            keep &= np.isin(det["category_ids"], self.category_ids)
+        keep = self.selected(det)
         boxes, scores = np.asarray(det["boxes"], dtype=np.float64)[keep].reshape(-1, 4), det["scores"][keep]
         # The detector clips its boxes and drops empty ones; this guards the crop against anything else.
         ok = croppable(boxes)

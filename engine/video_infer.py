@@ -139,9 +139,7 @@ class VideoPoseRunner:
         for i, image in enumerate(images):
             if i in dets:
                 det = dets[i]
-                keep = det["scores"] >= src.score_threshold
-                if src.category_ids is not None:
-                    keep &= np.isin(det["category_ids"], src.category_ids)
+                keep = src.selected(det)
                 boxes = np.asarray(det["boxes"], dtype=np.float64)[keep].reshape(-1, 4)
                 scores, labels = np.asarray(det["scores"])[keep], np.asarray(det["labels"])[keep]
                 ok = croppable(boxes)

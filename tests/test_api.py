@@ -27,7 +27,7 @@ def readme_snippet() -> str:
     return code
 
 
-def tiny_detector_checkpoint(path: str) -> str:
+def tiny_detector_checkpoint(path: str, class_names=("figure",)) -> str:
     torch.manual_seed(0)
     split = {"ann_file": "x", "image_root": "x"}
     cfg = config_from_dict({"task": "detection", "model": {"out_indices": [1, 2, 3], "fpn_channels": 16,
@@ -35,10 +35,10 @@ def tiny_detector_checkpoint(path: str) -> str:
                             "data": {"input_size": [64, 64], "train": split, "val": split}})
     from engine.tasks import detection as det_task
 
-    model = det_task.build_model(cfg, 1, pretrained=False)
+    model = det_task.build_model(cfg, len(class_names), pretrained=False)
     # A bias that puts every heatmap cell at probability ~0.5: the untrained detector then finds boxes.
     torch.nn.init.zeros_(model.head.heatmap[-1].bias)
-    meta = det_task.DetectionMeta(["figure"], [1])
+    meta = det_task.DetectionMeta(list(class_names), list(range(1, len(class_names) + 1)))
     save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg), "meta": meta.to_dict()}, path)
     return path
 
@@ -87,6 +87,21 @@ def test_api_agrees_with_the_predictor_and_checks_its_input(workdir):
     assert out["boxes"].shape[1] == 4 and len(out["class_names"]) == len(out["scores"]) > 0
     frames = list(det.video(os.path.join(workdir, "clip.mp4"), stop=3))
     assert [f.frame for f in frames] == [0, 1, 2] and frames[0].keypoints is None
+
+
+def test_detector_keeps_the_categories_asked_for_on_images_as_on_videos(workdir, tmp_path):
+    from engine.api import load
+
+    path = tiny_detector_checkpoint(str(tmp_path / "two.pt"), class_names=("square", "disc"))
+    image = cv2.cvtColor(cv2.imread(os.path.join(workdir, "photo.jpg")), cv2.COLOR_BGR2RGB)
+    every = load(path, device="cpu", score_threshold=0.0)(image)
+    assert set(every["class_names"]) == {"square", "disc"}
+    discs = load(path, device="cpu", score_threshold=0.0, categories=["disc"])
+    out = discs(image)
+    assert len(out["scores"]) == (every["labels"] == 1).sum() > 0 and set(out["class_names"]) == {"disc"}
+    assert (out["category_ids"] == 2).all()
+    (frame,) = discs.video(os.path.join(workdir, "clip.mp4"), stop=1)
+    assert len(frame.labels) > 0 and (frame.labels == 1).all()
 
 
 def test_video_generator_tracks_and_smooths(workdir):
