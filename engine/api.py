@@ -27,15 +27,9 @@ import torch
 from engine.distributed import resolve_device
 from engine.smoothing import TrackSmoother
 from engine.tracking import PoseTracker
-from engine.two_stage import DetectorBoxes, WholeImageBoxes
+from engine.two_stage import DetectorBoxes, WholeImageBoxes, detector_boxes, load_keypoint_predictor
 from engine.video import VideoSource
-from engine.video_infer import (
-    FrameResult,
-    VideoPoseRunner,
-    load_detector_boxes,
-    load_keypoint_predictor,
-    rescore_and_suppress,
-)
+from engine.video_infer import FrameResult, VideoPoseRunner, rescore_and_suppress
 from models.errors import InputError
 
 __all__ = ["Detector", "FrameResult", "KeypointModel", "load"]
@@ -161,7 +155,7 @@ def load(path: str, device: str | torch.device = "auto", detector: str | None = 
     if task == "detection":
         if detector:
             raise InputError(f"{path} is a detector itself; pass a keypoint model as the first argument")
-        return Detector(load_detector_boxes(path, dev, cats, score_threshold))
+        return Detector(detector_boxes(path, dev, cats, score_threshold))
     predictor, _ = load_keypoint_predictor(path, dev, flip_test)
-    boxes = load_detector_boxes(detector, dev, cats, score_threshold) if detector else None
+    boxes = detector_boxes(detector, dev, cats, score_threshold) if detector else None
     return KeypointModel(predictor, boxes, oks_nms_threshold)

@@ -376,6 +376,20 @@ class TwoStagePipeline:
 
 
 # ---------------------------------------------------------------------------------------------- set-up and loop
+def load_keypoint_predictor(path: str, device: torch.device, flip_test: bool | None = None,
+                            batch_size: int = 32) -> tuple[TopDownPredictor, object]:
+    """``(TopDownPredictor, cfg)`` of a keypoint checkpoint or exported ONNX model (via ``load_for_inference``);
+    images, videos and engine.api all load through here. flip_test: None keeps the model's ``eval.flip_test``."""
+    from engine.tasks import keypoints as kp
+
+    cfg, model, state = load_for_inference(path, device)
+    if cfg.task != "keypoints":
+        raise CheckpointError(f"--checkpoint {path} is a {cfg.task!r} checkpoint; pass a detector as "
+                              f"--det-checkpoint and a keypoint model as --checkpoint")
+    task = kp.build_task(cfg, kp.KeypointMeta.from_dict(state["meta"]), progress=False, flip_test=flip_test)
+    return TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding, batch_size=batch_size), cfg
+
+
 def keypoint_pipeline(checkpoint: str, device: torch.device, no_flip: bool = False,
                       oks_nms_threshold: float | None = 0.9, model=None, cfg=None, meta=None) -> TwoStagePipeline:
     """The two-stage pipeline of a keypoint checkpoint (its config and meta inside), or of an already loaded
@@ -383,19 +397,17 @@ def keypoint_pipeline(checkpoint: str, device: torch.device, no_flip: bool = Fal
     from engine.tasks import keypoints as kp
 
     if model is None:
-        cfg, model, state = load_for_inference(checkpoint, device)
-        if cfg.task != "keypoints":
-            raise CheckpointError(f"--checkpoint {checkpoint} is a {cfg.task!r} checkpoint; pass a detector as "
-                                  f"--det-checkpoint and a keypoint model as --checkpoint")
-        meta = kp.KeypointMeta.from_dict(state["meta"])
-    task = kp.build_task(cfg, meta, progress=False, flip_test=cfg.eval.flip_test and not no_flip)
-    predictor = TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding)
-    return TwoStagePipeline(predictor, meta.oks_sigmas, oks_nms_threshold)
+        predictor, _ = load_keypoint_predictor(checkpoint, device, False if no_flip else None)
+    else:
+        task = kp.build_task(cfg, meta, progress=False, flip_test=cfg.eval.flip_test and not no_flip)
+        predictor = TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding)
+    return TwoStagePipeline(predictor, predictor.task.meta.oks_sigmas, oks_nms_threshold)
 
 
 def detector_boxes(checkpoint: str, device: torch.device, categories: str | None = None,
-                   score_threshold: float = 0.3) -> DetectorBoxes:
-    """A :class:`DetectorBoxes` source from a detection checkpoint; ``categories`` as ``--det-category``."""
+                   score_threshold: float = 0.3, batch_size: int = 8) -> DetectorBoxes:
+    """A :class:`DetectorBoxes` source from a detection checkpoint or exported ONNX detector; ``categories``
+    as ``--det-category``; ``batch_size`` images per forward pass of ``predict_many`` (videos)."""
     from engine.tasks import detection as det
 
     cfg, model, state = load_for_inference(checkpoint, device)
@@ -403,7 +415,8 @@ def detector_boxes(checkpoint: str, device: torch.device, categories: str | None
         raise CheckpointError(f"--det-checkpoint {checkpoint} is a {cfg.task!r} checkpoint, not a detector")
     meta = det.DetectionMeta.from_dict(state["meta"])
     cats = select_categories(meta.class_names, meta.category_ids, categories)
-    predictor = DetectionPredictor(model, det.build_task(cfg, meta, progress=False), cfg.data.input_size)
+    predictor = DetectionPredictor(model, det.build_task(cfg, meta, progress=False), cfg.data.input_size,
+                                   batch_size=batch_size)
     return DetectorBoxes(predictor, cats, score_threshold, checkpoint)
 
 

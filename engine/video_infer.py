@@ -32,7 +32,15 @@ from engine.oks_nms import oks_nms
 from engine.pose_outputs import frame_results, write_dlc_csv, write_json
 from engine.smoothing import TrackSmoother
 from engine.tracking import PoseTracker
-from engine.two_stage import DetectionFileBoxes, DetectorBoxes, WholeImageBoxes, clip_to_image, croppable
+from engine.two_stage import (
+    DetectionFileBoxes,
+    DetectorBoxes,
+    WholeImageBoxes,
+    clip_to_image,
+    croppable,
+    detector_boxes,
+    load_keypoint_predictor,
+)
 from engine.video import VideoSource, VideoWriter
 from engine.visualize import draw_detections, draw_keypoints
 from models.bbox import box_area
@@ -287,44 +295,6 @@ def make_box_source_for_video(box_source, n_videos: int, boxes_path: str | None)
 
 
 # ---------------------------------------------------------------------------------------------- building
-def load_keypoint_predictor(path: str, device: torch.device, flip_test: bool | None = None,
-                            batch_size: int = 32) -> tuple[TopDownPredictor, object]:
-    """``(TopDownPredictor, cfg)`` of a keypoint checkpoint or exported ONNX model (via ``load_for_inference``).
-
-    flip_test: None keeps the model's ``eval.flip_test``."""
-    from engine.inference import load_for_inference
-    from engine.tasks import keypoints as kp
-    from models.errors import CheckpointError
-
-    cfg, model, state = load_for_inference(path, device)
-    if cfg.task != "keypoints":
-        raise CheckpointError(f"{path} is a {cfg.task!r} model, not a keypoint model; pass a detector as "
-                              f"--det-checkpoint and a keypoint model as --checkpoint")
-    meta = kp.KeypointMeta.from_dict(state["meta"])
-    flip = cfg.eval.flip_test if flip_test is None else flip_test
-    task = kp.KeypointTask(kp.build_codec(cfg), meta, flip_test=flip, rescore_threshold=cfg.eval.rescore_threshold,
-                           progress=False)
-    return TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding, batch_size=batch_size), cfg
-
-
-def load_detector_boxes(path: str, device: torch.device, categories: str | None = None,
-                        score_threshold: float = 0.3, batch_size: int = 8) -> DetectorBoxes:
-    """A :class:`DetectorBoxes` source from a detection checkpoint (or exported ONNX detector)."""
-    from engine.inference import DetectionPredictor, load_for_inference
-    from engine.tasks import detection as det_task
-    from engine.two_stage import select_categories
-    from models.errors import CheckpointError
-
-    dcfg, dmodel, dstate = load_for_inference(path, device)
-    if dcfg.task != "detection":
-        raise CheckpointError(f"--det-checkpoint {path} is a {dcfg.task!r} model, not a detector")
-    meta = det_task.DetectionMeta.from_dict(dstate["meta"])
-    cats = select_categories(meta.class_names, meta.category_ids, categories)
-    predictor = DetectionPredictor(dmodel, det_task.build_task(dcfg, meta, progress=False), dcfg.data.input_size,
-                                   batch_size=batch_size)
-    return DetectorBoxes(predictor, cats, score_threshold, path)
-
-
 def infer_videos_from_args(args, videos: list[str], device: torch.device) -> dict:
     """``tools.infer`` on videos (and cameras): builds the models and box source from its flags, runs every
     video through :func:`infer_video` into ``args.output_dir``, and returns ``{"videos": [summaries]}``."""
@@ -340,7 +310,7 @@ def infer_videos_from_args(args, videos: list[str], device: torch.device) -> dic
     class_names = None
     if args.det_checkpoint:
         thr = 0.3 if args.det_score_threshold is None else args.det_score_threshold
-        box_source = load_detector_boxes(args.det_checkpoint, device, args.det_category, thr, args.video_batch_size)
+        box_source = detector_boxes(args.det_checkpoint, device, args.det_category, thr, args.video_batch_size)
         class_names = box_source.predictor.task.meta.class_names
     elif args.boxes:
         thr = 0.0 if args.box_score_threshold is None else args.box_score_threshold
