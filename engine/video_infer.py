@@ -319,13 +319,16 @@ def infer_videos_from_args(args, videos: list[str], device: torch.device) -> dic
     else:
         box_source = WholeImageBoxes()
     make_box_source_for_video(box_source, len(videos), args.boxes)
+    if (args.track or args.smooth) and meta is None:
+        raise InputError(f"--{'track' if args.track else 'smooth'} matches and smooths keypoints (OKS), which a "
+                         f"detector alone does not give: add --checkpoint with a keypoint model, or drop the flag")
     summaries = []
     for spec in videos:
         source = VideoSource(spec, args.start_frame, args.end_frame, args.frame_stride)
         if isinstance(box_source, DetectionFileBoxes) and source.frame_count:
             box_source.check_image_ids(range(source.frame_count), what="frame index of " + spec)
         tracker = smoother = None
-        if args.track and meta is not None:
+        if args.track:
             tracker = PoseTracker(meta.oks_sigmas, iou_weight=args.track_iou_weight,
                                   min_similarity=args.track_min_similarity, max_gap=args.track_max_gap,
                                   method=args.track_method)

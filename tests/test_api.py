@@ -130,6 +130,11 @@ def test_infer_runs_a_detector_on_a_video_alone_and_before_keypoints(workdir, tm
     both = infer.main(["--det-checkpoint", det, "--det-score-threshold", "0", "--det-every", "2", "--checkpoint",
                        kpt, "--input", clip, "--output-dir", str(tmp_path / "both"), "--track",
                        "--no-progress"])["videos"][0]
+    # Ids and smoothing follow keypoints: asked of a detector alone, the flag is named (not ignored, nor
+    # answered with "add --track" when it was given).
+    for flags in (["--track"], ["--track", "--smooth"]):
+        with pytest.raises(InputError, match="--track matches and smooths keypoints"):
+            infer.main(["--det-checkpoint", det, "--input", clip, "--output-dir", str(tmp_path / "t"), *flags])
     poses = json.load(open(both["outputs"]["json"]))
     assert both["frames"] == 5 and poses and all(len(p["keypoints"]) == 51 for p in poses)
     assert {p["frame"] for p in poses} <= set(range(5)) and all(p["track_id"] is not None for p in poses)
