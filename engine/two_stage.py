@@ -299,15 +299,22 @@ class DetectorBoxes:
     def boxes_for(self, image_id: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         det = self.predictor.predict(image)
         self.last = det
+        boxes, scores, _ = self.from_detections(det, image.shape[:2])
+        return boxes, scores
+
+    def from_detections(self, det: dict, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(boxes [n, 4], scores [n], labels [n])`` of the predictor's detections ``det`` on an image of
+        ``image_hw`` (H, W) that the crop can use: :meth:`selected`, croppable, clipped to the image."""
         keep = self.selected(det)
-        boxes, scores = np.asarray(det["boxes"], dtype=np.float64)[keep].reshape(-1, 4), det["scores"][keep]
+        boxes = np.asarray(det["boxes"], dtype=np.float64)[keep].reshape(-1, 4)
+        scores, labels = np.asarray(det["scores"])[keep], np.asarray(det["labels"])[keep]
         # The detector clips its boxes and drops empty ones; this guards the crop against anything else.
         ok = croppable(boxes)
         self.stats["unusable"] += int((~ok).sum())
-        h, w = image.shape[:2]
+        h, w = image_hw
         boxes, inside, _ = clip_to_image(boxes[ok], w, h)
         self.stats["outside_image"] += int((~inside).sum())
-        return boxes, scores[ok][inside]
+        return boxes, scores[ok][inside], labels[ok][inside]
 
     def log_summary(self) -> dict[str, int]:
         if self.stats["unusable"] or self.stats["outside_image"]:

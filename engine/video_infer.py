@@ -36,8 +36,6 @@ from engine.two_stage import (
     DetectionFileBoxes,
     DetectorBoxes,
     WholeImageBoxes,
-    clip_to_image,
-    croppable,
     detector_boxes,
     load_keypoint_predictor,
 )
@@ -146,14 +144,7 @@ class VideoPoseRunner:
         out = []
         for i, image in enumerate(images):
             if i in dets:
-                det = dets[i]
-                keep = src.selected(det)
-                boxes = np.asarray(det["boxes"], dtype=np.float64)[keep].reshape(-1, 4)
-                scores, labels = np.asarray(det["scores"])[keep], np.asarray(det["labels"])[keep]
-                ok = croppable(boxes)
-                h, w = image.shape[:2]
-                boxes, inside, _ = clip_to_image(boxes[ok], w, h)
-                self._last_det = (boxes, scores[ok][inside], labels[ok][inside])
+                self._last_det = src.from_detections(dets[i], image.shape[:2])
             out.append(self._last_det)
         return out
 
