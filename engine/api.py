@@ -27,9 +27,15 @@ import torch
 from engine.distributed import resolve_device
 from engine.smoothing import TrackSmoother
 from engine.tracking import PoseTracker
-from engine.two_stage import DetectorBoxes, WholeImageBoxes, detector_boxes, load_keypoint_predictor
+from engine.two_stage import (
+    DetectorBoxes,
+    WholeImageBoxes,
+    detector_boxes,
+    load_keypoint_predictor,
+    rescore_and_suppress,
+)
 from engine.video import VideoSource
-from engine.video_infer import FrameResult, VideoPoseRunner, rescore_and_suppress
+from engine.video_infer import FrameResult, VideoPoseRunner
 from models.errors import InputError
 
 __all__ = ["Detector", "FrameResult", "KeypointModel", "load"]
@@ -70,8 +76,7 @@ class KeypointModel:
         if boxes is not None:
             boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
             kpts = self.predictor.predict(image, boxes)
-            records = [{"image_id": 0, "box_score": 1.0, "keypoints": k[:, :2], "scores": k[:, 2]} for k in kpts]
-            scores = np.array([r["score"] for r in self.predictor.task.to_coco_results(records)], dtype=np.float64)
+            scores = self.predictor.task.rescore(kpts[:, :, 2], np.ones(len(boxes)))
             return {"keypoints": kpts, "boxes": boxes, "scores": scores}
         source = self.detector or WholeImageBoxes()
         boxes, box_scores = source.boxes_for(0, image)

@@ -367,19 +367,31 @@ class TwoStagePipeline:
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         if len(boxes) == 0:
             return []
+        box_scores = np.asarray(box_scores, dtype=np.float64).reshape(-1)
         pred = self.predictor.predict(image, boxes, self.flip_test)
-        records = [{"image_id": int(image_id), "bbox": box, "box_score": float(s), "keypoints": k[:, :2],
-                    "scores": k[:, 2]} for box, s, k in zip(boxes, box_scores, pred)]
-        # The instance score is the task's rescoring (box score x mean confident-keypoint confidence).
-        scores = self.task.rescore(pred[:, :, 2], np.asarray(box_scores, dtype=np.float64))
-        for rec, score in zip(records, scores):
-            rec["score"] = float(score)
-        if self.oks_nms_threshold is None or len(records) < 2:
-            return sorted(records, key=lambda r: -r["score"])
-        kpts = np.stack([np.concatenate([r["keypoints"], r["scores"][:, None]], 1) for r in records])
-        keep = oks_nms(kpts, np.array([r["score"] for r in records]), box_area(boxes), self.oks_sigmas,
-                       self.oks_nms_threshold)
-        return [records[i] for i in keep]
+        keep, scores = rescore_and_suppress(self.task, boxes, box_scores, pred, self.oks_nms_threshold,
+                                            self.oks_sigmas)
+        return [{"image_id": int(image_id), "bbox": boxes[i], "box_score": float(box_scores[i]),
+                 "keypoints": pred[i, :, :2], "scores": pred[i, :, 2], "score": float(score)}
+                for i, score in zip(keep, scores)]
+
+
+def rescore_and_suppress(task, boxes: np.ndarray, box_scores: np.ndarray, poses: np.ndarray,
+                         oks_nms_threshold: float | None, oks_sigmas: Sequence[float] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept indices by decreasing score, their instance scores)`` of one image's poses [N, K, 3] from boxes
+    [N, 4] with ``box_scores`` [N]: the task's rescoring (box score x mean confident-keypoint confidence,
+    unrounded) and OKS-NMS (``oks_sigmas``, default the task's; ``oks_nms_threshold`` None keeps every pose).
+    The one rule for images, videos and engine.api."""
+    if len(poses) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    scores = task.rescore(poses[:, :, 2], np.asarray(box_scores, dtype=np.float64))
+    if oks_nms_threshold is None or len(poses) < 2:
+        keep = np.argsort(-scores, kind="stable")
+    else:
+        sigmas = task.meta.oks_sigmas if oks_sigmas is None else oks_sigmas
+        keep = oks_nms(poses, scores, box_area(boxes), sigmas, oks_nms_threshold)
+    return keep, scores[keep]
 
 
 # ---------------------------------------------------------------------------------------------- set-up and loop

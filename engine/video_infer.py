@@ -28,7 +28,6 @@ import torch
 from tqdm import tqdm
 
 from engine.inference import TopDownPredictor
-from engine.oks_nms import oks_nms
 from engine.pose_outputs import frame_results, write_dlc_csv, write_json
 from engine.smoothing import TrackSmoother
 from engine.tracking import PoseTracker
@@ -38,10 +37,10 @@ from engine.two_stage import (
     WholeImageBoxes,
     detector_boxes,
     load_keypoint_predictor,
+    rescore_and_suppress,
 )
 from engine.video import VideoSource, VideoWriter
 from engine.visualize import draw_detections, draw_keypoints
-from models.bbox import box_area
 from models.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -87,22 +86,6 @@ def predict_crops(predictor: TopDownPredictor, images: list[np.ndarray], boxes: 
     flat = np.concatenate(out).astype(np.float64) if out else np.zeros((0, num_k, 3))
     splits = np.cumsum([len(np.asarray(b).reshape(-1, 4)) for b in boxes])[:-1]
     return np.split(flat, splits)
-
-
-def rescore_and_suppress(task, boxes: np.ndarray, box_scores: np.ndarray, poses: np.ndarray,
-                         oks_nms_threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(kept indices by decreasing score, their instance scores)``: the task's rescoring (box score x mean
-    confident-keypoint confidence) and OKS-NMS, as engine.two_stage.TwoStagePipeline does per image."""
-    if len(poses) == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
-    records = [{"image_id": 0, "box_score": float(s), "keypoints": p[:, :2], "scores": p[:, 2]}
-               for s, p in zip(box_scores, poses)]
-    scores = np.array([r["score"] for r in task.to_coco_results(records)], dtype=np.float64)
-    if oks_nms_threshold is None or len(poses) < 2:
-        keep = np.argsort(-scores, kind="stable")
-    else:
-        keep = oks_nms(poses, scores, box_area(boxes), task.meta.oks_sigmas, oks_nms_threshold)
-    return keep, scores[keep]
 
 
 class VideoPoseRunner:
