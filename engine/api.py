@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from engine.distributed import resolve_device
+from engine.inference import load_for_inference
 from engine.smoothing import TrackSmoother
 from engine.tracking import PoseTracker
 from engine.two_stage import (
@@ -36,7 +37,7 @@ from engine.two_stage import (
 )
 from engine.video import VideoSource
 from engine.video_infer import FrameResult, VideoPoseRunner
-from models.errors import InputError
+from models.errors import CheckpointError, InputError
 
 __all__ = ["Detector", "FrameResult", "KeypointModel", "load"]
 
@@ -125,21 +126,6 @@ class Detector:
         yield from runner.run(_frames(video, start, stop, stride))
 
 
-def _task_of(path: str) -> str:
-    """The task a checkpoint or exported model was trained for, without building its model."""
-    if path.endswith(".onnx"):
-        from engine.onnx_runtime import read_metadata
-
-        return read_metadata(path)["kind"]
-    from engine.checkpoint import load_checkpoint
-    from models.errors import CheckpointError
-
-    task = load_checkpoint(path, map_location="cpu").get("config", {}).get("task")
-    if task not in ("keypoints", "detection"):
-        raise CheckpointError(f"{path}: a {task!r} checkpoint; engine.api loads keypoint models and detectors")
-    return task
-
-
 def load(path: str, device: str | torch.device = "auto", detector: str | None = None,
          flip_test: bool | None = None, score_threshold: float = 0.3, categories: Sequence[str] | None = None,
          oks_nms_threshold: float | None = 0.9) -> KeypointModel | Detector:
@@ -155,12 +141,15 @@ def load(path: str, device: str | torch.device = "auto", detector: str | None = 
         oks_nms_threshold: duplicate-pose removal between detections (None: keep all).
     """
     dev = resolve_device(device) if isinstance(device, str) else device
-    task = _task_of(path)
+    loaded = load_for_inference(path, dev)          # once: the task is read from what it loads
+    task = loaded[0].task
+    if task not in ("keypoints", "detection"):
+        raise CheckpointError(f"{path}: a {task!r} checkpoint; engine.api loads keypoint models and detectors")
     cats = ",".join(str(c) for c in categories) if categories else None
     if task == "detection":
         if detector:
             raise InputError(f"{path} is a detector itself; pass a keypoint model as the first argument")
-        return Detector(detector_boxes(path, dev, cats, score_threshold))
-    predictor, _ = load_keypoint_predictor(path, dev, flip_test)
+        return Detector(detector_boxes(path, dev, cats, score_threshold, loaded=loaded))
+    predictor, _ = load_keypoint_predictor(path, dev, flip_test, loaded=loaded)
     boxes = detector_boxes(detector, dev, cats, score_threshold) if detector else None
     return KeypointModel(predictor, boxes, oks_nms_threshold)

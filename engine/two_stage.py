@@ -396,12 +396,13 @@ def rescore_and_suppress(task, boxes: np.ndarray, box_scores: np.ndarray, poses:
 
 # ---------------------------------------------------------------------------------------------- set-up and loop
 def load_keypoint_predictor(path: str, device: torch.device, flip_test: bool | None = None,
-                            batch_size: int = 32) -> tuple[TopDownPredictor, object]:
-    """``(TopDownPredictor, cfg)`` of a keypoint checkpoint or exported ONNX model (via ``load_for_inference``);
-    images, videos and engine.api all load through here. flip_test: None keeps the model's ``eval.flip_test``."""
+                            batch_size: int = 32, loaded: tuple | None = None) -> tuple[TopDownPredictor, object]:
+    """``(TopDownPredictor, cfg)`` of a keypoint checkpoint or exported ONNX model (via ``load_for_inference``,
+    or its ``loaded`` result when the caller has it already); images, videos and engine.api all load through
+    here. flip_test: None keeps the model's ``eval.flip_test``."""
     from engine.tasks import keypoints as kp
 
-    cfg, model, state = load_for_inference(path, device)
+    cfg, model, state = loaded or load_for_inference(path, device)
     if cfg.task != "keypoints":
         raise CheckpointError(f"--checkpoint {path} is a {cfg.task!r} checkpoint; pass a detector as "
                               f"--det-checkpoint and a keypoint model as --checkpoint")
@@ -424,12 +425,13 @@ def keypoint_pipeline(checkpoint: str, device: torch.device, no_flip: bool = Fal
 
 
 def detector_boxes(checkpoint: str, device: torch.device, categories: str | None = None,
-                   score_threshold: float = 0.3, batch_size: int = 8) -> DetectorBoxes:
-    """A :class:`DetectorBoxes` source from a detection checkpoint or exported ONNX detector; ``categories``
-    as ``--det-category``; ``batch_size`` images per forward pass of ``predict_many`` (videos)."""
+                   score_threshold: float = 0.3, batch_size: int = 8, loaded: tuple | None = None) -> DetectorBoxes:
+    """A :class:`DetectorBoxes` source from a detection checkpoint or exported ONNX detector (``loaded``: its
+    ``load_for_inference`` result, when the caller has it); ``categories`` as ``--det-category``;
+    ``batch_size`` images per forward pass of ``predict_many`` (videos)."""
     from engine.tasks import detection as det
 
-    cfg, model, state = load_for_inference(checkpoint, device)
+    cfg, model, state = loaded or load_for_inference(checkpoint, device)
     if cfg.task != "detection":
         raise CheckpointError(f"--det-checkpoint {checkpoint} is a {cfg.task!r} checkpoint, not a detector")
     meta = det.DetectionMeta.from_dict(state["meta"])

@@ -104,6 +104,18 @@ def test_detector_keeps_the_categories_asked_for_on_images_as_on_videos(workdir,
     assert len(frame.labels) > 0 and (frame.labels == 1).all()
 
 
+def test_load_reads_the_checkpoint_once(workdir, monkeypatch):
+    import engine.checkpoint
+    from engine.api import load
+
+    calls = []
+    original = engine.checkpoint.load_checkpoint
+    monkeypatch.setattr(engine.checkpoint, "load_checkpoint", lambda *a, **k: calls.append(a) or original(*a, **k))
+    load(os.path.join(workdir, "runs/pose/best.pt"), device="cpu")
+    load(os.path.join(workdir, "runs/det/best.pt"), device="cpu")
+    assert len(calls) == 2
+
+
 def test_video_generator_tracks_and_smooths(workdir):
     from engine.api import load
 
