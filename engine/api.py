@@ -25,18 +25,19 @@ import numpy as np
 import torch
 
 from engine.distributed import resolve_device
+from engine.inference import load_for_inference
 from engine.smoothing import TrackSmoother
 from engine.tracking import PoseTracker
-from engine.two_stage import DetectorBoxes, WholeImageBoxes
-from engine.video import VideoSource
-from engine.video_infer import (
-    FrameResult,
-    VideoPoseRunner,
-    load_detector_boxes,
+from engine.two_stage import (
+    DetectorBoxes,
+    WholeImageBoxes,
+    detector_boxes,
     load_keypoint_predictor,
     rescore_and_suppress,
 )
-from models.errors import InputError
+from engine.video import VideoSource
+from engine.video_infer import FrameResult, VideoPoseRunner
+from models.errors import CheckpointError, InputError
 
 __all__ = ["Detector", "FrameResult", "KeypointModel", "load"]
 
@@ -76,8 +77,7 @@ class KeypointModel:
         if boxes is not None:
             boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
             kpts = self.predictor.predict(image, boxes)
-            records = [{"image_id": 0, "box_score": 1.0, "keypoints": k[:, :2], "scores": k[:, 2]} for k in kpts]
-            scores = np.array([r["score"] for r in self.predictor.task.to_coco_results(records)], dtype=np.float64)
+            scores = self.predictor.task.rescore(kpts[:, :, 2], np.ones(len(boxes)))
             return {"keypoints": kpts, "boxes": boxes, "scores": scores}
         source = self.detector or WholeImageBoxes()
         boxes, box_scores = source.boxes_for(0, image)
@@ -105,7 +105,8 @@ class KeypointModel:
 
 class Detector:
     """A detector (see :func:`load`). ``detector(image) -> {"boxes" [n, 4], "scores" [n], "labels" [n],
-    "category_ids" [n], "class_names" [n]}`` with detections at or above ``score_threshold``."""
+    "category_ids" [n], "class_names" [n]}`` with detections at or above ``score_threshold`` of the
+    ``categories`` asked for (as its :meth:`video` and the tools keep them)."""
 
     def __init__(self, boxes: DetectorBoxes):
         self.source = boxes
@@ -113,7 +114,7 @@ class Detector:
 
     def __call__(self, image) -> dict:
         det = self.source.predictor.predict(_check_image(image))
-        keep = det["scores"] >= self.source.score_threshold
+        keep = self.source.selected(det)
         out = {k: np.asarray(v)[keep] for k, v in det.items()}
         out["class_names"] = [self.class_names[int(c)] for c in out["labels"]]
         return out
@@ -123,21 +124,6 @@ class Detector:
         """Per-frame detections of a video (a generator of :class:`FrameResult` with boxes, scores, labels)."""
         runner = VideoPoseRunner(None, self.source, batch_size=batch_size)
         yield from runner.run(_frames(video, start, stop, stride))
-
-
-def _task_of(path: str) -> str:
-    """The task a checkpoint or exported model was trained for, without building its model."""
-    if path.endswith(".onnx"):
-        from engine.onnx_runtime import read_metadata
-
-        return read_metadata(path)["kind"]
-    from engine.checkpoint import load_checkpoint
-    from models.errors import CheckpointError
-
-    task = load_checkpoint(path, map_location="cpu").get("config", {}).get("task")
-    if task not in ("keypoints", "detection"):
-        raise CheckpointError(f"{path}: a {task!r} checkpoint; engine.api loads keypoint models and detectors")
-    return task
 
 
 def load(path: str, device: str | torch.device = "auto", detector: str | None = None,
@@ -155,12 +141,15 @@ def load(path: str, device: str | torch.device = "auto", detector: str | None = 
         oks_nms_threshold: duplicate-pose removal between detections (None: keep all).
     """
     dev = resolve_device(device) if isinstance(device, str) else device
-    task = _task_of(path)
+    loaded = load_for_inference(path, dev)          # once: the task is read from what it loads
+    task = loaded[0].task
+    if task not in ("keypoints", "detection"):
+        raise CheckpointError(f"{path}: a {task!r} checkpoint; engine.api loads keypoint models and detectors")
     cats = ",".join(str(c) for c in categories) if categories else None
     if task == "detection":
         if detector:
             raise InputError(f"{path} is a detector itself; pass a keypoint model as the first argument")
-        return Detector(load_detector_boxes(path, dev, cats, score_threshold))
-    predictor, _ = load_keypoint_predictor(path, dev, flip_test)
-    boxes = load_detector_boxes(detector, dev, cats, score_threshold) if detector else None
+        return Detector(detector_boxes(path, dev, cats, score_threshold, loaded=loaded))
+    predictor, _ = load_keypoint_predictor(path, dev, flip_test, loaded=loaded)
+    boxes = detector_boxes(detector, dev, cats, score_threshold) if detector else None
     return KeypointModel(predictor, boxes, oks_nms_threshold)

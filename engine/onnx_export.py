@@ -10,7 +10,10 @@ graph. Outputs:
   test (when the config asks for it), argmax and the configured refinement (models.heatmap_codec, pure
   tensor code) are in the graph.
 * detector: ``heatmap`` [B, C, h, w] logits, ``size`` and ``offset`` [B, 2, h, w] (decoded by the runner
-  with the task's codec, threshold and NMS).
+  with the task's codec, threshold and NMS). A multi-level detector (``model.head=multi_level``) has one
+  output per level and key, ``heatmap_s8``, ``size_s8``, ``offset_s8``, ... (all heatmaps finest first,
+  then all sizes, then all offsets); its metadata holds ``strides``, and the runner regroups them into the
+  per-level lists that PyTorch's model returns.
 
 Metadata (``metadata_props``): ``repo.inference`` holds one JSON document (format version, kind, outputs,
 the resolved config, the checkpoint's meta); the keys ``input_size``, ``keypoint_names``, ``flip_index``,
@@ -62,16 +65,36 @@ class DecodedKeypointGraph(nn.Module):
         return self.codec.decode(heatmaps)
 
 
+DETECTOR_KEYS = ("heatmap", "size", "offset")
+
+
 class DetectorGraph(nn.Module):
-    """images uint8 [B, 3, H, W] -> (heatmap logits, size, offset)."""
+    """images uint8 [B, 3, H, W] -> (heatmap logits, size, offset); a multi-level detector's per-level lists
+    flattened key by key: (heatmap of every level, finest first, then every size, then every offset)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(images)
-        return out["heatmap"], out["size"], out["offset"]
+        if isinstance(out["heatmap"], list):
+            return tuple(t for key in DETECTOR_KEYS for t in out[key])
+        return tuple(out[key] for key in DETECTOR_KEYS)
+
+
+def _head_strides(model: nn.Module) -> list[int] | None:
+    """The multi-level detector's strides, finest first; None for the single-level one."""
+    from models.detector import MultiLevelCenterNetDetector
+
+    return list(model.strides) if isinstance(model, MultiLevelCenterNetDetector) else None
+
+
+def detector_output_names(strides: list[int] | None) -> list[str]:
+    """The graph's output names: ``heatmap, size, offset``, or per level ``heatmap_s4, ..., offset_s32``."""
+    if strides is None:
+        return list(DETECTOR_KEYS)
+    return [f"{key}_s{s}" for key in DETECTOR_KEYS for s in strides]
 
 
 def inference_metadata(cfg, state: dict, model: nn.Module, outputs: str, flip_in_graph: bool) -> dict:
@@ -95,6 +118,8 @@ def inference_metadata(cfg, state: dict, model: nn.Module, outputs: str, flip_in
                           "refine": codec.refine, "blur_kernel_size": codec.blur_kernel_size})
     else:
         doc["class_names"] = state["meta"]["class_names"]
+        # None for the single-level head; the multi-level head's outputs are regrouped by these.
+        doc["strides"] = _head_strides(model)
     return doc
 
 
@@ -125,7 +150,7 @@ def export_onnx(checkpoint: str, output: str, decode: bool = False, opset: int |
         if decode:
             raise InputError("--decode applies to keypoint models; a detector's decoding (peaks, NMS) stays in the "
                              "runner")
-        graph, names, outputs = DetectorGraph(model), ["heatmap", "size", "offset"], "centernet"
+        graph, names, outputs = DetectorGraph(model), detector_output_names(_head_strides(model)), "centernet"
     else:
         raise CheckpointError(f"{checkpoint}: task {cfg.task!r} cannot be exported (keypoints or detection only)")
     graph.eval()
@@ -142,7 +167,7 @@ def export_onnx(checkpoint: str, output: str, decode: bool = False, opset: int |
     doc = inference_metadata(cfg, state, model, outputs, decode and cfg.task == "keypoints" and cfg.eval.flip_test)
     props = {METADATA_KEY: json.dumps(doc), "input_size": json.dumps(doc["input_size"]),
              "mean": json.dumps(doc["mean"]), "std": json.dumps(doc["std"])}
-    for key in ("keypoint_names", "flip_index", "codec", "class_names"):
+    for key in ("keypoint_names", "flip_index", "codec", "class_names", "strides"):
         if key in doc:
             props[key] = json.dumps(doc[key])
     del proto.metadata_props[:]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.onnx_export import FORMAT_VERSION, METADATA_KEY
+from engine.onnx_export import DETECTOR_KEYS, FORMAT_VERSION, METADATA_KEY
 from models.errors import CheckpointError, InputError
 
 
@@ -74,6 +74,12 @@ def _check_graph(path: str, sess, doc: dict) -> None:
     if len(inp.shape) != 4 or list(inp.shape[2:]) != [h, w]:
         raise CheckpointError(f"{path}: its graph takes {inp.shape} but its metadata says input_size [W, H] = "
                               f"{[w, h]}; the file was edited or mixed up, export it again")
+    if doc["kind"] == "detection":
+        want = 3 * len(doc.get("strides") or [None])
+        if len(sess.get_outputs()) != want:
+            raise CheckpointError(f"{path}: its graph has {len(sess.get_outputs())} outputs but its metadata "
+                                  f"declares {want} (strides {doc.get('strides')}); export it again with "
+                                  f"python -m tools.export")
     if doc["kind"] == "keypoints":
         k = sess.get_outputs()[0].shape[1]
         if isinstance(k, int) and k != len(doc["keypoint_names"]):
@@ -84,9 +90,10 @@ def _check_graph(path: str, sess, doc: dict) -> None:
 class OnnxModule(nn.Module):
     """An exported heatmap model or detector as an ``nn.Module`` on onnxruntime (see the module docstring).
 
-    forward(images [B, 3, H, W] uint8) -> ``[heatmaps [B, K, h, w]]`` or ``{"heatmap", "size", "offset"}``,
-    torch tensors on the device the module was moved to (its one empty parameter says which, as PyTorch
-    code finds a model's device from its parameters).
+    forward(images [B, 3, H, W] uint8) -> ``[heatmaps [B, K, h, w]]`` or ``{"heatmap", "size", "offset"}``
+    (for a multi-level detector each a list of one tensor per level, finest first, as PyTorch's), torch
+    tensors on the device the module was moved to (its one empty parameter says which, as PyTorch code finds
+    a model's device from its parameters).
     """
 
     def __init__(self, path: str, device: torch.device | None = None, threads: int | None = None):
@@ -115,7 +122,10 @@ class OnnxModule(nn.Module):
         device = self._device_anchor.device
         outs = [torch.from_numpy(o).to(device) for o in self.run(images)]
         if self.kind == "detection":
-            return dict(zip(("heatmap", "size", "offset"), outs))
+            levels = len(self.doc.get("strides") or ())
+            if levels:      # a multi-level detector: outputs are every heatmap, then every size, then every offset
+                return {key: outs[i * levels:(i + 1) * levels] for i, key in enumerate(DETECTOR_KEYS)}
+            return dict(zip(DETECTOR_KEYS, outs))
         return outs
 
 

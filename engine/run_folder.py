@@ -73,7 +73,8 @@ def interrupted_error(run_dir: str, epoch_done: int, epochs: int, step: int) -> 
 
     ``epoch_done``: epochs completed; ``step``: optimiser steps taken. The checkpoint's own epoch is read
     from the file (a Ctrl-C during a save leaves the previous file, which the atomic save keeps intact).
-    The error carries ``checkpoint`` (the complete ``last.pt`` or None) for the caller's resume command.
+    The error carries ``checkpoint`` (the complete ``last.pt`` or None) and ``where`` (the message without
+    its resume hint) for the caller's own resume command.
     """
     from engine.checkpoint import load_checkpoint
 
@@ -90,7 +91,7 @@ def interrupted_error(run_dir: str, epoch_done: int, epochs: int, step: int) -> 
     else:
         text = f"{where}; no checkpoint is complete yet (the first is written at the end of epoch 1)"
     err = Interrupted(text + (f"; continue with --resume {checkpoint}" if checkpoint else ""))
-    err.checkpoint = checkpoint
+    err.checkpoint, err.where = checkpoint, text
     return err
 
 

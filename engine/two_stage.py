@@ -288,20 +288,33 @@ class DetectorBoxes:
         """The detector's class names, by class index (``labels``)."""
         return list(self.predictor.task.meta.class_names)
 
+    def selected(self, det: dict) -> np.ndarray:
+        """bool [n]: the detections of ``det`` (the predictor's dict) at or above ``score_threshold`` and of
+        ``category_ids`` (every class when None); one rule for images, videos and engine.api."""
+        keep = np.asarray(det["scores"]) >= self.score_threshold
+        if self.category_ids is not None:
+            keep &= np.isin(det["category_ids"], self.category_ids)
+        return keep
+
     def boxes_for(self, image_id: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         det = self.predictor.predict(image)
         self.last = det
-        keep = det["scores"] >= self.score_threshold
-        if self.category_ids is not None:
-            keep &= np.isin(det["category_ids"], self.category_ids)
-        boxes, scores = np.asarray(det["boxes"], dtype=np.float64)[keep].reshape(-1, 4), det["scores"][keep]
+        boxes, scores, _ = self.from_detections(det, image.shape[:2])
+        return boxes, scores
+
+    def from_detections(self, det: dict, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(boxes [n, 4], scores [n], labels [n])`` of the predictor's detections ``det`` on an image of
+        ``image_hw`` (H, W) that the crop can use: :meth:`selected`, croppable, clipped to the image."""
+        keep = self.selected(det)
+        boxes = np.asarray(det["boxes"], dtype=np.float64)[keep].reshape(-1, 4)
+        scores, labels = np.asarray(det["scores"])[keep], np.asarray(det["labels"])[keep]
         # The detector clips its boxes and drops empty ones; this guards the crop against anything else.
         ok = croppable(boxes)
         self.stats["unusable"] += int((~ok).sum())
-        h, w = image.shape[:2]
+        h, w = image_hw
         boxes, inside, _ = clip_to_image(boxes[ok], w, h)
         self.stats["outside_image"] += int((~inside).sum())
-        return boxes, scores[ok][inside]
+        return boxes, scores[ok][inside], labels[ok][inside]
 
     def log_summary(self) -> dict[str, int]:
         if self.stats["unusable"] or self.stats["outside_image"]:
@@ -354,22 +367,49 @@ class TwoStagePipeline:
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         if len(boxes) == 0:
             return []
+        box_scores = np.asarray(box_scores, dtype=np.float64).reshape(-1)
         pred = self.predictor.predict(image, boxes, self.flip_test)
-        records = [{"image_id": int(image_id), "bbox": box, "box_score": float(s), "keypoints": k[:, :2],
-                    "scores": k[:, 2]} for box, s, k in zip(boxes, box_scores, pred)]
-        # The instance score is the task's rescoring (box score x mean confident-keypoint confidence).
-        scores = self.task.rescore(pred[:, :, 2], np.asarray(box_scores, dtype=np.float64))
-        for rec, score in zip(records, scores):
-            rec["score"] = float(score)
-        if self.oks_nms_threshold is None or len(records) < 2:
-            return sorted(records, key=lambda r: -r["score"])
-        kpts = np.stack([np.concatenate([r["keypoints"], r["scores"][:, None]], 1) for r in records])
-        keep = oks_nms(kpts, np.array([r["score"] for r in records]), box_area(boxes), self.oks_sigmas,
-                       self.oks_nms_threshold)
-        return [records[i] for i in keep]
+        keep, scores = rescore_and_suppress(self.task, boxes, box_scores, pred, self.oks_nms_threshold,
+                                            self.oks_sigmas)
+        return [{"image_id": int(image_id), "bbox": boxes[i], "box_score": float(box_scores[i]),
+                 "keypoints": pred[i, :, :2], "scores": pred[i, :, 2], "score": float(score)}
+                for i, score in zip(keep, scores)]
+
+
+def rescore_and_suppress(task, boxes: np.ndarray, box_scores: np.ndarray, poses: np.ndarray,
+                         oks_nms_threshold: float | None, oks_sigmas: Sequence[float] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept indices by decreasing score, their instance scores)`` of one image's poses [N, K, 3] from boxes
+    [N, 4] with ``box_scores`` [N]: the task's rescoring (box score x mean confident-keypoint confidence,
+    unrounded) and OKS-NMS (``oks_sigmas``, default the task's; ``oks_nms_threshold`` None keeps every pose).
+    The one rule for images, videos and engine.api."""
+    if len(poses) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    scores = task.rescore(poses[:, :, 2], np.asarray(box_scores, dtype=np.float64))
+    if oks_nms_threshold is None or len(poses) < 2:
+        keep = np.argsort(-scores, kind="stable")
+    else:
+        sigmas = task.meta.oks_sigmas if oks_sigmas is None else oks_sigmas
+        keep = oks_nms(poses, scores, box_area(boxes), sigmas, oks_nms_threshold)
+    return keep, scores[keep]
 
 
 # ---------------------------------------------------------------------------------------------- set-up and loop
+def load_keypoint_predictor(path: str, device: torch.device, flip_test: bool | None = None,
+                            batch_size: int = 32, loaded: tuple | None = None) -> tuple[TopDownPredictor, object]:
+    """``(TopDownPredictor, cfg)`` of a keypoint checkpoint or exported ONNX model (via ``load_for_inference``,
+    or its ``loaded`` result when the caller has it already); images, videos and engine.api all load through
+    here. flip_test: None keeps the model's ``eval.flip_test``."""
+    from engine.tasks import keypoints as kp
+
+    cfg, model, state = loaded or load_for_inference(path, device)
+    if cfg.task != "keypoints":
+        raise CheckpointError(f"--checkpoint {path} is a {cfg.task!r} checkpoint; pass a detector as "
+                              f"--det-checkpoint and a keypoint model as --checkpoint")
+    task = kp.build_task(cfg, kp.KeypointMeta.from_dict(state["meta"]), progress=False, flip_test=flip_test)
+    return TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding, batch_size=batch_size), cfg
+
+
 def keypoint_pipeline(checkpoint: str, device: torch.device, no_flip: bool = False,
                       oks_nms_threshold: float | None = 0.9, model=None, cfg=None, meta=None) -> TwoStagePipeline:
     """The two-stage pipeline of a keypoint checkpoint (its config and meta inside), or of an already loaded
@@ -377,27 +417,27 @@ def keypoint_pipeline(checkpoint: str, device: torch.device, no_flip: bool = Fal
     from engine.tasks import keypoints as kp
 
     if model is None:
-        cfg, model, state = load_for_inference(checkpoint, device)
-        if cfg.task != "keypoints":
-            raise CheckpointError(f"--checkpoint {checkpoint} is a {cfg.task!r} checkpoint; pass a detector as "
-                                  f"--det-checkpoint and a keypoint model as --checkpoint")
-        meta = kp.KeypointMeta.from_dict(state["meta"])
-    task = kp.build_task(cfg, meta, progress=False, flip_test=cfg.eval.flip_test and not no_flip)
-    predictor = TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding)
-    return TwoStagePipeline(predictor, meta.oks_sigmas, oks_nms_threshold)
+        predictor, _ = load_keypoint_predictor(checkpoint, device, False if no_flip else None)
+    else:
+        task = kp.build_task(cfg, meta, progress=False, flip_test=cfg.eval.flip_test and not no_flip)
+        predictor = TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding)
+    return TwoStagePipeline(predictor, predictor.task.meta.oks_sigmas, oks_nms_threshold)
 
 
 def detector_boxes(checkpoint: str, device: torch.device, categories: str | None = None,
-                   score_threshold: float = 0.3) -> DetectorBoxes:
-    """A :class:`DetectorBoxes` source from a detection checkpoint; ``categories`` as ``--det-category``."""
+                   score_threshold: float = 0.3, batch_size: int = 8, loaded: tuple | None = None) -> DetectorBoxes:
+    """A :class:`DetectorBoxes` source from a detection checkpoint or exported ONNX detector (``loaded``: its
+    ``load_for_inference`` result, when the caller has it); ``categories`` as ``--det-category``;
+    ``batch_size`` images per forward pass of ``predict_many`` (videos)."""
     from engine.tasks import detection as det
 
-    cfg, model, state = load_for_inference(checkpoint, device)
+    cfg, model, state = loaded or load_for_inference(checkpoint, device)
     if cfg.task != "detection":
         raise CheckpointError(f"--det-checkpoint {checkpoint} is a {cfg.task!r} checkpoint, not a detector")
     meta = det.DetectionMeta.from_dict(state["meta"])
     cats = select_categories(meta.class_names, meta.category_ids, categories)
-    predictor = DetectionPredictor(model, det.build_task(cfg, meta, progress=False), cfg.data.input_size)
+    predictor = DetectionPredictor(model, det.build_task(cfg, meta, progress=False), cfg.data.input_size,
+                                   batch_size=batch_size)
     return DetectorBoxes(predictor, cats, score_threshold, checkpoint)
 
 

@@ -28,14 +28,19 @@ import torch
 from tqdm import tqdm
 
 from engine.inference import TopDownPredictor
-from engine.oks_nms import oks_nms
 from engine.pose_outputs import frame_results, write_dlc_csv, write_json
 from engine.smoothing import TrackSmoother
 from engine.tracking import PoseTracker
-from engine.two_stage import DetectionFileBoxes, DetectorBoxes, WholeImageBoxes, clip_to_image, croppable
+from engine.two_stage import (
+    DetectionFileBoxes,
+    DetectorBoxes,
+    WholeImageBoxes,
+    detector_boxes,
+    load_keypoint_predictor,
+    rescore_and_suppress,
+)
 from engine.video import VideoSource, VideoWriter
 from engine.visualize import draw_detections, draw_keypoints
-from models.bbox import box_area
 from models.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -83,22 +88,6 @@ def predict_crops(predictor: TopDownPredictor, images: list[np.ndarray], boxes: 
     return np.split(flat, splits)
 
 
-def rescore_and_suppress(task, boxes: np.ndarray, box_scores: np.ndarray, poses: np.ndarray,
-                         oks_nms_threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(kept indices by decreasing score, their instance scores)``: the task's rescoring (box score x mean
-    confident-keypoint confidence) and OKS-NMS, as engine.two_stage.TwoStagePipeline does per image."""
-    if len(poses) == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
-    records = [{"image_id": 0, "box_score": float(s), "keypoints": p[:, :2], "scores": p[:, 2]}
-               for s, p in zip(box_scores, poses)]
-    scores = np.array([r["score"] for r in task.to_coco_results(records)], dtype=np.float64)
-    if oks_nms_threshold is None or len(poses) < 2:
-        keep = np.argsort(-scores, kind="stable")
-    else:
-        keep = oks_nms(poses, scores, box_area(boxes), task.meta.oks_sigmas, oks_nms_threshold)
-    return keep, scores[keep]
-
-
 class VideoPoseRunner:
     """Per-frame results of a stream of frames.
 
@@ -138,16 +127,7 @@ class VideoPoseRunner:
         out = []
         for i, image in enumerate(images):
             if i in dets:
-                det = dets[i]
-                keep = det["scores"] >= src.score_threshold
-                if src.category_ids is not None:
-                    keep &= np.isin(det["category_ids"], src.category_ids)
-                boxes = np.asarray(det["boxes"], dtype=np.float64)[keep].reshape(-1, 4)
-                scores, labels = np.asarray(det["scores"])[keep], np.asarray(det["labels"])[keep]
-                ok = croppable(boxes)
-                h, w = image.shape[:2]
-                boxes, inside, _ = clip_to_image(boxes[ok], w, h)
-                self._last_det = (boxes, scores[ok][inside], labels[ok][inside])
+                self._last_det = src.from_detections(dets[i], image.shape[:2])
             out.append(self._last_det)
         return out
 
@@ -289,44 +269,6 @@ def make_box_source_for_video(box_source, n_videos: int, boxes_path: str | None)
 
 
 # ---------------------------------------------------------------------------------------------- building
-def load_keypoint_predictor(path: str, device: torch.device, flip_test: bool | None = None,
-                            batch_size: int = 32) -> tuple[TopDownPredictor, object]:
-    """``(TopDownPredictor, cfg)`` of a keypoint checkpoint or exported ONNX model (via ``load_for_inference``).
-
-    flip_test: None keeps the model's ``eval.flip_test``."""
-    from engine.inference import load_for_inference
-    from engine.tasks import keypoints as kp
-    from models.errors import CheckpointError
-
-    cfg, model, state = load_for_inference(path, device)
-    if cfg.task != "keypoints":
-        raise CheckpointError(f"{path} is a {cfg.task!r} model, not a keypoint model; pass a detector as "
-                              f"--det-checkpoint and a keypoint model as --checkpoint")
-    meta = kp.KeypointMeta.from_dict(state["meta"])
-    flip = cfg.eval.flip_test if flip_test is None else flip_test
-    task = kp.KeypointTask(kp.build_codec(cfg), meta, flip_test=flip, rescore_threshold=cfg.eval.rescore_threshold,
-                           progress=False)
-    return TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding, batch_size=batch_size), cfg
-
-
-def load_detector_boxes(path: str, device: torch.device, categories: str | None = None,
-                        score_threshold: float = 0.3, batch_size: int = 8) -> DetectorBoxes:
-    """A :class:`DetectorBoxes` source from a detection checkpoint (or exported ONNX detector)."""
-    from engine.inference import DetectionPredictor, load_for_inference
-    from engine.tasks import detection as det_task
-    from engine.two_stage import select_categories
-    from models.errors import CheckpointError
-
-    dcfg, dmodel, dstate = load_for_inference(path, device)
-    if dcfg.task != "detection":
-        raise CheckpointError(f"--det-checkpoint {path} is a {dcfg.task!r} model, not a detector")
-    meta = det_task.DetectionMeta.from_dict(dstate["meta"])
-    cats = select_categories(meta.class_names, meta.category_ids, categories)
-    predictor = DetectionPredictor(dmodel, det_task.build_task(dcfg, meta, progress=False), dcfg.data.input_size,
-                                   batch_size=batch_size)
-    return DetectorBoxes(predictor, cats, score_threshold, path)
-
-
 def infer_videos_from_args(args, videos: list[str], device: torch.device) -> dict:
     """``tools.infer`` on videos (and cameras): builds the models and box source from its flags, runs every
     video through :func:`infer_video` into ``args.output_dir``, and returns ``{"videos": [summaries]}``."""
@@ -342,7 +284,7 @@ def infer_videos_from_args(args, videos: list[str], device: torch.device) -> dic
     class_names = None
     if args.det_checkpoint:
         thr = 0.3 if args.det_score_threshold is None else args.det_score_threshold
-        box_source = load_detector_boxes(args.det_checkpoint, device, args.det_category, thr, args.video_batch_size)
+        box_source = detector_boxes(args.det_checkpoint, device, args.det_category, thr, args.video_batch_size)
         class_names = box_source.predictor.task.meta.class_names
     elif args.boxes:
         thr = 0.0 if args.box_score_threshold is None else args.box_score_threshold
@@ -351,13 +293,16 @@ def infer_videos_from_args(args, videos: list[str], device: torch.device) -> dic
     else:
         box_source = WholeImageBoxes()
     make_box_source_for_video(box_source, len(videos), args.boxes)
+    if (args.track or args.smooth) and meta is None:
+        raise InputError(f"--{'track' if args.track else 'smooth'} matches and smooths keypoints (OKS), which a "
+                         f"detector alone does not give: add --checkpoint with a keypoint model, or drop the flag")
     summaries = []
     for spec in videos:
         source = VideoSource(spec, args.start_frame, args.end_frame, args.frame_stride)
         if isinstance(box_source, DetectionFileBoxes) and source.frame_count:
             box_source.check_image_ids(range(source.frame_count), what="frame index of " + spec)
         tracker = smoother = None
-        if args.track and meta is not None:
+        if args.track:
             tracker = PoseTracker(meta.oks_sigmas, iou_weight=args.track_iou_weight,
                                   min_similarity=args.track_min_similarity, max_gap=args.track_max_gap,
                                   method=args.track_method)

@@ -1,16 +1,17 @@
 """The errors a user can fix, importable from every layer (this module imports nothing of ours).
 
 Every message says *what* is wrong, *where* (the file, the annotation id, the config key, the flag) and *the
-fix*, in one line. The tools print it as ``error: <message>`` and exit with code 2, without a traceback
-(``--debug`` shows it); see ``tools._common.run_cli``. Anything else that escapes a tool is a bug in this
-repository and keeps its traceback (exit code 1).
+fix*, in one line. The tools print it as ``error: <message>`` and exit with code 2 (130 for
+``Interrupted``), without a traceback (``--debug`` shows it); see ``tools._common.run_cli``. Anything else
+that escapes a tool is a bug in this repository and keeps its traceback (exit code 1).
 
     UserError
     ├── ConfigError       a config file, override or value out of range      (key names the place)
     ├── DataError         an annotation file, image or label that cannot be used (file + id + field)
     ├── CheckpointError   a checkpoint or exported model that does not fit    (file + what differs)
     ├── InputError        a command-line input: a missing file, a clashing flag, a video that won't open
-    └── RunDirError       a run folder that already holds a run               (--resume or --overwrite)
+    ├── RunDirError       a run folder that already holds a run               (--resume or --overwrite)
+    └── Interrupted       Ctrl-C during training: where it stopped, how to go on (exit code 130)
 
 The subclasses keep ``ValueError``/``FileNotFoundError`` as second bases where callers (and users' code)
 already catch those.

@@ -27,7 +27,7 @@ def readme_snippet() -> str:
     return code
 
 
-def tiny_detector_checkpoint(path: str) -> str:
+def tiny_detector_checkpoint(path: str, class_names=("figure",)) -> str:
     torch.manual_seed(0)
     split = {"ann_file": "x", "image_root": "x"}
     cfg = config_from_dict({"task": "detection", "model": {"out_indices": [1, 2, 3], "fpn_channels": 16,
@@ -35,10 +35,10 @@ def tiny_detector_checkpoint(path: str) -> str:
                             "data": {"input_size": [64, 64], "train": split, "val": split}})
     from engine.tasks import detection as det_task
 
-    model = det_task.build_model(cfg, 1, pretrained=False)
+    model = det_task.build_model(cfg, len(class_names), pretrained=False)
     # A bias that puts every heatmap cell at probability ~0.5: the untrained detector then finds boxes.
     torch.nn.init.zeros_(model.head.heatmap[-1].bias)
-    meta = det_task.DetectionMeta(["figure"], [1])
+    meta = det_task.DetectionMeta(list(class_names), list(range(1, len(class_names) + 1)))
     save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg), "meta": meta.to_dict()}, path)
     return path
 
@@ -89,6 +89,33 @@ def test_api_agrees_with_the_predictor_and_checks_its_input(workdir):
     assert [f.frame for f in frames] == [0, 1, 2] and frames[0].keypoints is None
 
 
+def test_detector_keeps_the_categories_asked_for_on_images_as_on_videos(workdir, tmp_path):
+    from engine.api import load
+
+    path = tiny_detector_checkpoint(str(tmp_path / "two.pt"), class_names=("square", "disc"))
+    image = cv2.cvtColor(cv2.imread(os.path.join(workdir, "photo.jpg")), cv2.COLOR_BGR2RGB)
+    every = load(path, device="cpu", score_threshold=0.0)(image)
+    assert set(every["class_names"]) == {"square", "disc"}
+    discs = load(path, device="cpu", score_threshold=0.0, categories=["disc"])
+    out = discs(image)
+    assert len(out["scores"]) == (every["labels"] == 1).sum() > 0 and set(out["class_names"]) == {"disc"}
+    assert (out["category_ids"] == 2).all()
+    (frame,) = discs.video(os.path.join(workdir, "clip.mp4"), stop=1)
+    assert len(frame.labels) > 0 and (frame.labels == 1).all()
+
+
+def test_load_reads_the_checkpoint_once(workdir, monkeypatch):
+    import engine.checkpoint
+    from engine.api import load
+
+    calls = []
+    original = engine.checkpoint.load_checkpoint
+    monkeypatch.setattr(engine.checkpoint, "load_checkpoint", lambda *a, **k: calls.append(a) or original(*a, **k))
+    load(os.path.join(workdir, "runs/pose/best.pt"), device="cpu")
+    load(os.path.join(workdir, "runs/det/best.pt"), device="cpu")
+    assert len(calls) == 2
+
+
 def test_video_generator_tracks_and_smooths(workdir):
     from engine.api import load
 
@@ -115,6 +142,11 @@ def test_infer_runs_a_detector_on_a_video_alone_and_before_keypoints(workdir, tm
     both = infer.main(["--det-checkpoint", det, "--det-score-threshold", "0", "--det-every", "2", "--checkpoint",
                        kpt, "--input", clip, "--output-dir", str(tmp_path / "both"), "--track",
                        "--no-progress"])["videos"][0]
+    # Ids and smoothing follow keypoints: asked of a detector alone, the flag is named (not ignored, nor
+    # answered with "add --track" when it was given).
+    for flags in (["--track"], ["--track", "--smooth"]):
+        with pytest.raises(InputError, match="--track matches and smooths keypoints"):
+            infer.main(["--det-checkpoint", det, "--input", clip, "--output-dir", str(tmp_path / "t"), *flags])
     poses = json.load(open(both["outputs"]["json"]))
     assert both["frames"] == 5 and poses and all(len(p["keypoints"]) == 51 for p in poses)
     assert {p["frame"] for p in poses} <= set(range(5)) and all(p["track_id"] is not None for p in poses)

@@ -162,7 +162,9 @@ def test_mismatches_and_wrong_flags_are_named_errors(exported, tmp_path):
         infer.main(["--backend", "onnxruntime", "--model", str(tmp_path / "bare.onnx"), *args])
 
 
-def test_detector_export_matches_pytorch(tmp_path):
+@pytest.mark.parametrize("head", [{}, {"head": "multi_level", "head_strides": [4, 8, 16], "shared_head": False}],
+                         ids=["single_level", "multi_level"])
+def test_detector_export_matches_pytorch(tmp_path, head):
     from engine.inference import DetectionPredictor, load_for_inference
     from engine.tasks import detection as det_task
     from tools import export
@@ -170,7 +172,7 @@ def test_detector_export_matches_pytorch(tmp_path):
     torch.manual_seed(0)
     split = {"ann_file": "x", "image_root": "x"}
     cfg = config_from_dict({"task": "detection", "model": {"out_indices": [1, 2, 3], "fpn_channels": 16,
-                                                           "head_channels": 16},
+                                                           "head_channels": 16, **head},
                             "data": {"input_size": [64, 64], "train": split, "val": split},
                             "eval": {"topk": 5}})
     meta = det_task.DetectionMeta(["square", "disc"], [1, 2])
@@ -179,6 +181,8 @@ def test_detector_export_matches_pytorch(tmp_path):
                     str(tmp_path / "det.pt"))
     out = export.main(["--checkpoint", str(tmp_path / "det.pt"), "--output", str(tmp_path / "det.onnx")])
     assert out["kind"] == "detection" and out["max_abs_diff"] < 1e-4
+    if head:    # one output per level and key, regrouped into PyTorch's per-level lists
+        assert out["outputs"][:3] == ["heatmap_s4", "heatmap_s8", "heatmap_s16"] and len(out["outputs"]) == 9
     images = [np.asarray(f) for f in render_moving_figures(num_frames=3, size=(90, 70), num_figures=1,
                                                            figure_height=50)[0]]
     preds = []

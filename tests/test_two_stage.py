@@ -88,6 +88,24 @@ def test_pipeline_rescores_and_drops_duplicate_poses():
     assert pipe.run(np.zeros((9, 9, 3), np.uint8), 5, np.zeros((0, 4)), np.zeros(0)) == []
 
 
+def test_images_videos_and_the_api_rank_poses_by_the_same_unrounded_scores():
+    from engine.two_stage import rescore_and_suppress
+
+    # Two poses whose instance scores differ by 1e-8: rounded to 6 decimals (as the written results are) they
+    # would tie and keep the box order; the image pipeline, the video runner and engine.api rank the better first.
+    poses = np.array([[[10, 10, 0.5], [20, 20, 0.5]],
+                      [[60, 60, 0.5], [70, 70, 0.50000002]]])
+    boxes = np.array([[0, 0, 29, 29], [50, 50, 79, 79]], float)
+    task = _StubPredictor(poses).task
+    keep, scores = rescore_and_suppress(task, boxes, np.ones(2), poses, 0.9)
+    assert keep.tolist() == [1, 0]
+    np.testing.assert_array_equal(scores, task.rescore(poses[:, :, 2], np.ones(2))[[1, 0]])
+    assert scores[0] > scores[1]
+    out = TwoStagePipeline(_StubPredictor(poses), [0.1, 0.1]).run(np.zeros((90, 90, 3), np.uint8), 1, boxes,
+                                                                    np.ones(2))
+    assert [r["score"] for r in out] == scores.tolist() and out[0]["bbox"].tolist() == boxes[1].tolist()
+
+
 # ---------------------------------------------------------------------------------------------- box sources
 def _write(path, entries) -> str:
     path.write_text(json.dumps(entries))

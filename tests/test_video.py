@@ -205,6 +205,15 @@ def test_video_flags_that_cannot_work_are_named(checkpoint, clip, tmp_path):
     with pytest.raises(InputError, match="--smooth .* --track"):
         infer.main(["--checkpoint", checkpoint, "--input", clip["path"], "--output-dir", str(tmp_path), "--smooth",
                     "--no-progress"])
+    # One --boxes file for images and a video would read its image_ids as both image ids and frame indices.
+    mixed = tmp_path / "mixed"
+    os.makedirs(mixed)
+    os.symlink(os.path.abspath(clip["path"]), mixed / "clip.avi")
+    cv2.imwrite(str(mixed / "7.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "boxes.json").write_text("[]")
+    with pytest.raises(InputError, match="--boxes .* images and videos"):
+        infer.main(["--checkpoint", checkpoint, "--input", str(mixed), "--boxes", str(tmp_path / "boxes.json"),
+                    "--output-dir", str(tmp_path / "o"), "--no-progress"])
 
 
 class _MovingDetector:

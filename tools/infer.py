@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.max_images is not None and args.max_images < 1:
         raise InputError(f"--max-images {args.max_images}: must be >= 1 (leave it out to process every image)")
     files, videos = split_inputs(args.input)
+    if files and videos and args.boxes:
+        raise InputError(f"--boxes {args.boxes}: --input {args.input} holds images and videos, and a detection file's "
+                         f"image_id is an image id for one and a frame index for the other; run them separately")
     video_summary = {}
     if videos:
         video_summary = infer_videos_from_args(args, videos, resolve_device(args.device))

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
         except Interrupted as err:   # one line with the exact command that continues the run
             command = resume_command(sys.argv[1:] if argv is None else list(argv), run_dir,
                                      getattr(err, "checkpoint", None))
-            raise Interrupted(f"{str(err).split('; continue with')[0]}; continue with: {command}") from None
+            raise Interrupted(f"{getattr(err, 'where', err)}; continue with: {command}") from None
     finally:
         if info.distributed:
             dist_utils.cleanup()
