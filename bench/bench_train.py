@@ -105,7 +105,8 @@ def bench_full_loop(cfg, exp, batches: int) -> float:
     n = batches * cfg.train.batch_size
     subset = copy.copy(loader.dataset)      # the same samples and augmentation, only the first n instances
     subset.instances = subset.instances[:n]
-    sub_loader = kp.make_loader(subset, cfg.train.batch_size, True, cfg.train.seed, cfg.train.num_workers)
+    sub_loader = kp.make_loader(subset, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
+                                num_workers=cfg.train.num_workers)
     model = copy.deepcopy(exp.model).train()
     t = cfg.train
     optimizer = build_optimizer(model, t.optimizer, t.lr, weight_decay=t.weight_decay)

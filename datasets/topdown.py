@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, default_collate
 from datasets.affine import apply_affine, crop_matrix, invert_affine
 from datasets.coco_keypoints import KeypointInstance
 from datasets.image_io import BAD_IMAGE_POLICIES, read_record_image
-from datasets.topdown_augment import TopDownAugment, jitter_box, photometric_transform
+from datasets.topdown_augment import TopDownAugment, jitter_box, pixel_transform
 from models.bbox import DEFAULT_CROP_PADDING, box_to_center_size
 from models.errors import ConfigError
 
@@ -76,7 +76,7 @@ class TopDownKeypointDataset(Dataset):
         self.lower_body_ids = np.asarray(sorted(set(range(num_k)) - set(upper_body_ids)), dtype=np.int64)
         self.bbox_padding = bbox_padding
         self.on_bad_image = on_bad_image
-        self.photometric = photometric_transform(self.augment.photometric if train else "none")
+        self.photometric = pixel_transform(self.augment) if train else None
         self._size_warned: set[int] = set()
 
     def __len__(self) -> int:
@@ -98,7 +98,7 @@ class TopDownKeypointDataset(Dataset):
         kpts[:, :2] = apply_affine(kpts[:, :2], matrix)
         if flip:
             kpts = kpts[self.flip_index]
-        if self.train and self.augment.photometric != "none":
+        if self.photometric is not None and self.photometric.transforms:
             self.photometric.set_random_seed(int(rng.integers(2**31)))
             crop = self.photometric(image=crop)["image"]
         return {

@@ -37,6 +37,12 @@ class TopDownAugment:
     # that only exists when the landmarks are known. 0 (off) keeps the annotation box.
     box_jitter: float = 0.0
     box_jitter_prob: float = 1.0
+    # Occlusion patches: with this probability 1-3 rectangles of random noise, each side 10-30 % of the
+    # crop's, cover part of the crop; the keypoints under them keep their labels, so the model learns to
+    # place hidden landmarks from the rest of the face (hands, hair, glasses in the wild). 0: off.
+    occlusion_prob: float = 0.0
+    # Gaussian or motion blur (kernel 3-7) on top of the photometric preset, for soft or moving faces. 0: off.
+    blur_prob: float = 0.0
 
 
 def jitter_box(box: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -56,6 +62,24 @@ def jitter_box(box: np.ndarray, fraction: float, rng: np.random.Generator) -> np
     centre = (out[:2] + out[2:]) / 2
     half = np.maximum((out[2:] - out[:2] + 1) / 2, np.array([w, h]) / 8)
     return np.concatenate([centre - half + 0.5, centre + half - 0.5])
+
+
+def pixel_transform(augment: TopDownAugment) -> A.Compose:
+    """Everything that changes pixel values but moves no keypoint: the photometric preset, then blur and
+    occlusion patches when their probabilities are set."""
+    for name in ("occlusion_prob", "blur_prob"):
+        value = getattr(augment, name)
+        if not 0 <= value <= 1:
+            raise ConfigError(f"data.augment.{name}={value} must be a probability in [0, 1]")
+    transforms = list(photometric_transform(augment.photometric).transforms)
+    if augment.blur_prob > 0:
+        transforms.append(A.OneOf([A.GaussianBlur(blur_limit=(3, 7)), A.MotionBlur(blur_limit=(3, 7))],
+                                  p=augment.blur_prob))
+    if augment.occlusion_prob > 0:
+        transforms.append(A.CoarseDropout(num_holes_range=(1, 3), hole_height_range=(0.1, 0.3),
+                                          hole_width_range=(0.1, 0.3), fill="random_uniform",
+                                          p=augment.occlusion_prob))
+    return A.Compose(transforms)
 
 
 def photometric_transform(preset: str) -> A.Compose:

@@ -94,6 +94,9 @@ class KeypointModelConfig:
     depth: int = 3                      # pooling levels per hourglass
     head_channels: int = 128
     num_blocks: int = 1
+    # 4, or 2 for heatmaps at twice the resolution (out_indices must then start at the stride-2 level, e.g.
+    # [0, 1, 2, 3, 4] for ResNets: one more FPN step; the hourglasses cost about 4x)
+    heatmap_stride: int = 4
 
 
 @dataclass
@@ -130,12 +133,19 @@ class KeypointEvalConfig:
 
 
 @dataclass
+class KeypointLossConfig:
+    heatmap: str = "mse"                # mse | ohkm | awing (Adaptive Wing with its weighted loss map)
+    ohkm_topk: int = 8                  # ohkm: the hardest keypoints per sample that enter the loss
+
+
+@dataclass
 class KeypointConfig:
     task: str = "keypoints"
     name: str = "keypoints"
     output_dir: str = "runs"
     model: KeypointModelConfig = field(default_factory=KeypointModelConfig)
     data: KeypointDataConfig = field(default_factory=KeypointDataConfig)
+    loss: KeypointLossConfig = field(default_factory=KeypointLossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: KeypointEvalConfig = field(default_factory=KeypointEvalConfig)
 
@@ -341,12 +351,16 @@ def check_ranges(cfg: Any) -> list[str]:
     if cfg.task not in ("keypoints", "detection"):
         need("data.input_size", size, min(size) >= 1, "each side must be >= 1")
     if cfg.task == "keypoints":
-        # The heatmap is input / 4 and the hourglass halves it model.depth times: a side needs 4 * 2**depth.
+        # The heatmap is input / stride and the hourglass halves it model.depth times: a side needs
+        # stride * 2**depth.
         need("model.depth", cfg.model.depth, cfg.model.depth >= 1, "must be >= 1")
         need("model.num_stacks", cfg.model.num_stacks, cfg.model.num_stacks >= 1, "must be >= 1")
-        least = max(4 * 2 ** max(cfg.model.depth, 0), _level_stride(max(cfg.model.out_indices, default=1)))
-        need("data.input_size", size, min(size) >= least and all(v % 4 == 0 for v in size),
-             f"each side must be a multiple of 4 and >= {least} (heatmap stride 4 x 2**model.depth "
+        hs = cfg.model.heatmap_stride
+        need("model.heatmap_stride", hs, hs in (2, 4), "must be 4, or 2 with out_indices from the stride-2 level")
+        hs = hs if hs in (2, 4) else 4
+        least = max(hs * 2 ** max(cfg.model.depth, 0), _level_stride(max(cfg.model.out_indices, default=1)))
+        need("data.input_size", size, min(size) >= least and all(v % hs == 0 for v in size),
+             f"each side must be a multiple of {hs} and >= {least} (heatmap stride {hs} x 2**model.depth "
              f"{cfg.model.depth}, and the coarsest backbone level)")
         need("data.sigma", d.sigma, d.sigma > 0, "must be > 0")
         need("data.bbox_padding", d.bbox_padding, d.bbox_padding > 0, "must be > 0")

@@ -50,17 +50,70 @@ def ohkm_mse_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tenso
     return per_kpt.topk(k, dim=1).values.mean()
 
 
+def adaptive_wing_map(pred: torch.Tensor, target: torch.Tensor, omega: float = 14.0, theta: float = 0.5,
+                      epsilon: float = 1.0, alpha: float = 2.1) -> torch.Tensor:
+    """Adaptive Wing loss per heatmap cell (Wang et al., ICCV 2019), elementwise, float32.
+
+    With ``d = |pred - target|`` and the target-dependent exponent ``p = alpha - target``::
+
+        d <  theta:  omega * log(1 + (d / epsilon) ** p)
+        d >= theta:  A * d - C,   A = omega * p * (theta/epsilon) ** (p - 1) / (epsilon * (1 + (theta/epsilon) ** p))
+                                  C = theta * A - omega * log(1 + (theta/epsilon) ** p)
+
+    so the two pieces meet with equal value and slope at ``theta``. Near a background cell (target 0, p =
+    2.1) small errors cost like a square (little pull on the many near-zero cells); near a peak (target 1,
+    p = 1.1) they cost almost like |d| (a strong pull on the few foreground cells), which is what makes
+    the loss sharper than MSE at the peaks. pred, target: same shape. Returns that shape.
+    """
+    pred, target = pred.float(), target.float()
+    d = (pred - target).abs()
+    p = alpha - target
+    ratio = theta / epsilon
+    a = omega * p * ratio ** (p - 1) / (epsilon * (1 + ratio ** p))
+    c = theta * a - omega * torch.log1p(ratio ** p)
+    return torch.where(d < theta, omega * torch.log1p((d / epsilon) ** p), a * d - c)
+
+
+def adaptive_wing_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+                       foreground_weight: float = 10.0, foreground_threshold: float = 0.2) -> torch.Tensor:
+    """Keypoint-weighted Adaptive Wing loss with the paper's weighted loss map.
+
+    pred, target: [B, K, h, w]; weights: [B, K]. Cells within a 3x3 grey dilation of the target that reach
+    ``foreground_threshold`` get ``foreground_weight + 1`` (1 elsewhere), so the few cells around a peak are
+    not outvoted by the background. Averaged over every cell and keypoint, like :func:`keypoint_mse_loss`.
+    Returns a scalar.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    if weights.shape != pred.shape[:2]:
+        raise ValueError(f"weights must be [B, K] = {tuple(pred.shape[:2])}, got {tuple(weights.shape)}")
+    target = target.float()
+    dilated = F.max_pool2d(target, kernel_size=3, stride=1, padding=1)
+    cell_weight = 1.0 + foreground_weight * (dilated >= foreground_threshold).float()
+    per_cell = adaptive_wing_map(pred, target) * cell_weight
+    return (per_cell.mean(dim=(-2, -1)) * weights.float()).mean()
+
+
+HEATMAP_LOSSES = ("mse", "ohkm", "awing")
+
+
 def stacked_heatmap_loss(preds: Sequence[torch.Tensor], target: torch.Tensor, weights: torch.Tensor,
-                         ohkm_topk: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                         ohkm_topk: int | None = None, loss: str = "mse") -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Intermediate supervision: the same target for every hourglass stack, losses summed.
 
-    preds: one [B, K, h, w] tensor per stack. ``ohkm_topk`` switches the per-stack loss to OHKM.
+    preds: one [B, K, h, w] tensor per stack. ``loss``: ``"mse"`` (keypoint-weighted MSE), ``"ohkm"``
+    (OHKM over ``ohkm_topk`` keypoints, 8 when None) or ``"awing"`` (Adaptive Wing with its weighted loss
+    map). A truthy ``ohkm_topk`` with ``"mse"`` also selects OHKM.
     Returns ``(total, per_stack)`` as 0-dim tensors on the predictions' device.
     """
     if len(preds) == 0:
         raise ValueError("preds is empty: the head returned no heatmaps")
-    if ohkm_topk:
-        per_stack = [ohkm_mse_loss(p, target, weights, ohkm_topk) for p in preds]
+    if loss not in HEATMAP_LOSSES:
+        raise ValueError(f"heatmap loss {loss!r} is not one of {HEATMAP_LOSSES}")
+    if loss == "ohkm" or (loss == "mse" and ohkm_topk):
+        per_stack = [ohkm_mse_loss(p, target, weights, ohkm_topk or 8) for p in preds]
+    elif loss == "awing":
+        per_stack = [adaptive_wing_loss(p, target, weights) for p in preds]
     else:
         per_stack = [keypoint_mse_loss(p, target, weights) for p in preds]
     return torch.stack(per_stack).sum(), per_stack

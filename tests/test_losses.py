@@ -1,11 +1,21 @@
-"""models/losses.py: hand-computed weighted MSE and OHKM, stacking, precision, gradients, shape errors."""
+"""models/losses.py: hand-computed weighted MSE, OHKM and Adaptive Wing, stacking, precision, gradients,
+shape errors."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from models.losses import keypoint_mse_loss, ohkm_mse_loss, per_keypoint_mse, stacked_heatmap_loss
+from models.losses import (
+    adaptive_wing_loss,
+    adaptive_wing_map,
+    keypoint_mse_loss,
+    ohkm_mse_loss,
+    per_keypoint_mse,
+    stacked_heatmap_loss,
+)
 
 
 def _constant_maps(values, h: int = 2, w: int = 2, device="cpu") -> torch.Tensor:
@@ -122,3 +132,53 @@ def test_shape_errors_raise_with_clear_messages(device):
         keypoint_mse_loss(pred, pred, torch.ones(2, 3, 1, device=device))
     with pytest.raises(ValueError, match=r"weights must be \[B, K\] = \(2, 3\), got \(3,\)"):
         ohkm_mse_loss(pred, pred, torch.ones(3, device=device))
+
+
+# ---------------------------------------------------------------------------------------------- Adaptive Wing
+def test_adaptive_wing_hand_values():
+    # omega 14, theta 0.5, epsilon 1, alpha 2.1 (the paper's).
+    pred = torch.tensor([0.3, 0.0, 1.0, 0.0])
+    target = torch.tensor([0.0, 1.0, 0.5, 0.0])
+    # 0.3 on background: 14 * log(1 + 0.3 ** 2.1) = 1.07475
+    # 1.0 missed on a peak (d = 1 >= theta, p = 1.1): A = 14 * 1.1 * 0.5**0.1 / (1 + 0.5**1.1) = 9.7993,
+    #   C = 0.5 * A - 14 * log(1 + 0.5**1.1) = -0.4601, so A - C = 10.2594
+    # 0.5 off a half-peak (d = theta exactly, p = 1.6): A * 0.5 - C = 14 * log(1 + 0.5**1.6) = 3.9912
+    expected = torch.tensor([14 * math.log(1 + 0.3 ** 2.1), 10.2594, 14 * math.log(1 + 0.5 ** 1.6), 0.0])
+    torch.testing.assert_close(adaptive_wing_map(pred, target), expected, atol=1e-4, rtol=0)
+
+
+def test_adaptive_wing_is_continuous_and_smooth_at_theta():
+    target = torch.tensor([0.0, 0.3, 1.0])
+    for t in target:
+        d = torch.tensor([0.5 - 1e-4, 0.5 + 1e-4], dtype=torch.float64)
+        below, above = adaptive_wing_map(t + d[:1], t.expand(1)), adaptive_wing_map(t + d[1:], t.expand(1))
+        assert abs(float(above - below)) < 1e-2
+        x = (t + torch.tensor([0.5 - 1e-3, 0.5 + 1e-3])).requires_grad_()
+        adaptive_wing_map(x, t.expand(2)).sum().backward()
+        assert abs(float(x.grad[0] - x.grad[1])) < 0.05 * float(x.grad[1])
+
+
+def test_adaptive_wing_loss_weights_the_peak_region_and_the_keypoints():
+    target = torch.zeros(1, 2, 8, 8)
+    target[0, :, 4, 4] = 1.0
+    pred = torch.zeros(1, 2, 8, 8)
+    pred[0, :, 0, 0] = 0.3                 # an error far from the peak: weight 1
+    pred[0, :, 4, 5] = 0.3                 # the same error next to the peak: weight 11
+    weights = torch.tensor([[1.0, 0.0]])
+    # Keypoint 0: (1 + 11) x map(0.3 on 0) + the missed peak map(0 on 1) x 11; keypoint 1 has weight 0.
+    cell = adaptive_wing_map(torch.tensor([0.3, 0.0]), torch.tensor([0.0, 1.0]))
+    expected = (12 * cell[0] + 11 * cell[1]) / 64 / 2
+    torch.testing.assert_close(adaptive_wing_loss(pred, target, weights), expected)
+    assert float(adaptive_wing_loss(target, target, torch.ones(1, 2))) == 0.0
+
+
+def test_stacked_loss_selects_the_heatmap_loss():
+    g = torch.Generator().manual_seed(0)
+    preds = [torch.rand(2, 3, 6, 6, generator=g) for _ in range(2)]
+    target, weights = torch.rand(2, 3, 6, 6, generator=g), torch.ones(2, 3)
+    total, per_stack = stacked_heatmap_loss(preds, target, weights, loss="awing")
+    torch.testing.assert_close(per_stack[1], adaptive_wing_loss(preds[1], target, weights))
+    torch.testing.assert_close(stacked_heatmap_loss(preds, target, weights, loss="ohkm")[1][0],
+                               ohkm_mse_loss(preds[0], target, weights, 8))
+    with pytest.raises(ValueError, match="'l1' is not one of"):
+        stacked_heatmap_loss(preds, target, weights, loss="l1")

@@ -103,3 +103,14 @@ def test_a_few_adam_steps_lower_the_loss():
     after = final_loss()
     # Zero heatmaps score mean(target^2) ~ 0.05; ten steps roughly halve it.
     assert after < 0.75 * before, (before, after)
+
+
+def test_stride_2_heatmaps_from_one_more_fpn_level():
+    model = build_pose_model(num_keypoints=3, **{**TINY, "out_indices": (0, 1, 2, 3)}, heatmap_stride=2)
+    assert model.stride == 2 and model.neck.strides[0] == 2
+    outs = model(torch.zeros(1, 3, 64, 48, dtype=torch.uint8))
+    assert [tuple(o.shape) for o in outs] == [(1, 3, 32, 24)] * len(outs)
+    with pytest.raises(ValueError, match="finest stride of 4, but the head needs stride 2"):
+        build_pose_model(num_keypoints=3, **TINY, heatmap_stride=2)
+    with pytest.raises(ValueError, match="heatmap_stride=8"):
+        build_pose_model(num_keypoints=3, **TINY, heatmap_stride=8)

@@ -249,3 +249,29 @@ def test_eval_face_report_on_ground_truth_and_on_a_boxes_file(trained, tmp_path)
     assert d["faces"] == m["faces"] and d.get("faces_missed", 0) == 0
     for key in ("NME", "NME/head", "AUC@0.1"):
         assert d[key] == pytest.approx(m[key], rel=1e-3, abs=1e-5), key
+
+
+def test_stride_2_heatmaps_adaptive_wing_and_occlusion_train_evaluate_and_load(tmp_path, tiny_synthetic):
+    """The face-recipe levers end to end: stride-2 heatmaps (one more FPN level), the Adaptive Wing loss,
+    occlusion patches and blur; the checkpoint carries them, so evaluation and inference rebuild the same."""
+    from engine.inference import load_for_inference
+    from engine.tasks.keypoints import build_codec
+    from tools import eval as eval_tool
+    from tools import train
+
+    levers = ["model.heatmap_stride=2", "model.out_indices=[0,1,2,3]", "loss.heatmap=awing",
+              "data.augment.occlusion_prob=0.5", "data.augment.blur_prob=0.5"]
+    cfg = write_config(tmp_path, tiny_synthetic)
+    run_dir = str(tmp_path / "run")
+    summary = train.main(["--config", cfg, "--run-dir", run_dir, "--no-progress", "train.epochs=1", *TINY_MODEL,
+                          *levers])
+    assert summary["steps"] == 6 and np.isfinite(summary["last"]["NME"])
+    loaded_cfg, model, _ = load_for_inference(os.path.join(run_dir, "last.pt"), torch.device("cpu"))
+    assert model.stride == 2 and build_codec(loaded_cfg).heatmap_size == (16, 24)    # input 32 x 48
+    assert loaded_cfg.loss.heatmap == "awing"
+    report = eval_tool.main(["--config", cfg, "--checkpoint", os.path.join(run_dir, "last.pt"), "--output-dir",
+                             str(tmp_path / "eval"), "--no-progress", *TINY_MODEL, *levers])
+    assert 0 <= report["metrics"]["AP"] <= 1
+    with pytest.raises(ConfigError, match="loss.heatmap"):
+        train.main(["--config", cfg, "--run-dir", str(tmp_path / "bad"), "--no-progress", "train.epochs=1",
+                    *TINY_MODEL, "loss.heatmap=l1"])

@@ -17,7 +17,7 @@ from datasets.skeletons import COCO_FLIP_INDEX, COCO_KEYPOINT_NAMES, COCO_UPPER_
 from datasets.topdown import TopDownKeypointDataset, check_flip_index, collate_skipping_none
 from datasets.topdown_augment import TopDownAugment, photometric_transform
 from models.bbox import box_width_height
-from models.errors import DataError
+from models.errors import ConfigError, DataError
 from models.heatmap_codec import HeatmapCodec
 
 INPUT = (48, 64)        # (w, h): not square, so a w/h mix-up shows
@@ -335,3 +335,16 @@ def test_box_jitter_changes_the_crop_only_when_on(instances):
         back = apply_affine(s["keypoints"][:, :2].double().numpy(), s["crop_to_image"].double().numpy())
         np.testing.assert_allclose(back[labelled.numpy()], inst.keypoints[labelled.numpy(), :2], atol=1e-3)
     assert moved == len(instances)
+
+
+def test_occlusion_and_blur_change_pixels_not_keypoints(instances):
+    plain = _dataset(instances)
+    occluded = _dataset(instances, train=True, augment=_no_aug(photometric="none", occlusion_prob=1.0, blur_prob=1.0))
+    for seed in range(3):
+        s = occluded[(0, seed)]
+        torch.testing.assert_close(s["keypoints"], plain[0]["keypoints"])
+        assert not torch.equal(s["image"], plain[0]["image"])
+    # Reproducible per seed, like every other augmentation.
+    assert torch.equal(occluded[(0, 5)]["image"], occluded[(0, 5)]["image"])
+    with pytest.raises(ConfigError, match="occlusion_prob=1.5"):
+        _dataset(instances, train=True, augment=_no_aug(occlusion_prob=1.5))

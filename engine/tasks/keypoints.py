@@ -31,7 +31,7 @@ from engine.keypoint_metrics import nme, pck
 from engine.tasks.base import Experiment
 from models.errors import ConfigError, DataError
 from models.heatmap_codec import HeatmapCodec
-from models.losses import stacked_heatmap_loss
+from models.losses import HEATMAP_LOSSES, stacked_heatmap_loss
 from models.pose import HEATMAP_STRIDE, TopDownPoseModel, build_pose_model
 from models.utils import device_of
 
@@ -68,6 +68,7 @@ class KeypointTask:
         meta: skeleton description (flip map, OKS sigmas, NME pair).
         flip_test: average the heatmaps of the crop and its mirror at prediction.
         ohkm_topk: use OHKM with this many keypoints per sample instead of plain MSE.
+        loss: the heatmap loss, ``mse`` | ``ohkm`` | ``awing`` (``models.losses.stacked_heatmap_loss``).
         keypoint_weights: optional [K] loss weights.
         val_gt: COCO ground-truth dict of the validation images (for ``validate``).
         rescore_threshold: keypoints above this confidence enter the instance score.
@@ -80,8 +81,11 @@ class KeypointTask:
     def __init__(self, codec: HeatmapCodec, meta: KeypointMeta, flip_test: bool = True, ohkm_topk: int | None = None,
                  keypoint_weights: Sequence[float] | None = None, val_gt: dict | None = None,
                  rescore_threshold: float = 0.2, pck_thresholds: Sequence[float] = (0.05, 0.1, 0.2),
-                 progress: bool = True, face: FaceReport | None = None):
+                 progress: bool = True, face: FaceReport | None = None, loss: str = "mse"):
+        if loss not in HEATMAP_LOSSES:
+            raise ConfigError(f"loss.heatmap={loss!r} is not one of {list(HEATMAP_LOSSES)}")
         self.codec = codec
+        self.loss = loss
         self.meta = meta
         self.flip_test = flip_test
         self.ohkm_topk = ohkm_topk
@@ -100,7 +104,7 @@ class KeypointTask:
         weights = self.keypoint_weights.to(device) if self.keypoint_weights is not None else None
         targets, target_weights = self.codec.encode(keypoints, weights)
         preds = model(images)
-        total, per_stack = stacked_heatmap_loss(preds, targets, target_weights, self.ohkm_topk)
+        total, per_stack = stacked_heatmap_loss(preds, targets, target_weights, self.ohkm_topk, self.loss)
         out = {"loss": total, "batch_size": images.shape[0]}
         if len(per_stack) > 1:
             out.update({f"loss_stack{i}": loss for i, loss in enumerate(per_stack)})
@@ -243,10 +247,11 @@ def _keypoint_index(key, names: list[str]) -> int:
     return names.index(key)
 
 
-def check_input_size(input_size: Sequence[int], max_stride: int) -> tuple[int, int]:
+def check_input_size(input_size: Sequence[int], max_stride: int,
+                     heatmap_stride: int = HEATMAP_STRIDE) -> tuple[int, int]:
     w, h = int(input_size[0]), int(input_size[1])
-    if w % HEATMAP_STRIDE or h % HEATMAP_STRIDE:
-        raise ConfigError(f"data.input_size {[w, h]} must be a multiple of the heatmap stride {HEATMAP_STRIDE}")
+    if w % heatmap_stride or h % heatmap_stride:
+        raise ConfigError(f"data.input_size {[w, h]} must be a multiple of the heatmap stride {heatmap_stride}")
     if w % max_stride or h % max_stride:
         log.warning("data.input_size %s is not a multiple of the backbone's coarsest stride %d: the model runs, "
                     "but the heatmaps are no longer exactly flip-aligned", [w, h], max_stride)
@@ -255,7 +260,8 @@ def check_input_size(input_size: Sequence[int], max_stride: int) -> tuple[int, i
 
 def build_codec(cfg) -> HeatmapCodec:
     w, h = int(cfg.data.input_size[0]), int(cfg.data.input_size[1])
-    return HeatmapCodec((w, h), (w // HEATMAP_STRIDE, h // HEATMAP_STRIDE), sigma=cfg.data.sigma,
+    stride = cfg.model.heatmap_stride
+    return HeatmapCodec((w, h), (w // stride, h // stride), sigma=cfg.data.sigma,
                         refine=cfg.eval.refine, blur_kernel_size=cfg.eval.blur_kernel_size)
 
 
@@ -265,8 +271,8 @@ def build_model(cfg, num_keypoints: int, pretrained: bool = True) -> TopDownPose
                              pretrained_path=m.pretrained_path if pretrained else None,
                              fpn_channels=m.fpn_channels, num_stacks=m.num_stacks, depth=m.depth,
                              head_channels=m.head_channels, num_blocks=m.num_blocks, normalization=m.normalization,
-                             pretrained=m.pretrained and pretrained)
-    check_input_size(cfg.data.input_size, model.max_stride)
+                             pretrained=m.pretrained and pretrained, heatmap_stride=m.heatmap_stride)
+    check_input_size(cfg.data.input_size, model.max_stride, m.heatmap_stride)
     return model
 
 
@@ -327,7 +333,8 @@ def build_task(cfg, meta: KeypointMeta, val_gt: dict | None = None, progress: bo
     return KeypointTask(build_codec(cfg), meta, flip_test=ev.flip_test if flip_test is None else flip_test,
                         keypoint_weights=cfg.data.keypoint_weights, val_gt=val_gt,
                         rescore_threshold=ev.rescore_threshold, pck_thresholds=ev.pck_thresholds, progress=progress,
-                        face=build_face_report(ev.face, len(meta.keypoint_names), meta.nme_pair))
+                        face=build_face_report(ev.face, len(meta.keypoint_names), meta.nme_pair),
+                        loss=cfg.loss.heatmap, ohkm_topk=cfg.loss.ohkm_topk if cfg.loss.heatmap == "ohkm" else None)
 
 
 def make_val_loader(cfg, val_set, device: torch.device, rank: int = 0, world_size: int = 1):
