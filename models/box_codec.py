@@ -123,13 +123,42 @@ class CenterNetCodec:
         return (uv + 0.5) * self.stride - 0.5
 
     # ------------------------------------------------------------------ encode
-    def encode(self, boxes: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> BoxTargets:
+    def _geometry(self, boxes: torch.Tensor, mask: torch.Tensor):
+        """``(uv, cell, valid, size, radius)`` of padded boxes [B, N, 4]: map coordinates of the centres, their
+        nearest cells, which boxes get a target, sizes in cells and Gaussian radii (0 for invalid boxes)."""
+        boxes = boxes.float()
+        w, h = self.heatmap_size
+        bw, bh = box_width_height(boxes)
+        uv = self.to_map_coords(box_center(boxes))                      # [B, N, 2]
+        cell = torch.floor(uv + 0.5)                                    # nearest cell (round half up)
+        inside = (cell[..., 0] >= 0) & (cell[..., 0] <= w - 1) & (cell[..., 1] >= 0) & (cell[..., 1] <= h - 1)
+        valid = mask.bool() & (bw > 0) & (bh > 0) & inside & torch.isfinite(boxes).all(-1)
+        size = torch.stack([bw, bh], -1) / self.stride
+        radius = torch.floor(gaussian_radius(torch.ceil(size[..., 1]), torch.ceil(size[..., 0]),
+                                             self.min_overlap)).clamp(min=0)
+        radius = torch.where(valid, radius, torch.zeros_like(radius))  # NaN or off-map boxes set no window
+        return uv, cell, valid, size, radius
+
+    def window_radius(self, boxes: torch.Tensor, mask: torch.Tensor) -> int:
+        """The largest Gaussian radius (cells) of the valid boxes: the half-width of the batch's drawing window.
+
+        Computed where ``boxes`` live. Call it on the loader's CPU tensors and hand the result to
+        :meth:`encode`, so that encoding on a GPU never waits for a number read back from the device.
+        """
+        radius = self._geometry(boxes, mask)[-1]
+        return int(radius.max()) if radius.numel() else 0
+
+    def encode(self, boxes: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+               window_radius: int | None = None) -> BoxTargets:
         """Targets for a batch of padded boxes.
 
         Args:
             boxes: [B, N, 4] inclusive xyxy in input pixels (padding rows are ignored).
             labels: [B, N] int class indices in ``0..C-1``.
             mask: [B, N] bool or float, true for real boxes.
+            window_radius: :meth:`window_radius` of the same boxes, computed on the host; when None it is
+                computed here, which on a GPU is one read-back per call. A value below the batch's largest
+                radius would clip Gaussians, so it must come from these boxes.
         A box that is empty or whose centre cell lies off the map gets mask 0 and no Gaussian.
         """
         if boxes.ndim != 3 or boxes.shape[-1] != 4:
@@ -138,32 +167,27 @@ class CenterNetCodec:
             raise ValueError(f"labels {tuple(labels.shape)} and mask {tuple(mask.shape)} must be [B, N] = "
                              f"{tuple(boxes.shape[:2])}")
         boxes = boxes.float()
-        b, n = boxes.shape[:2]
-        w, h = self.heatmap_size
-        bw, bh = box_width_height(boxes)
-        uv = self.to_map_coords(box_center(boxes))                      # [B, N, 2]
-        cell = torch.floor(uv + 0.5)                                    # nearest cell (round half up)
-        inside = (cell[..., 0] >= 0) & (cell[..., 0] <= w - 1) & (cell[..., 1] >= 0) & (cell[..., 1] <= h - 1)
-        valid = mask.bool() & (bw > 0) & (bh > 0) & inside & torch.isfinite(boxes).all(-1)
+        w = self.heatmap_size[0]
+        uv, cell, valid, size, radius = self._geometry(boxes, mask)
         validf = valid.float()
         cell = torch.where(valid[..., None], cell, torch.zeros_like(cell))
-        size = torch.stack([bw, bh], -1) / self.stride
-        radius = torch.floor(gaussian_radius(torch.ceil(size[..., 1]), torch.ceil(size[..., 0]),
-                                             self.min_overlap)).clamp(min=0)
         sigma = (2 * radius + 1) / 6
-        heatmap = self._draw_gaussians(cell, radius, sigma, labels, valid)
+        if window_radius is None:
+            window_radius = int(radius.max()) if radius.numel() else 0
+        heatmap = self._draw_gaussians(cell, radius, sigma, labels, valid, int(window_radius))
         index = (cell[..., 1] * w + cell[..., 0]).long()
         return BoxTargets(heatmap=heatmap, index=index,
                           size=size * validf[..., None], offset=(uv - cell) * validf[..., None],
                           mask=validf, boxes=boxes)
 
     def _draw_gaussians(self, cell: torch.Tensor, radius: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor,
-                        valid: torch.Tensor) -> torch.Tensor:
+                        valid: torch.Tensor, r_max: int) -> torch.Tensor:
         """Class heatmaps [B, C, h, w] with each valid object's Gaussian drawn only in its window.
 
-        cell: [B, N, 2] object cells (integer-valued); radius, sigma: [B, N]; labels: [B, N]; valid: [B, N] bool.
-        Every object gets a ``(2 R + 1)^2`` window with ``R`` the largest radius of the batch (one scalar read
-        back from the device: a window size must be known to allocate it); cells beyond its own radius, off
+        cell: [B, N, 2] object cells (integer-valued); radius, sigma: [B, N] (radius 0 for invalid objects);
+        labels: [B, N]; valid: [B, N] bool; r_max: the largest radius (a Python int: a window size must be
+        known on the host to allocate it). Every object gets a ``(2 R + 1)^2`` window with ``R = r_max``;
+        cells beyond its own radius, off
         the map or of invalid objects get the value 0 (a no-op under the maximum). The windows go into the maps
         with one ``scatter_reduce_(amax)``: objects of one class take their maximum where they overlap
         (CenterNet's ``draw_umich_gaussian``). The work is ``B N (2 R + 1)^2``, not ``B N h w``:
@@ -173,8 +197,6 @@ class CenterNetCodec:
         b = cell.shape[0]
         w, h = self.heatmap_size
         c = self.num_classes
-        radius = torch.where(valid, radius, torch.zeros_like(radius))      # NaN or off-map boxes set no window
-        r_max = int(radius.max()) if radius.numel() else 0
         d = torch.arange(-r_max, r_max + 1, device=device, dtype=torch.float32)           # [K]
         inside_r = d.abs() <= radius[..., None]                                             # [B, N, K]
         denom = (2 * sigma ** 2)[..., None]
@@ -327,14 +349,27 @@ class MultiLevelCenterNetCodec:
         """Level index [B, N] of boxes [B, N, 4] (:func:`assign_levels` with this codec's bounds)."""
         return assign_levels(boxes, torch.tensor(self.size_bounds, dtype=torch.float32))
 
-    def encode(self, boxes: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> list[BoxTargets]:
+    def window_radii(self, boxes: torch.Tensor, mask: torch.Tensor) -> list[int]:
+        """Every level's :meth:`CenterNetCodec.window_radius` for its own objects, computed where ``boxes``
+        live (the loader's CPU tensors: no read-back from the device in :meth:`encode`)."""
+        level = self.assign(boxes)
+        return [codec.window_radius(boxes, mask.bool() & (level == i)) for i, codec in enumerate(self.levels)]
+
+    def encode(self, boxes: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+               window_radii: Sequence[int] | None = None) -> list[BoxTargets]:
         """One :class:`BoxTargets` per level (finest first) for padded boxes [B, N, 4], labels [B, N], mask [B, N].
 
         Every level keeps the batch's ``N`` slots; a box's mask is 1 only on its own level (and only where
-        that level's codec accepts it), so a level's targets hold only its objects.
+        that level's codec accepts it), so a level's targets hold only its objects. ``window_radii``:
+        :meth:`window_radii` of the same boxes from the host, or None to compute them here (one read-back per
+        level on a GPU).
         """
         level = self.assign(boxes)
-        return [codec.encode(boxes, labels, mask.bool() & (level == i)) for i, codec in enumerate(self.levels)]
+        radii = list(window_radii) if window_radii is not None else [None] * len(self.levels)
+        if len(radii) != len(self.levels):
+            raise ValueError(f"window_radii has {len(radii)} values for {len(self.levels)} levels")
+        return [codec.encode(boxes, labels, mask.bool() & (level == i), radii[i])
+                for i, codec in enumerate(self.levels)]
 
     def decode(self, heatmaps: Sequence[torch.Tensor], sizes: Sequence[torch.Tensor],
                offsets: Sequence[torch.Tensor], topk: int | None = None

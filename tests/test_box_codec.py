@@ -156,3 +156,24 @@ def test_windowed_encode_equals_centernets_per_sample_loop(input_size):
     np.testing.assert_array_equal(t.index.numpy()[m > 0], ind[m > 0])
     np.testing.assert_allclose(t.size.numpy(), wh, atol=1e-5)
     np.testing.assert_allclose(t.offset.numpy(), reg, atol=1e-5)
+
+
+def test_window_radius_from_the_host_gives_the_same_targets():
+    # The task sizes the drawing window from the loader's CPU boxes and hands it to encode; the targets must
+    # be those encode computes by itself, and the radius is the largest of the valid boxes only.
+    from bench.bench_detection import make_boxes
+
+    boxes, labels, mask = (torch.from_numpy(a) for a in make_boxes(4, 10, 256, 192, 3, seed=3))
+    codec = CenterNetCodec((256, 192), 3)
+    radius = codec.window_radius(boxes, mask)
+    size = boxes[..., 2:] - boxes[..., :2] + 1
+    expected = gaussian_radius(torch.ceil(size[..., 1] / 4), torch.ceil(size[..., 0] / 4)).floor()[mask.bool()]
+    assert radius == int(expected.max()) > 0
+    a = codec.encode(boxes, labels, mask)
+    b = codec.encode(boxes, labels, mask, window_radius=radius)
+    for key in ("heatmap", "index", "size", "offset", "mask"):
+        torch.testing.assert_close(getattr(a, key), getattr(b, key))
+    # A huge padding box (mask 0) must not widen the window.
+    padded = boxes.clone()
+    padded[~mask.bool()] = torch.tensor([0.0, 0.0, 255.0, 191.0])
+    assert codec.window_radius(padded, mask) == radius

@@ -147,6 +147,17 @@ def test_level_assignment_batched_targets_equal_a_per_sample_reference():
         np.testing.assert_array_equal(t.index.numpy()[m > 0], ind[m > 0])
         np.testing.assert_allclose(t.size.numpy(), size, atol=1e-5)
         np.testing.assert_allclose(t.offset.numpy(), off, atol=1e-5)
+    # The same targets when the windows are sized on the host (as the task does, before the boxes move to the
+    # device); each level's window fits its own objects, not the largest object of the batch.
+    radii = codec.window_radii(torch.from_numpy(boxes), torch.from_numpy(mask))
+    single = codec.levels[0].window_radius(torch.from_numpy(boxes), torch.from_numpy(mask))   # all on stride 4
+    assert len(radii) == 4 and max(radii) <= 2 < single
+    hosted = codec.encode(torch.from_numpy(boxes), torch.from_numpy(labels), torch.from_numpy(mask), radii)
+    for t, u in zip(targets, hosted):
+        torch.testing.assert_close(t.heatmap, u.heatmap)
+        torch.testing.assert_close(t.mask, u.mask)
+    with pytest.raises(ValueError, match="window_radii has 2 values for 4 levels"):
+        codec.encode(torch.from_numpy(boxes), torch.from_numpy(labels), torch.from_numpy(mask), [1, 2])
 
 
 # ---------------------------------------------------------------------------------------------- model

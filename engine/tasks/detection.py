@@ -86,9 +86,13 @@ class DetectionTask:
         self._warned_max_objects = False
 
     # ------------------------------------------------------------------ training
-    def losses(self, outputs: dict, boxes: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict:
-        """Loss terms of model ``outputs`` against padded boxes [B, N, 4] (input pixels), labels and mask."""
-        codecs, maps, targets = self._levels(outputs, boxes, labels, mask)
+    def losses(self, outputs: dict, boxes: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+               window_radii: list[int] | None = None) -> dict:
+        """Loss terms of model ``outputs`` against padded boxes [B, N, 4] (input pixels), labels and mask.
+
+        window_radii: :meth:`window_radii` of the same boxes, computed on the host before they moved to the
+        device (None: the codec computes them, one read-back per level on a GPU)."""
+        codecs, maps, targets = self._levels(outputs, boxes, labels, mask, window_radii)
         # Every level's cells and objects are concatenated, so the focal loss is normalised by the positives
         # of all levels together and the L1 / GIoU terms average over all objects (one level: the same sums).
         heat = centernet_focal_loss(torch.cat([m["heatmap"].flatten(2) for m in maps], 2),
@@ -110,8 +114,15 @@ class DetectionTask:
         total = sum(self.weights[k[5:]] * v for k, v in terms.items())
         return {"loss": total, **terms, "num_objects": t_mask.sum()}
 
-    def _levels(self, outputs: dict, boxes: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
-                ) -> tuple[list[CenterNetCodec], list[dict], list[BoxTargets]]:
+    def window_radii(self, boxes: torch.Tensor, mask: torch.Tensor) -> list[int]:
+        """The Gaussian window half-width of every level for these boxes, where they live (the loader's CPU
+        tensors), so that target building on the device needs no read-back."""
+        if isinstance(self.codec, MultiLevelCenterNetCodec):
+            return self.codec.window_radii(boxes, mask)
+        return [self.codec.window_radius(boxes, mask)]
+
+    def _levels(self, outputs: dict, boxes: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                window_radii: list[int] | None = None) -> tuple[list[CenterNetCodec], list[dict], list[BoxTargets]]:
         """Per level: its codec, the model's maps ({"heatmap", "size", "offset"}) and the batch's targets."""
         if isinstance(self.codec, MultiLevelCenterNetCodec):
             n = len(self.codec.levels)
@@ -120,14 +131,18 @@ class DetectionTask:
                                  f"return {n} maps per output: model.head and the codec disagree")
             maps = [dict(zip(("heatmap", "size", "offset"), m))
                     for m in zip(outputs["heatmap"], outputs["size"], outputs["offset"])]
-            return self.codec.levels, maps, self.codec.encode(boxes, labels, mask)
-        return [self.codec], [outputs], [self.codec.encode(boxes, labels, mask)]
+            return self.codec.levels, maps, self.codec.encode(boxes, labels, mask, window_radii)
+        radius = window_radii[0] if window_radii is not None else None
+        return [self.codec], [outputs], [self.codec.encode(boxes, labels, mask, radius)]
 
     def training_step(self, model: nn.Module, batch: dict) -> dict:
         device = device_of(model)
         images = batch["image"].to(device, non_blocking=True)
+        # The loader's boxes are on the CPU: the drawing windows are sized here, not read back from the device.
+        radii = self.window_radii(batch["boxes"], batch["mask"])
         out = self.losses(model(images), batch["boxes"].to(device, non_blocking=True),
-                          batch["labels"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True))
+                          batch["labels"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True),
+                          radii)
         out["batch_size"] = images.shape[0]
         # Boxes the augmentation's crop removed, and boxes beyond data.max_objects that the collate cut from an
         # image: CPU counts from the loader, logged with the other scalars every log_interval steps (no sync).
