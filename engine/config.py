@@ -130,6 +130,10 @@ class KeypointEvalConfig:
     rescore_threshold: float = 0.2      # keypoints above this confidence enter the instance score
     pck_thresholds: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
     face: FaceReportConfig | None = None   # landmark sets: NME/FR/AUC/CED and per-region NME (face_metrics)
+    # Detected boxes (--boxes, --det-checkpoint, infer): crop again on the tight box of the predicted keypoints
+    # and predict again, this many times. For landmark sets whose annotation box is the landmarks' tight box
+    # (300-W): the model then sees the box it was trained on, not the detector's. 0: off.
+    recrop_passes: int = 0
 
 
 @dataclass
@@ -366,6 +370,7 @@ def check_ranges(cfg: Any) -> list[str]:
         need("data.bbox_padding", d.bbox_padding, d.bbox_padding > 0, "must be > 0")
         e = cfg.eval
         need("eval.rescore_threshold", e.rescore_threshold, 0 <= e.rescore_threshold <= 1, "must be in [0, 1]")
+        need("eval.recrop_passes", e.recrop_passes, 0 <= e.recrop_passes <= 5, "must be 0 (off) to 5")
         bad = [v for v in e.pck_thresholds if not 0 < v <= 1]
         need("eval.pck_thresholds", list(e.pck_thresholds), not bad, "each must be in (0, 1]")
         if d.oks_sigmas is not None:

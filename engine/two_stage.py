@@ -407,7 +407,8 @@ def load_keypoint_predictor(path: str, device: torch.device, flip_test: bool | N
         raise CheckpointError(f"--checkpoint {path} is a {cfg.task!r} checkpoint; pass a detector as "
                               f"--det-checkpoint and a keypoint model as --checkpoint")
     task = kp.build_task(cfg, kp.KeypointMeta.from_dict(state["meta"]), progress=False, flip_test=flip_test)
-    return TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding, batch_size=batch_size), cfg
+    return TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding, batch_size=batch_size,
+                            recrop_passes=cfg.eval.recrop_passes), cfg
 
 
 def keypoint_pipeline(checkpoint: str, device: torch.device, no_flip: bool = False,
@@ -420,7 +421,8 @@ def keypoint_pipeline(checkpoint: str, device: torch.device, no_flip: bool = Fal
         predictor, _ = load_keypoint_predictor(checkpoint, device, False if no_flip else None)
     else:
         task = kp.build_task(cfg, meta, progress=False, flip_test=cfg.eval.flip_test and not no_flip)
-        predictor = TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding)
+        predictor = TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding,
+                                     recrop_passes=cfg.eval.recrop_passes)
     return TwoStagePipeline(predictor, predictor.task.meta.oks_sigmas, oks_nms_threshold)
 
 

@@ -494,3 +494,37 @@ def test_boxes_of_several_categories_default_to_the_keypoint_models(shared_data,
                              str(tmp_path / "e"), "--no-progress", "--boxes", path, "--det-category", "person",
                              "eval.flip_test=false"])
     assert "categories [1]" in report["boxes"] and report["boxes_used"] == len(dets)
+
+
+def test_keypoints_tight_box_hand_values_and_fallback():
+    from engine.inference import keypoints_tight_box
+
+    points = np.array([[[10.0, 20.0], [50.0, 80.0], [30.0, 25.0]],        # spans 40 x 60
+                       [[5.0, 5.0], [5.5, 40.0], [5.0, 9.0]],             # 0.5 px wide: degenerate
+                       [[np.nan, 1.0], [3.0, 4.0], [9.0, 9.0]]])          # not finite
+    fallback = np.array([[0.0, 0.0, 9.0, 9.0]] * 3)
+    boxes = keypoints_tight_box(points, fallback)
+    # COCO extent [10, 20, 40, 60] -> inclusive xyxy [10, 20, 49, 79] (x2 = x + w - 1).
+    np.testing.assert_array_equal(boxes, [[10, 20, 49, 79], [0, 0, 9, 9], [0, 0, 9, 9]])
+
+
+def test_recrop_passes_crop_again_on_the_predicted_keypoints_box():
+    from engine.inference import TopDownPredictor
+
+    seen = []
+    answers = iter([np.array([[[10.0, 20.0, 0.9], [50.0, 80.0, 0.9]]]),
+                    np.array([[[12.0, 22.0, 0.9], [48.0, 78.0, 0.9]]]),
+                    np.array([[[11.0, 21.0, 0.9], [49.0, 79.0, 0.9]]])])
+    predictor = TopDownPredictor(model=None, task=None, input_size=(64, 64), recrop_passes=2)
+    predictor.task = type("T", (), {"meta": type("M", (), {"keypoint_names": ["a", "b"]})})()
+
+    def once(image, boxes, flip_test):
+        seen.append(boxes.copy())
+        return next(answers)
+
+    predictor._predict_once = once
+    out = predictor.predict(np.zeros((100, 100, 3), np.uint8), np.array([[0.0, 0.0, 99.0, 99.0]]))
+    np.testing.assert_array_equal(seen[0], [[0, 0, 99, 99]])     # the detector's box
+    np.testing.assert_array_equal(seen[1], [[10, 20, 49, 79]])   # the first prediction's tight box
+    np.testing.assert_array_equal(seen[2], [[12, 22, 47, 77]])   # the second's
+    np.testing.assert_array_equal(out[0, 0], [11, 21, 0.9])      # the last pass is the answer
