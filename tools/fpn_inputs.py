@@ -41,7 +41,8 @@ def fpn_inputs(cfg) -> dict:
                           f"(compare classifiers with python -m tools.faq.choose_backbone --models NAME)")
     m = cfg.model
     try:
-        bb = Backbone(m.backbone, out_indices=m.out_indices, required_stride=HEAD_STRIDE[task]).eval()
+        required = getattr(m, "heatmap_stride", None) or HEAD_STRIDE[task]    # keypoints may ask for stride 2
+        bb = Backbone(m.backbone, out_indices=m.out_indices, required_stride=required).eval()
     except ValueError as err:  # name the levels to choose from (an unknown model name has none)
         if not timm.is_model(m.backbone) or "feature levels are" in str(err):
             raise
