@@ -61,8 +61,9 @@ class TrainConfig:
     gamma: float = 0.1                  # step / multistep decay
     accumulate_steps: int = 1           # batches whose gradients add up before one optimiser step
     grad_clip_norm: float | None = None # clip the global gradient norm to this
-    precision: str = "fp32"             # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler)
-    channels_last: bool = False         # NHWC weights and activations (GPUs with bf16/fp16; no gain on our CPU)
+    precision: str = "fp32"             # fp32 | bf16 | fp16 | auto (autocast; fp16 with a gradient scaler; auto:
+                                        # bf16 where the device runs it natively, else fp32: engine/precision.py)
+    channels_last: bool = False         # NHWC weights and activations (GPUs and bf16 CPUs; ~1.05x fp32 on a CPU)
     ema_decay: float | None = None      # e.g. 0.999: keep an EMA of the weights, evaluated alongside
     ema_warmup_steps: int = 0           # ramp the EMA decay up over this many steps
     freeze: list[str] = field(default_factory=list)   # glob patterns of parameter names to freeze

@@ -44,6 +44,7 @@ from engine.checkpoint import save_checkpoint
 from engine.ema import ModelEMA
 from engine.logger import RunLogger
 from engine.nonfinite import NonFiniteError
+from engine.precision import resolve_precision
 from engine.run_folder import check_epoch_trained
 from engine.tasks.base import SavesArtifacts, Task
 from engine.visualize import plot_training_curves
@@ -51,7 +52,6 @@ from models.utils import device_of
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 NONFINITE_POLICIES = ("stop", "skip")
 
 def metric_is_lower_better(name: str) -> bool:
@@ -68,7 +68,7 @@ class TrainerOptions:
     progress: bool = True
     checkpoint_extra: dict = field(default_factory=dict)   # config, provenance, dataset meta
     accumulate_steps: int = 1           # batches per optimiser step
-    precision: str = "fp32"             # fp32 | bf16 | fp16
+    precision: str = "fp32"             # fp32 | bf16 | fp16 | auto (engine/precision.py)
     on_nonfinite: str = "stop"          # stop | skip
     max_nonfinite_skips: int = 20       # stop anyway after this many skipped steps in one run
     check_inputs: bool = False          # also check the batch's float tensors every step (syncs)
@@ -90,8 +90,6 @@ class Trainer:
 
     def __init__(self, model: nn.Module, task: Task, train_loader, val_loader, optimizer: torch.optim.Optimizer,
                  scheduler, run_dir: str, options: TrainerOptions, ema: ModelEMA | None = None):
-        if options.precision not in PRECISIONS:
-            raise ValueError(f"train.precision={options.precision!r} is not one of {PRECISIONS}")
         if options.on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"train.on_nonfinite={options.on_nonfinite!r} is not one of {NONFINITE_POLICIES}")
         if options.accumulate_steps < 1:
@@ -109,9 +107,11 @@ class Trainer:
         self.device = device_of(self.module)
         self.is_main = dist_utils.is_main_process()
         self.distributed = dist_utils.is_distributed()
-        # Precision is decided once: the autocast dtype, and a gradient scaler for fp16 (bf16 has fp32's range).
-        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[options.precision]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=options.precision == "fp16")
+        # Precision is decided once: the autocast dtype, and a gradient scaler for fp16 (bf16 has fp32's range);
+        # ``auto`` becomes bf16 only where the device runs it natively (engine/precision.py).
+        self.precision = resolve_precision(options.precision, self.device)
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.epoch = 0                 # epochs completed
         self.global_step = 0           # optimiser steps taken
         self.nonfinite_skips = 0

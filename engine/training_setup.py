@@ -117,6 +117,9 @@ def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, pr
                              nominal_batch_size=t.batch_size, data_seed=t.seed)
     trainer = Trainer(train_model, exp.task, exp.train_loader, exp.val_loader, optimizer, scheduler, run_dir, options,
                       ema=ema)
+    if t.precision == "auto":
+        log.info("train.precision=auto: %s on this %s%s", trainer.precision, device.type,
+                 "" if trainer.precision == "bf16" else " (no native bf16: AVX512-BF16 / AMX on a CPU)")
     trainer.on_epoch_end.extend(epoch_hooks)
     if state is not None:
         trainer.load_state_dict(state)
