@@ -8,6 +8,12 @@ sum of ``train_seconds`` of the epochs so far (evaluation time left out). The tr
 NME against log(minutes) through the last ``--fit-last`` evaluations of the first run: a learning curve that
 keeps its slope per doubling of the budget. Where that line crosses the peer's NME is printed as the budget
 the trend says would be needed; a trend is an extrapolation, so read it as an order of magnitude.
+
+A run's own last evaluations flatten as a cosine schedule anneals, which says nothing about a longer budget.
+``--trend-over ends`` fits the line through the *final* evaluation of every ``--run`` instead (the same
+config trained for different numbers of epochs: one point per budget). Their minutes are then each run's
+epochs times the first run's training minutes per epoch, so runs timed on a busier machine or with fewer
+threads sit where they would on the first run's machine (same config, same cost per epoch).
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ def read_curve(epochs_csv: str, metric: str = "val_NME") -> list[tuple[float, fl
     return out
 
 
+def on_first_runs_clock(curve: list[tuple[float, float, int]], minutes_per_epoch: float):
+    """``curve`` with its minutes replaced by ``epoch * minutes_per_epoch``."""
+    return [(epoch * minutes_per_epoch, value, epoch) for _, value, epoch in curve]
+
+
 def log_trend(points: list[tuple[float, float, int]]) -> tuple[float, float]:
     """Least-squares ``NME = a + b * log(minutes)`` through ``points``; returns ``(a, b)``."""
     xs = [math.log(m) for m, _, _ in points]
@@ -55,27 +66,38 @@ def main(argv=None) -> dict:
     parser.add_argument("--peer", action="append", default=[], help="label=NME (a fraction), drawn as a line")
     parser.add_argument("--metric", default="val_NME")
     parser.add_argument("--fit-last", type=int, default=4, help="evaluations of the first run the trend uses")
+    parser.add_argument("--trend-over", choices=("last", "ends"), default="last",
+                        help="last: the first run's last --fit-last evaluations; ends: every run's final one")
     parser.add_argument("--out", required=True, help="the PNG to write")
     args = parser.parse_args(argv)
 
     runs = [(label, read_curve(f"{path}/epochs.csv", args.metric))
             for label, path in (r.split("=", 1) for r in args.run)]
     peers = [(label, float(v)) for label, v in (p.split("=", 1) for p in args.peer)]
-    a, b = log_trend(runs[0][1][-args.fit_last:])
+    if args.trend_over == "ends":
+        first = runs[0][1]
+        minutes_per_epoch = first[-1][0] / first[-1][2]
+        runs = [(label, on_first_runs_clock(curve, minutes_per_epoch)) for label, curve in runs]
+        fit_points = [curve[-1] for _, curve in runs]
+    else:
+        fit_points = runs[0][1][-args.fit_last:]
+    a, b = log_trend(fit_points)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, curve in runs:
         ax.plot([m for m, _, _ in curve], [100 * v for _, v, _ in curve], "o-", label=label)
-    last_minutes = runs[0][1][-1][0]
-    report = {"trend": {"a": a, "b_per_log_minute": b, "fit_points": len(runs[0][1][-args.fit_last:])}}
+    last_minutes = max(curve[-1][0] for _, curve in runs)
+    report = {"trend": {"a": a, "b_per_log_minute": b, "fit_points": len(fit_points), "over": args.trend_over}}
     for label, value in peers:
         ax.axhline(100 * value, color="grey", linestyle="--")
         ax.text(ax.get_xlim()[0], 100 * value, f" {label} {100 * value:.2f} %", va="bottom", color="grey")
         # Solve a + b log(t) = value; only a falling trend (b < 0) ever gets there.
         minutes = math.exp((value - a) / b) if b < 0 else math.inf
         report[f"minutes_to_{label}"] = minutes
-        print(f"trend through the last {args.fit_last} evaluations of {runs[0][0]!r}: NME = {100 * a:.2f} "
+        through = (f"the final evaluations of {len(fit_points)} runs" if args.trend_over == "ends"
+                   else f"the last {args.fit_last} evaluations of {runs[0][0]!r}")
+        print(f"trend through {through}: NME = {100 * a:.2f} "
               f"{100 * b:+.2f} x ln(minutes) (%); reaches {label}'s {100 * value:.2f} % at "
-              f"{minutes:.0f} training minutes" if math.isfinite(minutes) else "never (the trend is flat)")
+              + (f"{minutes:.0f} training minutes" if math.isfinite(minutes) else "never (the trend is flat)"))
     if b < 0:
         end = max(last_minutes * 4, min(report.get(f"minutes_to_{peers[0][0]}", 0) if peers else 0,
                                         last_minutes * 16))

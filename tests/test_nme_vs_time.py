@@ -36,3 +36,19 @@ def test_a_run_without_evaluations_is_refused(tmp_path):
     _write_epochs(tmp_path / "epochs.csv", [(1, 60, "")])
     with pytest.raises(SystemExit, match="no 'val_NME'"):
         read_curve(str(tmp_path / "epochs.csv"))
+
+
+def test_trend_over_run_ends_puts_every_run_on_the_first_runs_clock(tmp_path):
+    # The long run: 4 epochs of 60 s (1 minute per epoch), final NME 0.10 - 0.01 ln 4. The short run: 1 epoch
+    # timed at 300 s (a busy machine), NME 0.10. On the long run's clock the short run ends at 1 minute, so
+    # the line is NME = 0.10 - 0.01 ln(t), and it reaches 0.05 at t = e^5.
+    long_dir, short_dir = tmp_path / "long", tmp_path / "short"
+    long_dir.mkdir()
+    short_dir.mkdir()
+    _write_epochs(long_dir / "epochs.csv", [(1, 60, 0.2), (2, 60, ""), (3, 60, ""), (4, 60, 0.10 - 0.01 * math.log(4))])
+    _write_epochs(short_dir / "epochs.csv", [(1, 300, 0.10)])
+    report = main(["--run", f"long={long_dir}", "--run", f"short={short_dir}", "--peer", "peer=0.05",
+                   "--trend-over", "ends", "--out", str(tmp_path / "curve.png")])
+    assert report["trend"]["fit_points"] == 2 and report["trend"]["over"] == "ends"
+    assert report["trend"]["a"] == pytest.approx(0.10) and report["trend"]["b_per_log_minute"] == pytest.approx(-0.01)
+    assert report["minutes_to_peer"] == pytest.approx(math.e ** 5, rel=1e-6)
