@@ -89,7 +89,8 @@ def main(argv=None) -> dict:
     report = {"trend": {"a": a, "b_per_log_minute": b, "fit_points": len(fit_points), "over": args.trend_over}}
     for label, value in peers:
         ax.axhline(100 * value, color="grey", linestyle="--")
-        ax.text(ax.get_xlim()[0], 100 * value, f" {label} {100 * value:.2f} %", va="bottom", color="grey")
+        ax.text(0.01, 100 * value, f"{label} {100 * value:.2f} %", transform=ax.get_yaxis_transform(),
+                va="bottom", color="grey")    # x in axes fractions: inside the plot whatever the x scale
         # Solve a + b log(t) = value; only a falling trend (b < 0) ever gets there.
         minutes = math.exp((value - a) / b) if b < 0 else math.inf
         report[f"minutes_to_{label}"] = minutes
