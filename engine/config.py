@@ -23,6 +23,7 @@ from datasets.synthetic_classification import SyntheticClassificationSpec
 from datasets.synthetic_detection import SyntheticDetectionSpec
 from datasets.topdown_augment import TopDownAugment
 from engine.face_metrics import FaceReportConfig
+from engine.precision import PRECISION_CHOICES
 from models.errors import ConfigError  # noqa: F401  (re-exported: engine.config.ConfigError)
 
 
@@ -341,6 +342,9 @@ def check_ranges(cfg: Any) -> list[str]:
     need("train.num_threads", t.num_threads, t.num_threads is None or t.num_threads >= 1, "must be >= 1 or null")
     if t.grad_clip_norm is not None:
         need("train.grad_clip_norm", t.grad_clip_norm, t.grad_clip_norm > 0, "must be > 0 or null")
+    need("train.precision", t.precision, t.precision in PRECISION_CHOICES,
+         f"must be one of {', '.join(PRECISION_CHOICES)}")
+    need("train.on_nonfinite", t.on_nonfinite, t.on_nonfinite in ("stop", "skip"), "must be 'stop' or 'skip'")
     if t.ema_decay is not None:
         need("train.ema_decay", t.ema_decay, 0 < t.ema_decay < 1, "must be in (0, 1) or null")
     d = cfg.data

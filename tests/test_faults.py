@@ -211,6 +211,9 @@ TRAIN_ROWS = [
      ["train.batch_size = 0: must be >= 1", "train.lr = 0.0: must be a finite number > 0",
       "train.num_workers = -1: must be >= 0", "eval.rescore_threshold = 1.5: must be in [0, 1]",
       "eval.recrop_passes = 9: must be 0 (off) to 5", "model.heatmap_stride = 8: must be 4, or 2"]),
+    ("unknown-precision-before-the-run-folder", "kpt", None, None, ["train.precision=fp8", "train.on_nonfinite=ignore"],
+     2, ["train.precision = 'fp8': must be one of fp32, bf16, fp16, auto",
+         "train.on_nonfinite = 'ignore': must be 'stop' or 'skip'"]),
     ("bad-annotation-policy", "kpt", None, None, ["data.on_bad_annotation=ignore"], 2,
      ["data.on_bad_annotation = 'ignore'"]),
     ("run-folder-holds-a-run", "kpt", _fake_finished_run, None, [], 2,
@@ -249,6 +252,8 @@ def test_train_refuses_with_one_line(row, request, capsys):
         assert needle.format(train=s["train"], val=s["val"], ann0=ann0, run=s["run"]) in lines[0], lines[0]
     after = snapshot(s["root"])
     assert {p: h for p, h in after.items() if p in before} == before          # nothing was overwritten
+    if name.startswith("unknown-precision"):                                 # refused before writing anything
+        assert not os.path.exists(os.path.join(s["run"], "config.yaml"))
     for name in ("last.pt", "best.pt"):
         path = os.path.join(s["run"], name)
         assert not os.path.exists(path) or path in before
