@@ -24,6 +24,8 @@ from torch import nn
 from models.errors import UserError
 from models.utils import first_n
 
+NONFINITE_POLICIES = ("stop", "skip")   # train.on_nonfinite: stop the run, or skip the step
+
 DIAGNOSIS = ("Diagnose in this order: (1) the data: look at these samples (a NaN/Inf or absurd value in an input "
              "or a target, an empty box, a label out of range); (2) the loss formula: log(0), a division by zero, "
              "sqrt or pow at 0 in the backward pass, exp overflow (compute losses in float32 and clamp with an "

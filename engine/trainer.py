@@ -43,7 +43,7 @@ from engine import nonfinite
 from engine.checkpoint import save_checkpoint
 from engine.ema import ModelEMA
 from engine.logger import RunLogger
-from engine.nonfinite import NonFiniteError
+from engine.nonfinite import NONFINITE_POLICIES, NonFiniteError
 from engine.precision import resolve_precision
 from engine.run_folder import check_epoch_trained
 from engine.tasks.base import SavesArtifacts, Task
@@ -52,7 +52,6 @@ from models.utils import device_of
 
 log = logging.getLogger(__name__)
 
-NONFINITE_POLICIES = ("stop", "skip")
 
 def metric_is_lower_better(name: str) -> bool:
     return name.lower().startswith(("nme", "loss", "error"))
