@@ -56,6 +56,24 @@ def index_image_records(data: dict, ann_file: str) -> dict[int, dict]:
     return {int(img["id"]): img for img in data["images"]}
 
 
+def select_split_images(data: dict, ann_file: str, subset: str, fraction: float,
+                        seed: int) -> tuple[dict[int, dict], set[int]]:
+    """``(records, keep_ids)``: image id -> json image record for every image of the file, and the ids of the
+    images in ``subset`` (see :func:`split_image_ids`)."""
+    records = index_image_records(data, ann_file)
+    return records, split_image_ids(sorted(records), subset, fraction, seed)
+
+
+def resolve_image_paths(image_root: str, records: dict[int, dict], image_ids, ann_file: str) -> dict[int, str]:
+    """Image id -> path of the image file, for ``image_ids`` (see :func:`resolve_image_path`)."""
+    return {i: resolve_image_path(image_root, records[i]["file_name"], ann_file) for i in sorted(image_ids)}
+
+
+def has_area(bbox) -> bool:
+    """Whether a COCO ``[x, y, w, h]`` box has a positive width and height."""
+    return bbox[2] > 0 and bbox[3] > 0
+
+
 def resolve_image_path(image_root: str, file_name: str, ann_file: str = "") -> str:
     """``image_root/file_name``, refusing names that, as written, escape the root (``../``, absolute paths).
 
@@ -83,45 +101,3 @@ def split_image_ids(ids: list[int], subset: str, fraction: float, seed: int) -> 
     n_hold = max(1, round(fraction * len(ids)))
     hold = {ids[i] for i in order[:n_hold]}
     return hold if subset == "holdout" else set(ids) - hold
-
-
-def probe_image_files(paths: dict[int, str], records: dict[int, dict], ann_file: str,
-                      on_bad_image: str) -> tuple[dict[int, tuple[int, int]], dict[int, str], list[int]]:
-    """Check each image file once (exists, complete, header readable) and read its stored size.
-
-    Args:
-        paths: image id -> resolved path, for the images a split uses.
-        records: image id -> json image record (for the json's width/height).
-        on_bad_image: ``"error"`` raises a :class:`DataError` listing the unreadable files; ``"skip"`` warns.
-
-    Returns ``(sizes, unreadable, resized)``: image id -> (width, height) of the file (the decoded size wins
-    over the json's: the outside-the-image masking and clipping depend on it); image id -> why it cannot be
-    read (only under ``skip``); the ids whose json width/height differ from the file.
-    """
-    from datasets.image_io import probe_image
-
-    sizes: dict[int, tuple[int, int]] = {}
-    unreadable: dict[int, str] = {}
-    resized: list[int] = []
-    for image_id, path in sorted(paths.items()):
-        size, problem = probe_image(path)
-        if problem:
-            unreadable[image_id] = problem
-            continue
-        sizes[image_id] = size
-        rec = records[image_id]
-        if size != (int(rec["width"]), int(rec["height"])):
-            resized.append(image_id)
-    if unreadable:
-        examples = [f"{paths[i]} ({why})" for i, why in list(unreadable.items())[:3]]
-        if on_bad_image == "error":
-            raise DataError(f"{ann_file}: {len(unreadable)} image files cannot be read, e.g. {examples}; fix "
-                            f"image_root or the files, or set data.on_bad_image=skip to drop them")
-        log.warning("%s: skipping %d images that cannot be read (data.on_bad_image=skip), e.g. %s", ann_file,
-                    len(unreadable), examples)
-    if resized:
-        i = resized[0]
-        log.warning("%s: %d images are not the size their json record says, e.g. image %d: json %dx%d, file %dx%d; "
-                    "the file's size is used", ann_file, len(resized), i, int(records[i]["width"]),
-                    int(records[i]["height"]), *sizes[i])
-    return sizes, unreadable, resized

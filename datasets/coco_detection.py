@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from datasets.coco_common import (
-    index_image_records,
+    has_area,
     load_validated_ground_truth,
-    probe_image_files,
     read_coco_json,
-    resolve_image_path,
-    split_image_ids,
+    resolve_image_paths,
+    select_split_images,
 )
 from datasets.coco_validate import format_left_out, validate_coco
+from datasets.image_io import probe_image_files
 from models.bbox import box_is_empty, clip_boxes, coco_xywh_to_xyxy
 from models.errors import DataError
 
@@ -84,6 +84,30 @@ def load_coco_detection(ann_file: str, image_root: str, category_ids: list[int] 
     raw = read_coco_json(ann_file, image_root, missing_images, kind="detection")
     data, dropped = validate_coco(raw, ann_file, "detection", on_bad_annotation)
     cats = {c["id"]: c for c in data["categories"]}
+    category_ids = _choose_categories(cats, category_ids, ann_file)
+    records, keep_ids = select_split_images(data, ann_file, subset, holdout_fraction, holdout_seed)
+    paths = resolve_image_paths(image_root, records, keep_ids, ann_file)
+    sizes, unreadable, resized = probe_image_files(paths, records, ann_file, missing_images)
+    stats = _new_stats(raw, dropped, unreadable, resized)
+    label_of = {int(c): i for i, c in enumerate(category_ids)}
+    objects = _collect_objects(data["annotations"], label_of, keep_ids, sizes, unreadable, stats)
+    images = _build_images(objects, paths, sizes, stats)
+    _report(ann_file, subset, images, stats)
+    names = [str(cats[c].get("name", c)) for c in category_ids]
+    return DetectionDataset(ann_file=ann_file, image_root=image_root, images=images,
+                            category_ids=[int(c) for c in category_ids], class_names=names,
+                            image_ids=[im.image_id for im in images], stats=stats)
+
+
+# The reasons an annotation is left out, as the log line words them (stat key -> words).
+LEFT_OUT_WORDS = {"crowd": "crowd", "other_category": "other category",
+                  "unknown_category": "category not in categories", "bad_annotation": "malformed (skipped)",
+                  "degenerate": "box without area", "outside_image": "box outside the image",
+                  "missing_image_boxes": "image missing or unreadable", "other_subset": "other split"}
+
+
+def _choose_categories(cats: dict, category_ids: list[int] | None, ann_file: str) -> list:
+    """The categories to detect, in class-index order: ``category_ids``, or all of the file's sorted by id."""
     if category_ids is None:
         category_ids = sorted(cats)
     unknown = [c for c in category_ids if int(c) not in cats]
@@ -92,46 +116,60 @@ def load_coco_detection(ann_file: str, image_root: str, category_ids: list[int] 
                         f"{[(i, c.get('name')) for i, c in sorted(cats.items())]}; fix data.category_ids")
     if not category_ids:
         raise DataError(f"{ann_file}: no categories to detect; the file's categories list is empty")
-    label_of = {int(c): i for i, c in enumerate(category_ids)}
+    return category_ids
 
-    records = index_image_records(data, ann_file)
-    keep_ids = split_image_ids(sorted(records), subset, holdout_fraction, holdout_seed)
-    paths = {i: resolve_image_path(image_root, records[i]["file_name"], ann_file) for i in sorted(keep_ids)}
-    sizes, unreadable, resized = probe_image_files(paths, records, ann_file, missing_images)
 
-    stats = {"annotations": len(raw["annotations"]), "crowd": 0, "other_category": 0, "other_subset": 0,
-             "degenerate": 0, "clipped": 0, "outside_image": 0, "missing_image": len(unreadable),
-             "missing_image_boxes": 0, "unknown_category": dropped.pop("unknown_category", 0),
-             "bad_annotation": sum(dropped.values()), "resized_images": len(resized)}
+def _new_stats(raw: dict, dropped, unreadable: dict[int, str], resized: list[int]) -> dict[str, int]:
+    """The reader's counts, zero but for the file's annotations, what :func:`validate_coco` dropped and what
+    the image files' check found."""
+    return {"annotations": len(raw["annotations"]), "crowd": 0, "other_category": 0, "other_subset": 0,
+            "degenerate": 0, "clipped": 0, "outside_image": 0, "missing_image": len(unreadable),
+            "missing_image_boxes": 0, "unknown_category": dropped.pop("unknown_category", 0),
+            "bad_annotation": sum(dropped.values()), "resized_images": len(resized)}
+
+
+def _collect_objects(annotations: list, label_of: dict[int, int], keep_ids: set[int],
+                     sizes: dict[int, tuple[int, int]], unreadable: dict[int, str],
+                     stats: dict) -> dict[int, list[tuple[np.ndarray, int, int]]]:
+    """Image id -> ``(box [4] inclusive xyxy clipped to the image, class index, annotation id)`` of its objects,
+    for every readable image of the split (with or without objects); each annotation left out and each box
+    clipped is counted in ``stats``."""
     objects: dict[int, list[tuple[np.ndarray, int, int]]] = {i: [] for i in keep_ids if i not in unreadable}
-    for ann in data["annotations"]:
-        ann_id, image_id = ann["id"], ann["image_id"]
-        if image_id not in keep_ids:
-            stats["other_subset"] += 1
+    for ann in annotations:
+        reason = _reason_left_out(ann, label_of, keep_ids, unreadable)
+        if reason:
+            stats[reason] += 1
             continue
-        cat = ann["category_id"]
-        if cat not in label_of:
-            stats["other_category"] += 1
-            continue
-        if ann["iscrowd"]:
-            stats["crowd"] += 1
-            continue
-        if image_id in unreadable:
-            stats["missing_image_boxes"] += 1
-            continue
-        bbox = ann["bbox"]
-        if not (bbox[2] > 0 and bbox[3] > 0):
-            stats["degenerate"] += 1
-            continue
-        box = coco_xywh_to_xyxy(np.asarray(bbox, dtype=np.float64))
+        image_id = ann["image_id"]
+        box = coco_xywh_to_xyxy(np.asarray(ann["bbox"], dtype=np.float64))
         clipped = clip_boxes(box, *sizes[image_id])
         if box_is_empty(clipped):
             stats["outside_image"] += 1
             continue
         if not np.allclose(clipped, box):
             stats["clipped"] += 1
-        objects[image_id].append((clipped, label_of[cat], ann_id))
+        objects[image_id].append((clipped, label_of[ann["category_id"]], ann["id"]))
+    return objects
 
+
+def _reason_left_out(ann: dict, label_of: dict[int, int], keep_ids: set[int], unreadable: dict[int, str]) -> str | None:
+    """The ``stats`` key an annotation is left out under before its box is clipped, or None to keep it."""
+    if ann["image_id"] not in keep_ids:
+        return "other_subset"
+    if ann["category_id"] not in label_of:
+        return "other_category"
+    if ann["iscrowd"]:
+        return "crowd"
+    if ann["image_id"] in unreadable:
+        return "missing_image_boxes"
+    if not has_area(ann["bbox"]):
+        return "degenerate"
+    return None
+
+
+def _build_images(objects: dict[int, list[tuple[np.ndarray, int, int]]], paths: dict[int, str],
+                  sizes: dict[int, tuple[int, int]], stats: dict) -> list[DetectionImage]:
+    """One :class:`DetectionImage` per image, by image id; counts the images and objects in ``stats``."""
     images = []
     for image_id in sorted(objects):
         objs = objects[image_id]
@@ -142,6 +180,12 @@ def load_coco_detection(ann_file: str, image_root: str, category_ids: list[int] 
     stats["images"] = len(images)
     stats["objects"] = int(sum(len(im.boxes) for im in images))
     stats["empty_images"] = int(sum(len(im.boxes) == 0 for im in images))
+    return images
+
+
+def _report(ann_file: str, subset: str, images: list[DetectionImage], stats: dict) -> None:
+    """Log what was read, left out and clipped; a split without images, or whose annotations were all left
+    out, is an error."""
     left_out = format_left_out(stats, LEFT_OUT_WORDS)
     log.info("%s (%s): %d images, %d objects (%d images without objects) of %d annotations; left out: %s; %d boxes "
              "clipped to their image; %d images sized from the file, not the json", ann_file, subset,
@@ -157,17 +201,6 @@ def load_coco_detection(ann_file: str, image_root: str, category_ids: list[int] 
     if considered > 0 and stats["objects"] == 0:
         raise DataError(f"{ann_file}: none of the {considered} annotations of the {subset!r} split is usable "
                         f"(left out: {left_out}); nothing to train on or evaluate")
-    names = [str(cats[c].get("name", c)) for c in category_ids]
-    return DetectionDataset(ann_file=ann_file, image_root=image_root, images=images,
-                            category_ids=[int(c) for c in category_ids], class_names=names,
-                            image_ids=[im.image_id for im in images], stats=stats)
-
-
-# The reasons an annotation is left out, as the log line words them (stat key -> words).
-LEFT_OUT_WORDS = {"crowd": "crowd", "other_category": "other category",
-                  "unknown_category": "category not in categories", "bad_annotation": "malformed (skipped)",
-                  "degenerate": "box without area", "outside_image": "box outside the image",
-                  "missing_image_boxes": "image missing or unreadable", "other_subset": "other split"}
 
 
 def coco_detection_subset(ann_file: str, image_ids, category_ids: list[int], on_bad_annotation: str = "error") -> dict:

@@ -124,3 +124,43 @@ def read_record_image(path: str, image_id, recorded_size: tuple[int, int], on_ba
         log.warning("%s is %dx%d but its json record says %dx%d (EXIF rotation?); %s may not match", path, *size,
                     *recorded_size, what)
     return image
+
+
+def probe_image_files(paths: dict[int, str], records: dict[int, dict], ann_file: str,
+                      on_bad_image: str) -> tuple[dict[int, tuple[int, int]], dict[int, str], list[int]]:
+    """Check each image file once (exists, complete, header readable) and read its stored size.
+
+    Args:
+        paths: image id -> resolved path, for the images a split uses.
+        records: image id -> json image record (for the json's width/height).
+        on_bad_image: ``"error"`` raises a :class:`DataError` listing the unreadable files; ``"skip"`` warns.
+
+    Returns ``(sizes, unreadable, resized)``: image id -> (width, height) of the file (the decoded size wins
+    over the json's: the outside-the-image masking and clipping depend on it); image id -> why it cannot be
+    read (only under ``skip``); the ids whose json width/height differ from the file.
+    """
+    sizes: dict[int, tuple[int, int]] = {}
+    unreadable: dict[int, str] = {}
+    resized: list[int] = []
+    for image_id, path in sorted(paths.items()):
+        size, problem = probe_image(path)
+        if problem:
+            unreadable[image_id] = problem
+            continue
+        sizes[image_id] = size
+        rec = records[image_id]
+        if size != (int(rec["width"]), int(rec["height"])):
+            resized.append(image_id)
+    if unreadable:
+        examples = [f"{paths[i]} ({why})" for i, why in list(unreadable.items())[:3]]
+        if on_bad_image == "error":
+            raise DataError(f"{ann_file}: {len(unreadable)} image files cannot be read, e.g. {examples}; fix "
+                            f"image_root or the files, or set data.on_bad_image=skip to drop them")
+        log.warning("%s: skipping %d images that cannot be read (data.on_bad_image=skip), e.g. %s", ann_file,
+                    len(unreadable), examples)
+    if resized:
+        i = resized[0]
+        log.warning("%s: %d images are not the size their json record says, e.g. image %d: json %dx%d, file %dx%d; "
+                    "the file's size is used", ann_file, len(resized), i, int(records[i]["width"]),
+                    int(records[i]["height"]), *sizes[i])
+    return sizes, unreadable, resized

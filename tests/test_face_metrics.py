@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from engine.face_metrics import (
+from engine.evaluation.face_metrics import (
     FACE68_REGIONS,
     FaceReport,
     FaceReportConfig,
@@ -164,12 +164,13 @@ def test_peer_score_of_ground_truth_results(shared_data, tmp_path):
 
 
 def test_peer_predict_needs_no_torch():
-    """bench/dlib_landmarks.py predict runs in dlib's own environment: what it imports of ours must not pull torch."""
+    """bench/dlib_landmarks.py predict runs in dlib's own environment (dlib and numpy, no torch, no OpenCV):
+    what it imports of ours must pull neither."""
     import subprocess
     import sys
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = ("import sys; import datasets.coco_common, models.errors, tools._common; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+            "assert 'torch' not in sys.modules, 'torch imported'; assert 'cv2' not in sys.modules, 'cv2 imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -21,10 +21,20 @@ import json
 import os
 
 from datasets.formats.common import Conversion, write_coco_json
+from datasets.formats.cvat import convert_cvat
+from datasets.formats.dlc import convert_dlc
+from datasets.formats.labelme import convert_labelme
+from datasets.formats.pts import convert_pts
+from datasets.formats.yolo import coco_to_yolo, convert_yolo
 from models.errors import InputError
 from tools._common import add_debug_flag, run_cli
 
 FORMATS = ("dlc", "yolo", "labelme", "cvat", "pts")
+_READERS = {"dlc": convert_dlc, "yolo": convert_yolo, "labelme": convert_labelme, "cvat": convert_cvat,
+            "pts": convert_pts}
+# The options each reader takes besides the source and skip_bad: convert()'s argument -> the reader's.
+_READER_OPTIONS = {"labelme": {"keypoints": "keypoint_names"},
+                   "cvat": {"image_root": "image_root", "skeleton": "skeleton"}}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,22 +55,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def convert(fmt: str, source: str, skip_bad: bool = False, keypoints: list[str] | None = None,
             image_root: str | None = None, skeleton: str | None = None) -> Conversion:
     """Dispatch to the format's reader (datasets.formats.*)."""
-    if fmt == "dlc":
-        from datasets.formats.dlc import convert_dlc
-        return convert_dlc(source, skip_bad=skip_bad)
-    if fmt == "yolo":
-        from datasets.formats.yolo import convert_yolo
-        return convert_yolo(source, skip_bad=skip_bad)
-    if fmt == "labelme":
-        from datasets.formats.labelme import convert_labelme
-        return convert_labelme(source, keypoint_names=keypoints, skip_bad=skip_bad)
-    if fmt == "cvat":
-        from datasets.formats.cvat import convert_cvat
-        return convert_cvat(source, image_root=image_root, skeleton=skeleton, skip_bad=skip_bad)
-    if fmt == "pts":
-        from datasets.formats.pts import convert_pts
-        return convert_pts(source, skip_bad=skip_bad)
-    raise InputError(f"unknown format {fmt!r}; use one of {FORMATS}")
+    if fmt not in _READERS:
+        raise InputError(f"unknown format {fmt!r}; use one of {FORMATS}")
+    given = {"keypoints": keypoints, "image_root": image_root, "skeleton": skeleton}
+    options = {name: given[arg] for arg, name in _READER_OPTIONS.get(fmt, {}).items()}
+    return _READERS[fmt](source, skip_bad=skip_bad, **options)
 
 
 def main(argv: list[str] | None = None):
@@ -86,8 +85,6 @@ def main(argv: list[str] | None = None):
 
 
 def _coco_to_yolo(args) -> str:
-    from datasets.formats.yolo import coco_to_yolo
-
     if not args.image_root:
         raise InputError("coco-to-yolo needs --image-root (the folder the COCO file's file_names resolve against)")
     if not os.path.isfile(args.source):

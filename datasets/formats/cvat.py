@@ -37,6 +37,23 @@ def convert_cvat(xml_path: str, image_root: str | None = None, skeleton: str | N
     """Read a CVAT for images 1.1 xml (see the module docstring). ``skeleton`` picks one skeleton label when
     the task has several. Raises DataError naming every problem (image and element) unless ``skip_bad``."""
     require_file(xml_path, "CVAT annotations xml")
+    root = _parse_xml(xml_path)
+    if image_root is None:
+        image_root = _default_image_root(xml_path)
+    labels = _labels(root)
+    skeleton = _pick_skeleton(labels, skeleton, xml_path)
+    names, edges, category = _keypoints(root, labels, skeleton, xml_path)
+    builder = CocoBuilder(names, category=str(category), skeleton=edges)
+    problems = Problems(xml_path)
+    counts = {"images": 0, "instances": 0}
+    for image in root.iter("image"):
+        _add_image(image, image_root, skeleton, builder, problems, counts)
+    problems.raise_if_any(skip_bad)
+    counts.update({f"skipped: {k}": n for k, n in problems.counts().items()})
+    return Conversion(builder.to_dict(), os.path.abspath(image_root), counts)
+
+
+def _parse_xml(xml_path: str) -> ET.Element:
     try:
         root = ET.parse(xml_path).getroot()
     except ET.ParseError as err:
@@ -44,16 +61,29 @@ def convert_cvat(xml_path: str, image_root: str | None = None, skeleton: str | N
     if root.tag != "annotations":
         raise DataError(f"{xml_path}: the root element is <{root.tag}>, not <annotations>; export as 'CVAT for "
                         f"images 1.1' (not 'for video')")
-    if image_root is None:
-        folder = os.path.dirname(os.path.abspath(xml_path))
-        image_root = os.path.join(folder, "images") if os.path.isdir(os.path.join(folder, "images")) else folder
-    labels = _labels(root)
+    return root
+
+
+def _default_image_root(xml_path: str) -> str:
+    """``images/`` beside the xml when it exists (CVAT's export layout), else the xml's folder."""
+    folder = os.path.dirname(os.path.abspath(xml_path))
+    return os.path.join(folder, "images") if os.path.isdir(os.path.join(folder, "images")) else folder
+
+
+def _pick_skeleton(labels: dict[str, dict], skeleton: str | None, xml_path: str) -> str | None:
+    """The skeleton label to read: the one asked for, else the task's only one; None when it has none."""
     skeletons = [n for n, lab in labels.items() if lab["type"] == "skeleton"]
     if skeleton is not None and skeleton not in skeletons:
         raise DataError(f"{xml_path}: no skeleton label {skeleton!r}; the task has {skeletons}")
     if len(skeletons) > 1 and skeleton is None:
         raise DataError(f"{xml_path}: several skeleton labels {skeletons}; pick one with --skeleton NAME")
-    skeleton = skeleton or (skeletons[0] if skeletons else None)
+    return skeleton or (skeletons[0] if skeletons else None)
+
+
+def _keypoints(root: ET.Element, labels: dict[str, dict], skeleton: str | None,
+               xml_path: str) -> tuple[list[str], list[tuple[int, int]], str]:
+    """``(keypoint names, zero-based skeleton edges, category name)``: the skeleton's points, or, without a
+    skeleton, the task's point labels."""
     if skeleton:
         names = [n for n, lab in labels.items() if lab["parent"] == skeleton]
         node_names = _svg_nodes(labels[skeleton]["svg"])
@@ -69,59 +99,69 @@ def convert_cvat(xml_path: str, image_root: str | None = None, skeleton: str | N
         category = next((b.get("label") for b in root.iter("box")), None) or "object"
     if not names:
         raise DataError(f"{xml_path}: no keypoint labels (no skeleton and no points) in the task")
+    return names, edges, category
+
+
+def _add_image(image: ET.Element, image_root: str, skeleton: str | None, builder: CocoBuilder, problems: Problems,
+               counts: dict) -> None:
+    """Add one ``<image>`` and its instances (see the module docstring)."""
+    name = image.get("name", "")
+    width, height = int(float(image.get("width", 0))), int(float(image.get("height", 0)))
+    if not os.path.isfile(os.path.join(image_root, name)):
+        problems.add("missing image", f"<image id={image.get('id')} name={name!r}>",
+                     f"not found under the image root {image_root} (--image-root)")
+        return
+    subset = image.get("subset")
+    image_id = builder.add_image(name, width, height, split=subset.lower() if subset else None)
+    counts["images"] += 1
+    boxes = {b.get("group_id"): b for b in image.findall("box")}
+    for elements, group in _instances(image, skeleton):
+        kp = _read_points(elements, name, builder.names, width, height, problems)
+        box = boxes.get(group) if group is not None else None
+        bbox = None
+        if box is not None:
+            xtl, ytl, xbr, ybr = (float(box.get(k)) for k in ("xtl", "ytl", "xbr", "ybr"))
+            bbox = [xtl, ytl, xbr - xtl, ybr - ytl]
+        if (kp[:, 2] > 0).any() and builder.add_instance(image_id, kp, bbox=bbox):
+            counts["instances"] += 1
+
+
+def _instances(image: ET.Element, skeleton: str | None) -> list[tuple[list, object]]:
+    """``(points elements, group id)`` of each instance of an image: its skeletons of the label ``skeleton``,
+    or without a skeleton its points grouped by ``group_id``."""
+    if skeleton:
+        return [(list(s.findall("points")), s.get("group_id")) for s in image.findall("skeleton")
+                if s.get("label") == skeleton]
+    groups: dict[object, list] = {}
+    for p in image.findall("points"):
+        groups.setdefault(p.get("group_id"), []).append(p)
+    return [(pts, g) for g, pts in groups.items()]
+
+
+def _read_points(elements: list, name: str, names: list[str], width: int, height: int,
+                 problems: Problems) -> np.ndarray:
+    """[K, 3] pixel-index (x, y, v) of one instance's ``<points>`` elements; a bad element is a problem and
+    leaves its keypoint unlabelled."""
     index = {n: i for i, n in enumerate(names)}
-    builder = CocoBuilder(names, category=str(category), skeleton=edges)
-    problems = Problems(xml_path)
-    counts = {"images": 0, "instances": 0}
-    for image in root.iter("image"):
-        name = image.get("name", "")
-        width, height = int(float(image.get("width", 0))), int(float(image.get("height", 0)))
-        if not os.path.isfile(os.path.join(image_root, name)):
-            problems.add("missing image", f"<image id={image.get('id')} name={name!r}>",
-                         f"not found under the image root {image_root} (--image-root)")
+    kp = np.zeros((len(names), 3))
+    for p in elements:
+        where = f"<image name={name!r}> <points label={p.get('label')!r}>"
+        label = p.get("label")
+        if label not in index:
+            problems.add("unknown bodypart", where, f"not one of the keypoints {names}")
             continue
-        subset = image.get("subset")
-        image_id = builder.add_image(name, width, height, split=subset.lower() if subset else None)
-        counts["images"] += 1
-        boxes = {b.get("group_id"): b for b in image.findall("box")}
-        instances: list[tuple[list, object]] = []   # (points elements, group id)
-        if skeleton:
-            instances = [(list(s.findall("points")), s.get("group_id")) for s in image.findall("skeleton")
-                         if s.get("label") == skeleton]
-        else:
-            groups: dict[object, list] = {}
-            for p in image.findall("points"):
-                groups.setdefault(p.get("group_id"), []).append(p)
-            instances = [(pts, g) for g, pts in groups.items()]
-        for elements, group in instances:
-            kp = np.zeros((len(names), 3))
-            for p in elements:
-                where = f"<image name={name!r}> <points label={p.get('label')!r}>"
-                label = p.get("label")
-                if label not in index:
-                    problems.add("unknown bodypart", where, f"not one of the keypoints {names}")
-                    continue
-                if p.get("outside") == "1":
-                    continue
-                coords = [c for c in (p.get("points") or "").split(";") if c]
-                if len(coords) != 1:
-                    problems.add("not one point", where, f"{len(coords)} points; a keypoint label needs exactly one")
-                    continue
-                x, y = (float(v) - CVAT_ORIGIN for v in coords[0].split(","))
-                if outside_image(x, y, width, height):
-                    problems.add("point outside the image", where, f"{coords[0]} is outside {width}x{height}")
-                    continue
-                kp[index[label]] = (x, y, 1.0 if p.get("occluded") == "1" else 2.0)
-            box = boxes.get(group) if group is not None else None
-            bbox = None
-            if box is not None:
-                xtl, ytl, xbr, ybr = (float(box.get(k)) for k in ("xtl", "ytl", "xbr", "ybr"))
-                bbox = [xtl, ytl, xbr - xtl, ybr - ytl]
-            if (kp[:, 2] > 0).any() and builder.add_instance(image_id, kp, bbox=bbox):
-                counts["instances"] += 1
-    problems.raise_if_any(skip_bad)
-    counts.update({f"skipped: {k}": n for k, n in problems.counts().items()})
-    return Conversion(builder.to_dict(), os.path.abspath(image_root), counts)
+        if p.get("outside") == "1":
+            continue
+        coords = [c for c in (p.get("points") or "").split(";") if c]
+        if len(coords) != 1:
+            problems.add("not one point", where, f"{len(coords)} points; a keypoint label needs exactly one")
+            continue
+        x, y = (float(v) - CVAT_ORIGIN for v in coords[0].split(","))
+        if outside_image(x, y, width, height):
+            problems.add("point outside the image", where, f"{coords[0]} is outside {width}x{height}")
+            continue
+        kp[index[label]] = (x, y, 1.0 if p.get("occluded") == "1" else 2.0)
+    return kp
 
 
 def _labels(root: ET.Element) -> dict[str, dict]:

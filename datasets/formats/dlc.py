@@ -45,86 +45,136 @@ def convert_dlc(project: str, skip_bad: bool = False) -> Conversion:
     """Read a DeepLabCut project folder (see the module docstring). Raises DataError naming every problem
     (file and line) unless ``skip_bad``, which leaves the bad items out and counts them."""
     require_dir(project, "DeepLabCut project folder")
+    cfg, config_path = _read_config(project)
+    multi = bool(cfg.get("multianimalproject"))
+    names = _bodypart_names(cfg, multi, config_path)
+    unique = set(cfg.get("uniquebodyparts") or []) if multi else set()
+    builder = CocoBuilder(names, category=str(cfg.get("Task") or "animal"), skeleton=_skeleton(cfg, names))
+    problems = Problems(project)
+    counts = {"frames": 0, "instances": 0, "unlabelled_instances": 0, "unique_bodypart_columns": 0}
+    for folder in _labelled_folders(project):
+        table = _read_table(folder)
+        if table is not None:
+            _add_table(project, table, multi, unique, builder, problems, counts)
+    problems.raise_if_any(skip_bad)
+    counts.update({f"skipped: {k}": n for k, n in problems.counts().items()})
+    return Conversion(builder.to_dict(), os.path.abspath(project), counts)
+
+
+def _read_config(project: str) -> tuple[dict, str]:
+    """The project's parsed ``config.yaml`` and its path."""
     config_path = os.path.join(project, "config.yaml")
     require_file(config_path, "DeepLabCut config.yaml (the project folder must hold it)")
     with open(config_path) as f:
-        cfg = yaml.safe_load(f) or {}
-    multi = bool(cfg.get("multianimalproject"))
+        return yaml.safe_load(f) or {}, config_path
+
+
+def _bodypart_names(cfg: dict, multi: bool, config_path: str) -> list[str]:
     names = list(cfg.get("multianimalbodyparts") if multi else cfg.get("bodyparts") or [])
     if not names:
         key = "multianimalbodyparts" if multi else "bodyparts"
         raise DataError(f"{config_path}: no {key!r} list; add the bodypart names to the config")
-    unique = set(cfg.get("uniquebodyparts") or []) if multi else set()
+    return names
+
+
+def _skeleton(cfg: dict, names: list[str]) -> list[tuple[int, int]]:
+    """The config's skeleton as zero-based index pairs; links naming an unknown bodypart are left out."""
     index = {n: i for i, n in enumerate(names)}
     skeleton = []
     for pair in cfg.get("skeleton") or []:
         if len(pair) == 2 and pair[0] in index and pair[1] in index:
             skeleton.append((index[pair[0]], index[pair[1]]))
-    builder = CocoBuilder(names, category=str(cfg.get("Task") or "animal"), skeleton=skeleton)
-    problems = Problems(project)
-    counts = {"frames": 0, "instances": 0, "unlabelled_instances": 0, "unique_bodypart_columns": 0}
+    return skeleton
 
+
+def _labelled_folders(project: str) -> list[str]:
     folders = sorted(d for d in glob.glob(os.path.join(project, "labeled-data", "*")) if os.path.isdir(d))
     if not folders:
         raise DataError(f"{project}: no labeled-data/<video> folders; label frames in DeepLabCut first (or check "
                         f"the project path)")
-    for folder in folders:
-        table = _read_table(folder)
-        if table is None:
+    return folders
+
+
+def _add_table(project: str, table, multi: bool, unique: set[str], builder: CocoBuilder, problems: Problems,
+               counts: dict) -> None:
+    """Add the frames of one CollectedData table (see :func:`_read_table`)."""
+    path, columns, rows = table
+    by_individual = _point_columns(path, columns, builder.names, multi, unique, problems, counts)
+    for row in rows:
+        _add_frame(project, path, row, len(columns), by_individual, builder, problems, counts)
+
+
+def _point_columns(path: str, columns: list[tuple[str, str, str]], names: list[str], multi: bool, unique: set[str],
+                   problems: Problems, counts: dict) -> dict[str, list[tuple[int, int, int]]]:
+    """Individual -> ``(keypoint index, x column, y column)`` of its bodyparts in the table's header. Unique
+    bodyparts of multi-animal projects are counted and left out; unknown or incomplete ones are problems."""
+    index = {n: i for i, n in enumerate(names)}
+    by_individual: dict[str, list[tuple[int, int, int]]] = {}
+    seen: dict[tuple[str, str], dict[str, int]] = {}
+    for j, (individual, part, coord) in enumerate(columns):
+        if coord in ("x", "y"):
+            seen.setdefault((individual, part), {})[coord] = j
+    for (individual, part), cols in seen.items():
+        if multi and (individual == "single" or part in unique):
+            counts["unique_bodypart_columns"] += 1
             continue
-        path, columns, rows = table
-        by_individual: dict[str, list[tuple[int, int, int]]] = {}   # individual -> (keypoint, x col, y col)
-        seen: dict[tuple[str, str], dict[str, int]] = {}
-        for j, (individual, part, coord) in enumerate(columns):
-            if coord in ("x", "y"):
-                seen.setdefault((individual, part), {})[coord] = j
-        for (individual, part), cols in seen.items():
-            if multi and (individual == "single" or part in unique):
-                counts["unique_bodypart_columns"] += 1
-                continue
-            if part not in index:
-                problems.add("unknown bodypart", f"{path}: header", f"bodypart {part!r} is not in config.yaml's "
-                             f"{'multianimalbodyparts' if multi else 'bodyparts'} {names}")
-                continue
-            if "x" not in cols or "y" not in cols:
-                problems.add("incomplete header", f"{path}: header", f"bodypart {part!r} lacks an x or y column")
-                continue
-            by_individual.setdefault(individual, []).append((index[part], cols["x"], cols["y"]))
-        for line, rel, values in rows:
-            if len(values) != len(columns):
-                problems.add("wrong number of columns", f"{path}: line {line}",
-                             f"{len(values)} values, the header has {len(columns)}")
-                continue
-            image_path = os.path.join(project, rel)
-            if not os.path.isfile(image_path):
-                problems.add("missing image", f"{path}: line {line}", f"image {rel} not found under {project}")
-                continue
-            width, height = image_size(image_path)
-            image_id = builder.add_image(rel, width, height)
-            counts["frames"] += 1
-            for individual, parts in by_individual.items():
-                kp = np.zeros((len(names), 3))
-                for k, jx, jy in parts:
-                    x, y = _number(values[jx]), _number(values[jy])
-                    if x is None or y is None:
-                        problems.add("bad number", f"{path}: line {line}",
-                                     f"{names[k]} has x={values[jx]!r}, y={values[jy]!r}; use numbers or leave empty")
-                        continue
-                    if math.isnan(x) or math.isnan(y):
-                        continue
-                    if outside_image(x, y, width, height):
-                        problems.add("point outside the image", f"{path}: line {line}",
-                                     f"{individual + ' ' if individual else ''}{names[k]} at ({x:g}, {y:g}) is "
-                                     f"outside {rel} ({width}x{height})")
-                        continue
-                    kp[k] = (x, y, 2.0)
-                if builder.add_instance(image_id, kp):
-                    counts["instances"] += 1
-                else:
-                    counts["unlabelled_instances"] += 1
-    problems.raise_if_any(skip_bad)
-    counts.update({f"skipped: {k}": n for k, n in problems.counts().items()})
-    return Conversion(builder.to_dict(), os.path.abspath(project), counts)
+        if part not in index:
+            problems.add("unknown bodypart", f"{path}: header", f"bodypart {part!r} is not in config.yaml's "
+                         f"{'multianimalbodyparts' if multi else 'bodyparts'} {names}")
+            continue
+        if "x" not in cols or "y" not in cols:
+            problems.add("incomplete header", f"{path}: header", f"bodypart {part!r} lacks an x or y column")
+            continue
+        by_individual.setdefault(individual, []).append((index[part], cols["x"], cols["y"]))
+    return by_individual
+
+
+def _add_frame(project: str, path: str, row: tuple[int, str, list], num_columns: int,
+               by_individual: dict[str, list[tuple[int, int, int]]], builder: CocoBuilder, problems: Problems,
+               counts: dict) -> None:
+    """Add one table row ``(line, image path, values)``: its image, and one instance per individual with at
+    least two labelled points."""
+    line, rel, values = row
+    names = builder.names
+    if len(values) != num_columns:
+        problems.add("wrong number of columns", f"{path}: line {line}",
+                     f"{len(values)} values, the header has {num_columns}")
+        return
+    image_path = os.path.join(project, rel)
+    if not os.path.isfile(image_path):
+        problems.add("missing image", f"{path}: line {line}", f"image {rel} not found under {project}")
+        return
+    width, height = image_size(image_path)
+    image_id = builder.add_image(rel, width, height)
+    counts["frames"] += 1
+    for individual, parts in by_individual.items():
+        kp = np.zeros((len(names), 3))
+        for k, jx, jy in parts:
+            point = _read_point(values[jx], values[jy], f"{path}: line {line}", rel, individual, names[k], width,
+                                height, problems)
+            if point is not None:
+                kp[k] = (*point, 2.0)
+        if builder.add_instance(image_id, kp):
+            counts["instances"] += 1
+        else:
+            counts["unlabelled_instances"] += 1
+
+
+def _read_point(x_cell, y_cell, where: str, rel: str, individual: str, name: str, width: int, height: int,
+                problems: Problems) -> tuple[float, float] | None:
+    """The pixel-index ``(x, y)`` of one labelled point, or None when it is unlabelled (empty or NaN) or a
+    problem (not a number, outside the image)."""
+    x, y = _number(x_cell), _number(y_cell)
+    if x is None or y is None:
+        problems.add("bad number", where, f"{name} has x={x_cell!r}, y={y_cell!r}; use numbers or leave empty")
+        return None
+    if math.isnan(x) or math.isnan(y):
+        return None
+    if outside_image(x, y, width, height):
+        problems.add("point outside the image", where, f"{individual + ' ' if individual else ''}{name} at "
+                     f"({x:g}, {y:g}) is outside {rel} ({width}x{height})")
+        return None
+    return x, y
 
 
 def _number(cell) -> float | None:

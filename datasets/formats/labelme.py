@@ -44,10 +44,23 @@ def convert_labelme(folder: str, keypoint_names: list[str] | None = None, skip_b
     """Read every LabelMe json under ``folder`` (recursively). Raises DataError naming every problem (file
     and shape) unless ``skip_bad``, which leaves the bad items out and counts them."""
     require_dir(folder, "folder of LabelMe json files")
-    files = sorted(glob.glob(os.path.join(folder, "**", "*.json"), recursive=True))
     problems = Problems(folder)
+    docs = _read_labelme_files(folder, problems)
+    names = list(keypoint_names) if keypoint_names else _names_in_order(docs)
+    builder = CocoBuilder(names, category=_category(docs))
+    counts = {"images": 0, "instances": 0, "ignored_shapes": 0}
+    for path, doc in docs:
+        _add_image(folder, path, doc, builder, problems, counts)
+    problems.raise_if_any(skip_bad)
+    counts.update({f"skipped: {k}": n for k, n in problems.counts().items()})
+    notes = [] if keypoint_names else [f"keypoint order (first met): {names}; pass --keypoints to set it"]
+    return Conversion(builder.to_dict(), os.path.abspath(folder), counts, notes)
+
+
+def _read_labelme_files(folder: str, problems: Problems) -> list[tuple[str, dict]]:
+    """``(path, parsed json)`` of each LabelMe file under ``folder``, by path; other json files are passed over."""
     docs = []
-    for path in files:
+    for path in sorted(glob.glob(os.path.join(folder, "**", "*.json"), recursive=True)):
         try:
             with open(path) as f:
                 doc = json.load(f)
@@ -59,55 +72,65 @@ def convert_labelme(folder: str, keypoint_names: list[str] | None = None, skip_b
         docs.append((path, doc))
     if not docs:
         raise InputError(f"no LabelMe json files (with 'shapes' and 'imagePath') under {folder} (SOURCE)")
-    names = list(keypoint_names) if keypoint_names else _names_in_order(docs)
-    index = {n: i for i, n in enumerate(names)}
+    return docs
+
+
+def _category(docs: list[tuple[str, dict]]) -> str:
+    """The label of the first rectangle met, else ``"object"``."""
     category = next((s.get("label") for _, d in docs for s in d["shapes"] if s.get("shape_type") == "rectangle"),
                     None) or "object"
-    builder = CocoBuilder(names, category=str(category))
-    counts = {"images": 0, "instances": 0, "ignored_shapes": 0}
-    for path, doc in docs:
-        image_path = os.path.normpath(os.path.join(os.path.dirname(path), doc["imagePath"].replace("\\", "/")))
-        if not os.path.isfile(image_path):
-            problems.add("missing image", path, f"imagePath {doc['imagePath']!r} not found ({image_path})")
-            continue
-        width, height = image_size(image_path)
-        rel = relative_to(folder, image_path)
-        split = SPLIT_FOLDERS.get(rel.split("/")[0].lower()) if "/" in rel else None
-        image_id = builder.add_image(rel, width, height, split=split)
-        counts["images"] += 1
-        groups: dict[object, dict] = {}
-        for s_i, shape in enumerate(doc["shapes"]):
-            kind, label, pts = shape.get("shape_type", "polygon"), str(shape.get("label")), shape.get("points") or []
-            group = groups.setdefault(shape.get("group_id"), {"kp": np.zeros((len(names), 3)), "box": None})
-            where = f"{path}: shape {s_i} ({label!r})"
-            if kind == "rectangle" and len(pts) == 2:
-                (x1, y1), (x2, y2) = pts
-                group["box"] = [min(x1, x2), min(y1, y2), abs(x2 - x1), abs(y2 - y1)]
-            elif kind == "point" and len(pts) == 1:
-                if label not in index:
-                    problems.add("unknown bodypart", where, f"label {label!r} is not one of the keypoints {names}")
-                    continue
-                k = index[label]
-                if group["kp"][k, 2] > 0:
-                    problems.add("repeated keypoint", where, f"{label!r} twice in group {shape.get('group_id')}; "
-                                 f"give each instance its own group_id")
-                    continue
-                x, y = float(pts[0][0]) - LABELME_ORIGIN, float(pts[0][1]) - LABELME_ORIGIN
-                if outside_image(x, y, width, height):
-                    problems.add("point outside the image", where, f"({pts[0][0]}, {pts[0][1]}) is outside "
-                                 f"{width}x{height}")
-                    continue
-                occluded = bool((shape.get("flags") or {}).get("occluded"))
-                group["kp"][k] = (x, y, 1.0 if occluded else 2.0)
-            else:
-                counts["ignored_shapes"] += 1
-        for group in groups.values():
-            if (group["kp"][:, 2] > 0).any() and builder.add_instance(image_id, group["kp"], bbox=group["box"]):
-                counts["instances"] += 1
-    problems.raise_if_any(skip_bad)
-    counts.update({f"skipped: {k}": n for k, n in problems.counts().items()})
-    notes = [] if keypoint_names else [f"keypoint order (first met): {names}; pass --keypoints to set it"]
-    return Conversion(builder.to_dict(), os.path.abspath(folder), counts, notes)
+    return str(category)
+
+
+def _add_image(folder: str, path: str, doc: dict, builder: CocoBuilder, problems: Problems, counts: dict) -> None:
+    """Add the image of one LabelMe file and an instance per shape group with a labelled point."""
+    image_path = os.path.normpath(os.path.join(os.path.dirname(path), doc["imagePath"].replace("\\", "/")))
+    if not os.path.isfile(image_path):
+        problems.add("missing image", path, f"imagePath {doc['imagePath']!r} not found ({image_path})")
+        return
+    width, height = image_size(image_path)
+    rel = relative_to(folder, image_path)
+    split = SPLIT_FOLDERS.get(rel.split("/")[0].lower()) if "/" in rel else None
+    image_id = builder.add_image(rel, width, height, split=split)
+    counts["images"] += 1
+    groups = _shape_groups(path, doc["shapes"], builder.names, width, height, problems, counts)
+    for group in groups.values():
+        if (group["kp"][:, 2] > 0).any() and builder.add_instance(image_id, group["kp"], bbox=group["box"]):
+            counts["instances"] += 1
+
+
+def _shape_groups(path: str, shapes: list, names: list[str], width: int, height: int, problems: Problems,
+                  counts: dict) -> dict[object, dict]:
+    """group_id -> ``{"kp": [K, 3] pixel-index (x, y, v), "box": COCO [x, y, w, h] or None}`` of one file's
+    shapes; shapes other than points and rectangles are counted as ignored."""
+    index = {n: i for i, n in enumerate(names)}
+    groups: dict[object, dict] = {}
+    for s_i, shape in enumerate(shapes):
+        kind, label, pts = shape.get("shape_type", "polygon"), str(shape.get("label")), shape.get("points") or []
+        group = groups.setdefault(shape.get("group_id"), {"kp": np.zeros((len(names), 3)), "box": None})
+        where = f"{path}: shape {s_i} ({label!r})"
+        if kind == "rectangle" and len(pts) == 2:
+            (x1, y1), (x2, y2) = pts
+            group["box"] = [min(x1, x2), min(y1, y2), abs(x2 - x1), abs(y2 - y1)]
+        elif kind == "point" and len(pts) == 1:
+            if label not in index:
+                problems.add("unknown bodypart", where, f"label {label!r} is not one of the keypoints {names}")
+                continue
+            k = index[label]
+            if group["kp"][k, 2] > 0:
+                problems.add("repeated keypoint", where, f"{label!r} twice in group {shape.get('group_id')}; "
+                             f"give each instance its own group_id")
+                continue
+            x, y = float(pts[0][0]) - LABELME_ORIGIN, float(pts[0][1]) - LABELME_ORIGIN
+            if outside_image(x, y, width, height):
+                problems.add("point outside the image", where, f"({pts[0][0]}, {pts[0][1]}) is outside "
+                             f"{width}x{height}")
+                continue
+            occluded = bool((shape.get("flags") or {}).get("occluded"))
+            group["kp"][k] = (x, y, 1.0 if occluded else 2.0)
+        else:
+            counts["ignored_shapes"] += 1
+    return groups
 
 
 def _names_in_order(docs) -> list[str]:

@@ -43,53 +43,71 @@ def convert_pts(folder: str, skip_bad: bool = False) -> Conversion:
     """Read every ``.pts`` under ``folder`` (recursively) with its image. Raises DataError naming every
     problem (file and line) unless ``skip_bad``, which leaves the bad files out and counts them."""
     require_dir(folder, "folder of images and .pts files")
-    files = sorted(glob.glob(os.path.join(folder, "**", "*.pts"), recursive=True))
-    if not files:
-        raise InputError(f"no .pts files under {folder} (SOURCE); give the folder that holds the images and "
-                         f"their .pts files")
     problems = Problems(folder)
-    faces: list[tuple[str, np.ndarray]] = []
-    for path in files:
-        pts = _read_pts(path, problems)
-        if pts is not None:
-            faces.append((path, pts))
-    sizes = {len(p) for _, p in faces}
-    if len(sizes) > 1:
-        common = max(sizes, key=lambda n: sum(len(p) == n for _, p in faces))
-        for path, p in faces:
-            if len(p) != common:
-                problems.add("different number of points", path, f"{len(p)} points; most files have {common}")
-        faces = [(path, p) for path, p in faces if len(p) == common]
+    faces = _same_point_count(_read_faces(folder, problems), problems)
     num_k = len(faces[0][1]) if faces else 68
     flip = FLIP_68 if num_k == 68 else None
     builder = CocoBuilder([f"p{i}" for i in range(num_k)], category="face", flip_index=flip)
     image_ids: dict[str, tuple[int, int, int]] = {}
     counts = {"faces": 0, "images": 0}
     for path, p in faces:
-        image = _find_image(path)
-        if image is None:
-            problems.add("missing image", path, "no image with this stem (or the stem without _<n>) beside it")
-            continue
-        if image not in image_ids:
-            width, height = image_size(image)
-            rel = os.path.relpath(image, folder).replace(os.sep, "/")
-            image_ids[image] = (builder.add_image(rel, width, height), width, height)
-            counts["images"] += 1
-        image_id, width, height = image_ids[image]
-        xy = p - IBUG_ORIGIN
-        bad = [i for i, (x, y) in enumerate(xy) if outside_image(x, y, width, height)]
-        if bad:
-            problems.add("point outside the image", path, f"{len(bad)} points outside {os.path.basename(image)} "
-                         f"({width}x{height}), the first is point {bad[0]} (zero-based) at "
-                         f"({p[bad[0], 0]:g}, {p[bad[0], 1]:g})")
-            continue
-        kp = np.concatenate([xy, np.full((len(xy), 1), 2.0)], axis=1)
-        if builder.add_instance(image_id, kp):
-            counts["faces"] += 1
+        _add_face(folder, path, p, builder, image_ids, problems, counts)
     problems.raise_if_any(skip_bad)
     counts.update({f"skipped: {k}": n for k, n in problems.counts().items()})
     notes = ([f"{num_k}-point layout: no known flip map written"] if flip is None else [])
     return Conversion(builder.to_dict(), os.path.abspath(folder), counts, notes)
+
+
+def _read_faces(folder: str, problems: Problems) -> list[tuple[str, np.ndarray]]:
+    """``(path, [N, 2] raw values)`` of each readable ``.pts`` under ``folder``, by path."""
+    files = sorted(glob.glob(os.path.join(folder, "**", "*.pts"), recursive=True))
+    if not files:
+        raise InputError(f"no .pts files under {folder} (SOURCE); give the folder that holds the images and "
+                         f"their .pts files")
+    faces = []
+    for path in files:
+        pts = _read_pts(path, problems)
+        if pts is not None:
+            faces.append((path, pts))
+    return faces
+
+
+def _same_point_count(faces: list[tuple[str, np.ndarray]], problems: Problems) -> list[tuple[str, np.ndarray]]:
+    """The faces with the most common number of points; each other one is a problem."""
+    sizes = {len(p) for _, p in faces}
+    if len(sizes) <= 1:
+        return faces
+    common = max(sizes, key=lambda n: sum(len(p) == n for _, p in faces))
+    for path, p in faces:
+        if len(p) != common:
+            problems.add("different number of points", path, f"{len(p)} points; most files have {common}")
+    return [(path, p) for path, p in faces if len(p) == common]
+
+
+def _add_face(folder: str, path: str, p: np.ndarray, builder: CocoBuilder, image_ids: dict[str, tuple[int, int, int]],
+              problems: Problems, counts: dict) -> None:
+    """Add the face of one ``.pts`` (raw values ``p``, [N, 2]), and its image the first time it is met
+    (``image_ids``: image path -> (image id, width, height))."""
+    image = _find_image(path)
+    if image is None:
+        problems.add("missing image", path, "no image with this stem (or the stem without _<n>) beside it")
+        return
+    if image not in image_ids:
+        width, height = image_size(image)
+        rel = os.path.relpath(image, folder).replace(os.sep, "/")
+        image_ids[image] = (builder.add_image(rel, width, height), width, height)
+        counts["images"] += 1
+    image_id, width, height = image_ids[image]
+    xy = p - IBUG_ORIGIN
+    bad = [i for i, (x, y) in enumerate(xy) if outside_image(x, y, width, height)]
+    if bad:
+        problems.add("point outside the image", path, f"{len(bad)} points outside {os.path.basename(image)} "
+                     f"({width}x{height}), the first is point {bad[0]} (zero-based) at "
+                     f"({p[bad[0], 0]:g}, {p[bad[0], 1]:g})")
+        return
+    kp = np.concatenate([xy, np.full((len(xy), 1), 2.0)], axis=1)
+    if builder.add_instance(image_id, kp):
+        counts["faces"] += 1
 
 
 def _read_pts(path: str, problems: Problems) -> np.ndarray | None:

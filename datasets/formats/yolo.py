@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
+from dataclasses import dataclass
 
 import numpy as np
 import yaml
@@ -37,94 +39,150 @@ from models.errors import DataError, InputError
 SPLIT_KEYS = ("train", "val", "test")
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What every label line must match: ``kpt_shape`` as the yaml writes it, K keypoints of ``dims`` values
+    (2: x y, 3: x y v) and the class names."""
+
+    kpt_shape: list
+    num_k: int
+    dims: int
+    class_names: list[str]
+
+    @property
+    def columns(self) -> int:
+        return 5 + self.num_k * self.dims
+
+
 def convert_yolo(data_yaml: str, skip_bad: bool = False) -> Conversion:
     """Read a YOLO-pose set from its ``data.yaml`` (see the module docstring). Raises DataError naming every
     problem (file and line) unless ``skip_bad``, which leaves the bad items out and counts them."""
     require_file(data_yaml, "YOLO data.yaml")
     with open(data_yaml) as f:
         cfg = yaml.safe_load(f) or {}
+    layout = _layout(cfg, data_yaml)
+    kpt_names = _keypoint_names(cfg.get("kpt_names"), layout.num_k, data_yaml)
+    flip = _flip_index(cfg.get("flip_idx"), layout.num_k, data_yaml)
+    root = _dataset_root(cfg, data_yaml)
+    builder = CocoBuilder(kpt_names, category=layout.class_names[0], flip_index=flip)
+    for name in layout.class_names[1:]:
+        builder.add_category(name, flip_index=flip)
+    problems = Problems(data_yaml)
+    counts = {"images": 0, "instances": 0, "images_without_labels": 0}
+    for split in _split_keys(cfg, data_yaml):
+        images, label_dirs = _split_images(root, cfg[split], split, data_yaml)
+        _check_orphan_labels(images, label_dirs, problems)
+        for image_path in images:
+            _add_image(image_path, root, split, layout, builder, problems, counts)
+    problems.raise_if_any(skip_bad)
+    counts.update({f"skipped: {k}": n for k, n in problems.counts().items()})
+    return Conversion(builder.to_dict(), os.path.abspath(root), counts)
+
+
+def _layout(cfg: dict, data_yaml: str) -> _Layout:
     kpt_shape = cfg.get("kpt_shape")
     if not (isinstance(kpt_shape, list) and len(kpt_shape) == 2 and kpt_shape[1] in (2, 3)):
         raise DataError(f"{data_yaml}: kpt_shape must be [K, 2] or [K, 3] (keypoints, values per point); got "
                         f"{kpt_shape!r}")
-    num_k, dims = int(kpt_shape[0]), int(kpt_shape[1])
-    class_names = _class_names(cfg.get("names"), data_yaml)
-    kpt_names = _keypoint_names(cfg.get("kpt_names"), num_k, data_yaml)
-    flip = cfg.get("flip_idx")
+    return _Layout(kpt_shape, int(kpt_shape[0]), int(kpt_shape[1]), _class_names(cfg.get("names"), data_yaml))
+
+
+def _flip_index(flip, num_k: int, data_yaml: str) -> list | None:
     if flip is not None and sorted(int(i) for i in flip) != list(range(num_k)):
         raise DataError(f"{data_yaml}: flip_idx {flip} is not a permutation of 0..{num_k - 1}")
-    root = cfg.get("path") or "."
-    root = os.path.normpath(root if os.path.isabs(root) else os.path.join(os.path.dirname(data_yaml) or ".", root))
+    return flip
 
-    builder = CocoBuilder(kpt_names, category=class_names[0], flip_index=flip)
-    for name in class_names[1:]:
-        builder.add_category(name, flip_index=flip)
-    problems = Problems(data_yaml)
-    counts = {"images": 0, "instances": 0, "images_without_labels": 0}
-    expected = 5 + num_k * dims
+
+def _dataset_root(cfg: dict, data_yaml: str) -> str:
+    """The yaml's ``path``, relative to the yaml's folder unless absolute."""
+    root = cfg.get("path") or "."
+    return os.path.normpath(root if os.path.isabs(root) else os.path.join(os.path.dirname(data_yaml) or ".", root))
+
+
+def _split_keys(cfg: dict, data_yaml: str) -> list[str]:
     splits = [k for k in SPLIT_KEYS if cfg.get(k)]
     if not splits:
         raise DataError(f"{data_yaml}: no train/val/test entry; name the image folders (e.g. train: images/train)")
-    for split in splits:
-        images, label_dirs = _split_images(root, cfg[split], split, data_yaml)
-        for label_dir in label_dirs:   # label files whose image is gone
-            stems = {os.path.splitext(p)[0] for p in images}
-            for txt in sorted(glob.glob(os.path.join(label_dir, "**", "*.txt"), recursive=True)):
-                image_stem = _image_path_stem(txt)
-                if image_stem not in stems:
-                    problems.add("label file without its image", txt, "no image with this name in the images "
-                                 "folder; add the image or delete the label file")
-        for image_path in images:
-            label_path = _label_path(image_path)
-            width, height = image_size(image_path)
-            image_id = builder.add_image(relative_to(root, image_path), width, height, split=split)
-            counts["images"] += 1
-            if not os.path.isfile(label_path):
-                counts["images_without_labels"] += 1
-                continue
-            with open(label_path) as f:
-                lines = f.read().splitlines()
-            for line_no, line in enumerate(lines, start=1):
-                parts = line.split()
-                if not parts:
-                    continue
-                where = f"{label_path}: line {line_no}"
-                if len(parts) != expected:
-                    problems.add("wrong number of columns", where, f"{len(parts)} values; kpt_shape {kpt_shape} "
-                                 f"needs 5 + {num_k} x {dims} = {expected}")
-                    continue
-                try:
-                    values = [float(p) for p in parts]
-                except ValueError:
-                    problems.add("bad number", where, "a value is not a number")
-                    continue
-                cls = int(values[0])
-                if cls != values[0] or not 0 <= cls < len(class_names):
-                    problems.add("unknown class", where, f"class {parts[0]} is not in names {class_names}")
-                    continue
-                cx, cy, w, h = values[1:5]
-                bbox = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
-                pts = np.array(values[5:]).reshape(num_k, dims)
-                kp = np.zeros((num_k, 3))
-                for k in range(num_k):
-                    nx, ny = pts[k, 0], pts[k, 1]
-                    v = pts[k, 2] if dims == 3 else (0.0 if nx == 0 and ny == 0 else 2.0)
-                    if v not in (0, 1, 2):
-                        problems.add("bad visibility", where, f"point {k} has visibility {v:g}; use 0, 1 or 2")
-                        continue
-                    if v == 0:
-                        continue
-                    x, y = nx * width - 0.5, ny * height - 0.5
-                    if outside_image(x, y, width, height):
-                        problems.add("point outside the image", where, f"point {k} at normalised ({nx:g}, {ny:g}) "
-                                     f"is outside [0, 1]")
-                        continue
-                    kp[k] = (x, y, v)
-                if builder.add_instance(image_id, kp, bbox=bbox, category_id=cls + 1):
-                    counts["instances"] += 1
-    problems.raise_if_any(skip_bad)
-    counts.update({f"skipped: {k}": n for k, n in problems.counts().items()})
-    return Conversion(builder.to_dict(), os.path.abspath(root), counts)
+    return splits
+
+
+def _check_orphan_labels(images: list[str], label_dirs: list[str], problems: Problems) -> None:
+    """A problem for each label file whose image is gone."""
+    stems = {os.path.splitext(p)[0] for p in images}
+    for label_dir in label_dirs:
+        for txt in sorted(glob.glob(os.path.join(label_dir, "**", "*.txt"), recursive=True)):
+            if _image_path_stem(txt) not in stems:
+                problems.add("label file without its image", txt, "no image with this name in the images "
+                             "folder; add the image or delete the label file")
+
+
+def _add_image(image_path: str, root: str, split: str, layout: _Layout, builder: CocoBuilder, problems: Problems,
+               counts: dict) -> None:
+    """Add one image and the instances of its label file (an image without one has no instances)."""
+    label_path = _label_path(image_path)
+    width, height = image_size(image_path)
+    image_id = builder.add_image(relative_to(root, image_path), width, height, split=split)
+    counts["images"] += 1
+    if not os.path.isfile(label_path):
+        counts["images_without_labels"] += 1
+        return
+    with open(label_path) as f:
+        lines = f.read().splitlines()
+    for line_no, line in enumerate(lines, start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        instance = _read_instance(parts, f"{label_path}: line {line_no}", layout, width, height, problems)
+        if instance is None:
+            continue
+        cls, bbox, kp = instance
+        if builder.add_instance(image_id, kp, bbox=bbox, category_id=cls + 1):
+            counts["instances"] += 1
+
+
+def _read_instance(parts: list[str], where: str, layout: _Layout, width: int, height: int,
+                   problems: Problems) -> tuple[int, list[float], np.ndarray] | None:
+    """``(class index, COCO bbox [x, y, w, h], keypoints [K, 3])`` of one label line (pixel-index points), or
+    None after adding a problem. A bad point is a problem but leaves the rest of the instance."""
+    if len(parts) != layout.columns:
+        problems.add("wrong number of columns", where, f"{len(parts)} values; kpt_shape {layout.kpt_shape} "
+                     f"needs 5 + {layout.num_k} x {layout.dims} = {layout.columns}")
+        return None
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        problems.add("bad number", where, "a value is not a number")
+        return None
+    cls = int(values[0])
+    if cls != values[0] or not 0 <= cls < len(layout.class_names):
+        problems.add("unknown class", where, f"class {parts[0]} is not in names {layout.class_names}")
+        return None
+    cx, cy, w, h = values[1:5]
+    bbox = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
+    pts = np.array(values[5:]).reshape(layout.num_k, layout.dims)
+    return cls, bbox, _read_points(pts, where, width, height, problems)
+
+
+def _read_points(pts: np.ndarray, where: str, width: int, height: int, problems: Problems) -> np.ndarray:
+    """[K, 3] pixel-index (x, y, v) of a line's normalised points ``pts`` ([K, 2] or [K, 3]); a point with a
+    bad visibility or outside the image is a problem and stays unlabelled."""
+    num_k, dims = pts.shape
+    kp = np.zeros((num_k, 3))
+    for k in range(num_k):
+        nx, ny = pts[k, 0], pts[k, 1]
+        v = pts[k, 2] if dims == 3 else (0.0 if nx == 0 and ny == 0 else 2.0)
+        if v not in (0, 1, 2):
+            problems.add("bad visibility", where, f"point {k} has visibility {v:g}; use 0, 1 or 2")
+            continue
+        if v == 0:
+            continue
+        x, y = nx * width - 0.5, ny * height - 0.5
+        if outside_image(x, y, width, height):
+            problems.add("point outside the image", where, f"point {k} at normalised ({nx:g}, {ny:g}) "
+                         f"is outside [0, 1]")
+            continue
+        kp[k] = (x, y, v)
+    return kp
 
 
 def coco_to_yolo(coco: dict, image_root: str, output_dir: str, copy_images: bool = False,
@@ -137,8 +195,6 @@ def coco_to_yolo(coco: dict, image_root: str, output_dir: str, copy_images: bool
     Each image goes to its ``"split"`` (``default_split`` when it has none). Crowd annotations are left out.
     Reading the result back with :func:`convert_yolo` gives the same keypoints and boxes to float precision.
     """
-    import shutil
-
     cats = [c for c in coco.get("categories", []) if c.get("keypoints")]
     if not cats:
         raise DataError("the COCO file has no category with keypoints; YOLO-pose needs one")
