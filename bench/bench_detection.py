@@ -211,9 +211,9 @@ def bench_multilevel_targets(args, boxes_np, labels_np, mask_np) -> None:
 
 @torch.no_grad()
 def bench_inference(args) -> None:
-    from engine.config import load_config
-    from engine.inference import DetectionPredictor
+    from engine.inference.predictors import DetectionPredictor
     from engine.tasks import detection as det_task
+    from engine.tasks.registry import load_config
 
     cfg = load_config(args.config, args.override)
     meta = det_task.DetectionMeta([f"c{i}" for i in range(args.classes)], list(range(1, args.classes + 1)))

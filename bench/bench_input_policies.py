@@ -21,10 +21,9 @@ import time
 import torch
 
 from datasets.input_policy import INPUT_POLICIES
-from engine.activation_memory import saved_tensor_bytes
-from engine.config import load_config
-from engine.tasks.registry import build_experiment
-from engine.training_setup import train
+from engine.tasks.registry import build_experiment, load_config
+from engine.train.activation_memory import saved_tensor_bytes
+from engine.train.run import train
 from tools._common import setup_logging
 
 CONFIG = "configs/cls_resnet10t_synthetic-shapes_32x32.yaml"

@@ -25,10 +25,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets.skeletons import COCO_FLIP_INDEX, COCO_KEYPOINT_NAMES, COCO_SIGMAS, COCO_SKELETON  # noqa: E402
 from engine.checkpoint import save_checkpoint  # noqa: E402
-from engine.config import config_to_dict, load_config  # noqa: E402
-from engine.onnx_export import export_onnx  # noqa: E402
-from engine.onnx_runtime import OnnxModule  # noqa: E402
+from engine.config.loading import config_to_dict  # noqa: E402
+from engine.export.exporter import export_onnx  # noqa: E402
+from engine.export.runtime import OnnxModule  # noqa: E402
 from engine.tasks import keypoints as kp  # noqa: E402
+from engine.tasks.registry import load_config  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:

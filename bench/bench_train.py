@@ -28,13 +28,12 @@ import time
 
 import torch
 
-from engine.config import load_config
-from engine.ema import ModelEMA
-from engine.optim import build_optimizer, build_scheduler
-from engine.precision import cpu_has_native_bf16, resolve_precision
-from engine.tasks.registry import build_experiment
-from engine.trainer import Trainer, TrainerOptions
-from engine.training_setup import seed_everything
+from engine.tasks.registry import build_experiment, load_config
+from engine.train.ema import ModelEMA
+from engine.train.loop import Trainer, TrainerOptions
+from engine.train.optim import build_optimizer, build_scheduler
+from engine.train.precision import cpu_has_native_bf16, resolve_precision
+from engine.train.run import seed_everything
 
 
 def images_per_second(fn, steps: int, batch_size: int, warmup: int = 2) -> float:

@@ -147,10 +147,10 @@ def predict(args) -> dict:
 
 # ---------------------------------------------------------------------------------------------- score
 def score(args) -> dict:
-    from engine.coco_eval import coco_eval
-    from engine.config import load_config
-    from engine.face_metrics import FaceReportConfig, build_face_report, evaluate_detected, plot_ced
+    from engine.evaluation.coco import coco_eval
+    from engine.evaluation.face_metrics import FaceReportConfig, build_face_report, evaluate_detected, plot_ced
     from engine.tasks import keypoints as kp
+    from engine.tasks.registry import load_config
 
     cfg = load_config(args.config, args.overrides)
     val_data, meta = kp.load_split_and_meta(cfg, cfg.data.val)

@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from engine.smoothing import TrackSmoother, jitter  # noqa: E402
-from engine.tracking import PoseTracker  # noqa: E402
-from engine.two_stage import DetectionFileBoxes  # noqa: E402
-from engine.video import VideoSource  # noqa: E402
-from engine.video_infer import VideoPoseRunner, load_keypoint_predictor  # noqa: E402
+from engine.inference.box_sources import DetectionFileBoxes  # noqa: E402
+from engine.inference.loading import load_keypoint_predictor  # noqa: E402
+from engine.video.frames import VideoSource  # noqa: E402
+from engine.video.runner import VideoPoseRunner  # noqa: E402
+from engine.video.smoothing import TrackSmoother, jitter  # noqa: E402
+from engine.video.tracking import PoseTracker  # noqa: E402
 
 
 def dark_blob_boxes(video: str, start: int, stop: int | None, stride: int, pad: float = 0.15,

@@ -25,18 +25,13 @@ import numpy as np
 import torch
 
 from engine.distributed import resolve_device
-from engine.inference import load_for_inference
-from engine.smoothing import TrackSmoother
-from engine.tracking import PoseTracker
-from engine.two_stage import (
-    DetectorBoxes,
-    WholeImageBoxes,
-    detector_boxes,
-    load_keypoint_predictor,
-    rescore_and_suppress,
-)
-from engine.video import VideoSource
-from engine.video_infer import FrameResult, VideoPoseRunner
+from engine.inference.box_sources import DetectorBoxes, WholeImageBoxes, detector_boxes
+from engine.inference.loading import load_for_inference, load_keypoint_predictor
+from engine.inference.pipeline import rescore_and_suppress
+from engine.video.frames import VideoSource
+from engine.video.runner import FrameResult, VideoPoseRunner
+from engine.video.smoothing import TrackSmoother
+from engine.video.tracking import PoseTracker
 from models.errors import CheckpointError, InputError
 
 __all__ = ["Detector", "FrameResult", "KeypointModel", "load"]

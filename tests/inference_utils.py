@@ -6,8 +6,9 @@ import torch
 
 from datasets.skeletons import COCO_FLIP_INDEX, COCO_KEYPOINT_NAMES, COCO_SIGMAS, COCO_SKELETON
 from engine.checkpoint import save_checkpoint
-from engine.config import config_from_dict, config_to_dict
+from engine.config.loading import config_to_dict
 from engine.tasks import keypoints as kp
+from engine.tasks.registry import config_from_dict
 
 TINY_KPT_MODEL = {"out_indices": [1, 2, 3], "fpn_channels": 16, "head_channels": 16, "depth": 2, "num_stacks": 1}
 

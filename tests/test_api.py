@@ -12,7 +12,8 @@ import torch
 
 from datasets.synthetic_video import render_moving_figures, write_video
 from engine.checkpoint import save_checkpoint
-from engine.config import config_from_dict, config_to_dict
+from engine.config.loading import config_to_dict
+from engine.tasks.registry import config_from_dict
 from models.errors import InputError
 from tests.inference_utils import tiny_keypoint_checkpoint
 
@@ -69,7 +70,7 @@ def test_readme_snippet_runs_as_written(workdir, monkeypatch, capsys):
 
 def test_api_agrees_with_the_predictor_and_checks_its_input(workdir):
     from engine.api import Detector, KeypointModel, load
-    from engine.video_infer import load_keypoint_predictor
+    from engine.inference.loading import load_keypoint_predictor
 
     pose = load(os.path.join(workdir, "runs/pose/best.pt"), device="cpu")
     assert isinstance(pose, KeypointModel) and len(pose.keypoint_names) == 17
@@ -105,12 +106,13 @@ def test_detector_keeps_the_categories_asked_for_on_images_as_on_videos(workdir,
 
 
 def test_load_reads_the_checkpoint_once(workdir, monkeypatch):
-    import engine.checkpoint
+    import engine.tasks.registry
     from engine.api import load
 
     calls = []
-    original = engine.checkpoint.load_checkpoint
-    monkeypatch.setattr(engine.checkpoint, "load_checkpoint", lambda *a, **k: calls.append(a) or original(*a, **k))
+    original = engine.tasks.registry.load_checkpoint      # the one place a checkpoint is read for inference
+    monkeypatch.setattr(engine.tasks.registry, "load_checkpoint",
+                        lambda *a, **k: calls.append(a) or original(*a, **k))
     load(os.path.join(workdir, "runs/pose/best.pt"), device="cpu")
     load(os.path.join(workdir, "runs/det/best.pt"), device="cpu")
     assert len(calls) == 2

@@ -11,8 +11,8 @@ import torch
 
 from datasets.synthetic_classification import SyntheticClassificationSpec, write_image_folder
 from engine.checkpoint import FORMAT_VERSION, load_checkpoint
-from engine.config import load_config
-from engine.nonfinite import NonFiniteError
+from engine.tasks.registry import load_config
+from engine.train.nonfinite import NonFiniteError
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def test_cli_trains_and_writes_a_complete_run_folder(tmp_path):
     assert summary["main_metric"] == "top1"
     steps = list(csv.DictReader(open(os.path.join(run, "steps.csv"))))
     assert len(steps) == 6 and {"loss", "lr", "grad_norm", "images_per_s"} <= set(steps[0])
-    from engine.inference import load_for_inference
+    from engine.inference.loading import load_for_inference
 
     cfg, model, _ = load_for_inference(os.path.join(run, "best.pt"), torch.device("cpu"))
     assert cfg.task == "classification" and model(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 8)

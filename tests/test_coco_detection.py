@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from datasets.coco_detection import coco_detection_subset, load_coco_detection
-from engine.coco_eval import coco_eval
-from engine.config import load_config
+from engine.evaluation.coco import coco_eval
+from engine.tasks.registry import load_config
 from models.errors import DataError
 
 FRUITS_CONFIG = "configs/centernet-fpn_resnet18_fruits-nuts_320x240.yaml"

@@ -15,8 +15,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from datasets.skeletons import COCO_SIGMAS
-from engine.coco_eval import KEYPOINT_METRICS, coco_eval, load_coco
-from engine.keypoint_metrics import nme, pck
+from engine.evaluation.coco import KEYPOINT_METRICS, coco_eval, load_coco
+from engine.evaluation.keypoint_metrics import nme, pck
 
 
 @pytest.fixture(scope="module")

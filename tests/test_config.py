@@ -7,7 +7,9 @@ import os
 
 import pytest
 
-from engine.config import ConfigError, config_from_dict, config_to_dict, load_config, save_config
+from engine.config.loading import config_to_dict, save_config
+from engine.tasks.registry import config_from_dict, load_config
+from models.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "configs", "hg-fpn_resnet18_synthetic-kpt_64x96.yaml")

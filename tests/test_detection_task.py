@@ -17,7 +17,8 @@ from torch import nn
 from datasets.coco_detection import coco_detection_subset, load_coco_detection
 from datasets.detection_transforms import DetectionTransformDataset, collate_detection
 from datasets.image_io import read_image_rgb
-from engine.inference import DetectionPredictor
+from engine.evaluation.evaluator import evaluate_model
+from engine.inference.predictors import DetectionPredictor
 from engine.tasks.detection import DetectionMeta, DetectionTask
 from models.bbox import box_iou
 from models.box_codec import CenterNetCodec, logit
@@ -52,7 +53,8 @@ def _oracle_setup(ann_file, image_root, input_size, batch_size=4):
 
 
 def _check_oracle(data, loader, model, task):
-    metrics, results = task.evaluate(model, loader)
+    metrics, evaluator = evaluate_model(task, model, loader)
+    results = evaluator.results
     assert metrics["AP"] == pytest.approx(1.0) and metrics["AP75"] == pytest.approx(1.0)
     assert len(results) == data.num_objects
     # Every box comes back at its image position (inclusive xyxy, +1 widths) with its category.
@@ -189,6 +191,7 @@ def test_validation_is_sharded_over_ranks_and_gathered(tiny_synthetic_detection,
     are gathered before COCOeval: the oracle's shares together score AP 1.0 over the whole set, one share alone
     does not."""
     import engine.tasks.detection as det
+    import engine.tasks.detection.evaluator as det_evaluator
 
     t = tiny_synthetic_detection
     ann_file, image_root, input_size = t["val"], t["images"], (128, 128)
@@ -213,10 +216,11 @@ def test_validation_is_sharded_over_ranks_and_gathered(tiny_synthetic_detection,
     ids1 = [int(i) for b in loader1 for i in b["image_id"]]
     assert not set(ids0) & set(ids1) and sorted(ids0 + ids1) == sorted(data.image_ids)
     other_rank = task.predict(model1, loader1)
-    monkeypatch.setattr(det, "all_gather_list", lambda records: records + other_rank)
-    metrics, results = task.evaluate(model0, loader0)
+    monkeypatch.setattr(det_evaluator, "all_gather_list", lambda records: records + other_rank)
+    metrics, evaluator = evaluate_model(task, model0, loader0)
+    results = evaluator.results
     assert metrics["AP"] == pytest.approx(1.0) and len(results) == data.num_objects
 
-    monkeypatch.setattr(det, "all_gather_list", lambda records: records)     # rank 0's share alone
-    alone, _ = task.evaluate(shard(0)[1], loader0)
+    monkeypatch.setattr(det_evaluator, "all_gather_list", lambda records: records)     # rank 0's share alone
+    alone, _ = evaluate_model(task, shard(0)[1], loader0)
     assert alone["AR100"] < 0.75

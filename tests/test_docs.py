@@ -69,6 +69,6 @@ def test_documented_command_is_valid(doc, command):
     parsed = tool.get_args_parser().parse_args(args)          # exits (SystemExit) on unknown flags
     config = getattr(parsed, "config", None)
     if config and not config.startswith("<") and "/my" not in config and "X." not in config:
-        from engine.config import load_config
+        from engine.tasks.registry import load_config
 
         load_config(os.path.join(REPO, config), [o for o in getattr(parsed, "overrides", []) or [] if "=" in o])

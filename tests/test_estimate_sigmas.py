@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from engine.keypoint_metrics import estimate_oks_sigmas
+from engine.evaluation.keypoint_metrics import estimate_oks_sigmas
 
 
 def test_recovers_generating_sigmas():

@@ -270,8 +270,9 @@ def _fake_checkpoint(path: str, task: str) -> str:
 def _tiny_keypoint_checkpoint(s) -> str:
     """An untrained tiny openfield model saved as tools.train saves one."""
     from engine.checkpoint import save_checkpoint
-    from engine.config import config_to_dict, load_config
+    from engine.config.loading import config_to_dict
     from engine.tasks import keypoints as kp
+    from engine.tasks.registry import load_config
 
     cfg = load_config(s["cfg"], KPT_TINY)
     data, meta = kp.load_split_and_meta(cfg, cfg.data.val)
@@ -336,7 +337,7 @@ def test_eval_and_browse_refuse_nan_ground_truth(kpt_set, capsys):
 
 
 def test_draw_keypoints_skips_nan_points():
-    from engine.visualize import draw_keypoints
+    from engine.inference.drawing import draw_keypoints
 
     image = np.zeros((20, 20, 3), np.uint8)
     kpts = np.array([[[5, 5, 1.0], [np.nan, 3, 1.0], [4, 4, np.nan]]])
@@ -379,7 +380,7 @@ def test_full_disk_names_the_file_and_keeps_the_previous_checkpoint(tmp_path, mo
 @pytest.mark.slow
 def test_ctrl_c_says_where_and_how_to_resume_then_the_command_resumes(kpt_set, capsys, monkeypatch):
     from engine.checkpoint import load_checkpoint
-    from engine.trainer import Trainer
+    from engine.train.loop import Trainer
     from tools import train
 
     original = Trainer.train_one_epoch
@@ -430,7 +431,7 @@ def test_an_epoch_without_a_single_sample_is_an_error_and_saves_nothing(kpt_set,
 # ---------------------------------------------------------------------------------------------- readers
 def test_skip_policy_drops_and_counts_and_the_ground_truth_agrees(kpt_set, caplog):
     from datasets.coco_keypoints import load_coco_keypoints
-    from engine.coco_eval import coco_eval
+    from engine.evaluation.coco import coco_eval
     from engine.tasks.keypoints import coco_subset
 
     val = json.load(open(kpt_set["val"]))

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.freeze import (
+from engine.train.freeze import (
     freeze_batchnorm,
     freeze_parameters,
     freeze_stages,
     stage_parameter_names,
     trainable_summary,
 )
-from engine.optim import build_optimizer
+from engine.train.optim import build_optimizer
 from models.classifier import ImageClassifier
 from models.pose import build_pose_model
 

@@ -184,7 +184,7 @@ def test_detection_reader_yields_finite_targets_or_a_data_error(det_base, data, 
 # ---------------------------------------------------------------------------------------------- evaluation
 def _evaluate(path: str, kind: str, policy: str) -> None:
     """Ground truth through the project's path, predictions equal to it, COCOeval checked from inside."""
-    import engine.coco_eval as ce
+    import engine.evaluation.coco as ce
     from datasets.coco_common import load_validated_ground_truth
 
     try:
@@ -232,7 +232,7 @@ def test_detection_evaluation_refuses_or_scores_finite(det_base, data, policy):
 
 def test_unmutated_sets_score_ap_one(kpt_base, det_base):
     """The fuzz bases are valid: their ground truth as predictions scores AP 1 (the properties start from sense)."""
-    from engine.coco_eval import coco_eval
+    from engine.evaluation.coco import coco_eval
 
     for (_root, base), kind in ((kpt_base, "keypoints"), (det_base, "bbox")):
         clean, dropped = validate_coco(base, "base", "keypoints" if kind == "keypoints" else "detection")

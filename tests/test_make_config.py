@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 
 from datasets.skeletons import COCO_KEYPOINT_NAMES, COCO_SIGMAS
-from engine.config import load_config
-from engine.keypoint_metrics import estimate_oks_sigmas
-from engine.starter_config import (
+from engine.config.starter import (
     UNIFORM_SIGMA,
     choose_flip,
     choose_input_size,
@@ -22,6 +20,8 @@ from engine.starter_config import (
     repeated_pairs,
     source_splits,
 )
+from engine.evaluation.keypoint_metrics import estimate_oks_sigmas
+from engine.tasks.registry import load_config
 from tools import convert as convert_tool
 from tools import make_config
 

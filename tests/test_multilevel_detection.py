@@ -14,9 +14,10 @@ from torch import nn
 from bench.bench_detection import centernet_style_targets
 from datasets.coco_detection import coco_detection_subset, load_coco_detection
 from datasets.detection_transforms import DetectionTransformDataset, collate_detection
-from engine.config import load_config
+from engine.evaluation.evaluator import evaluate_model
 from engine.tasks import detection as det_task
 from engine.tasks.detection import DetectionMeta, DetectionTask
+from engine.tasks.registry import load_config
 from models.box_codec import MultiLevelCenterNetCodec, assign_levels, default_size_bounds, logit
 from models.detector import MultiLevelCenterNetDetector, build_detector
 from models.errors import ConfigError
@@ -238,7 +239,8 @@ def test_multi_level_oracle_scores_ap_one_on_synthetic(tiny_synthetic_detection)
     assert used == {0, 1, 2, 3}
     gt = coco_detection_subset(t["val"], data.image_ids, data.category_ids)
     task = DetectionTask(codec, DetectionMeta(data.class_names, data.category_ids), gt, progress=False)
-    metrics, results = task.evaluate(OracleDetector(outputs), loader)
+    metrics, evaluator = evaluate_model(task, OracleDetector(outputs), loader)
+    results = evaluator.results
     assert metrics["AP"] == pytest.approx(1.0) and metrics["AP75"] == pytest.approx(1.0)
     assert len(results) == data.num_objects
 

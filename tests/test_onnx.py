@@ -15,7 +15,8 @@ import torch
 
 from datasets.synthetic_video import render_moving_figures
 from engine.checkpoint import save_checkpoint
-from engine.config import config_from_dict, config_to_dict
+from engine.config.loading import config_to_dict
+from engine.tasks.registry import config_from_dict
 from models.errors import CheckpointError, InputError
 from tests.inference_utils import tiny_keypoint_checkpoint
 
@@ -43,7 +44,7 @@ def _crops(n: int = 12, size=(32, 48), seed: int = 0) -> torch.Tensor:
 
 
 def test_heatmaps_match_pytorch_and_the_batch_is_dynamic(exported):
-    from engine.inference import load_for_inference
+    from engine.inference.loading import load_for_inference
 
     _, model, _ = load_for_inference(exported["ckpt"], torch.device("cpu"))
     _, onnx_model, state = load_for_inference(exported["onnx"], torch.device("cpu"))
@@ -114,8 +115,8 @@ def test_onnx_parity_on_real_images(exported, shared_data, tmp_path):
 
 
 def test_decoding_in_the_graph_matches_pytorch(exported):
-    from engine.inference import load_for_inference
-    from engine.onnx_runtime import DecodedKeypointRunner
+    from engine.export.runtime import DecodedKeypointRunner
+    from engine.inference.loading import load_for_inference
     from engine.tasks import keypoints as kp
 
     cfg, model, state = load_for_inference(exported["ckpt"], torch.device("cpu"))
@@ -129,7 +130,7 @@ def test_decoding_in_the_graph_matches_pytorch(exported):
 
 
 def test_mismatches_and_wrong_flags_are_named_errors(exported, tmp_path):
-    from engine.onnx_runtime import check_matches_checkpoint
+    from engine.export.runtime import check_matches_checkpoint
     from tools import infer
 
     other = tiny_keypoint_checkpoint(str(tmp_path / "other.pt"), input_size=(64, 96))
@@ -165,7 +166,8 @@ def test_mismatches_and_wrong_flags_are_named_errors(exported, tmp_path):
 @pytest.mark.parametrize("head", [{}, {"head": "multi_level", "head_strides": [4, 8, 16], "shared_head": False}],
                          ids=["single_level", "multi_level"])
 def test_detector_export_matches_pytorch(tmp_path, head):
-    from engine.inference import DetectionPredictor, load_for_inference
+    from engine.inference.loading import load_for_inference
+    from engine.inference.predictors import DetectionPredictor
     from engine.tasks import detection as det_task
     from tools import export
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, lr_factor, parameter_groups
+from engine.train.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, lr_factor, parameter_groups
 
 
 def small_net() -> nn.Module:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from trainer_utils import make_trainer, toy_model
 
-from engine import precision as prec
+from engine.train import precision as prec
 
 
 @pytest.mark.parametrize("explicit", ["fp32", "bf16", "fp16"])

@@ -12,10 +12,11 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from engine.config import ConfigError, load_config
 from engine.tasks.keypoints import build_model
+from engine.tasks.registry import load_config
 from models.backbone import Backbone
 from models.classifier import ImageClassifier
+from models.errors import ConfigError
 
 
 @pytest.fixture

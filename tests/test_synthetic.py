@@ -12,7 +12,7 @@ import pytest
 
 from datasets.skeletons import COCO_KEYPOINT_NAMES, COCO_SIGMAS
 from datasets.synthetic import SyntheticKeypointSpec, ensure_synthetic_dataset, generate_split
-from engine.coco_eval import coco_eval
+from engine.evaluation.coco import coco_eval
 
 TINY = dict(num_train_images=3, num_val_images=2, min_image_size=96, max_image_size=128,
             min_figure_height=40.0, max_figure_height=90.0)

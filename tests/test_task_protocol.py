@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config import load_config
 from engine.tasks import classification, detection, keypoints
 from engine.tasks.base import Experiment, SavesArtifacts, Task
-from engine.tasks.registry import EXPERIMENT_BUILDERS, build_experiment
+from engine.tasks.registry import TASKS, build_experiment, load_config
 from models.errors import ConfigError
 
 
@@ -24,7 +23,7 @@ def _tasks():
 @pytest.mark.parametrize("task", _tasks(), ids=lambda t: type(t).__name__)
 def test_every_task_class_satisfies_the_task_protocol(task):
     assert isinstance(task, Task)
-    for name in ("training_step", "validate", "batch_ids"):
+    for name in ("training_step", "validate", "batch_ids", "evaluator", "predict_batches"):
         assert callable(getattr(task, name)), name
 
 
@@ -44,7 +43,7 @@ def test_only_classification_saves_artifacts():
 
 
 def test_the_task_table_names_every_task_module():
-    assert set(EXPERIMENT_BUILDERS) == {"keypoints", "detection", "classification"}
+    assert {"keypoints", "detection", "classification"} <= set(TASKS)
     cfg = load_config("configs/cls_resnet10t_synthetic-shapes_32x32.yaml")
     cfg.task = "segmentation"
     with pytest.raises(ConfigError, match="segmentation"):

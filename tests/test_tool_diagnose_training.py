@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from trainer_utils import ToyDataset, ToyTask, loader
 
-from engine.diagnose import diagnose_curves, lr_range_test, overfit_one_batch, take
+from engine.train.diagnose import diagnose_curves, lr_range_test, overfit_one_batch, take
 from models.errors import InputError, RunDirError
 
 TINY_MODEL = ["model.out_indices=[1,2,3]", "model.fpn_channels=16", "model.head_channels=16", "model.depth=2",

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from engine.config import load_config
+from engine.tasks.registry import load_config
 from tools import fpn_inputs as fi
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

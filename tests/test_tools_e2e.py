@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from engine.checkpoint import load_checkpoint
-from engine.config import ConfigError
-from models.errors import InputError
+from models.errors import ConfigError, InputError
 
 pytestmark = pytest.mark.slow
 
@@ -232,7 +231,7 @@ def test_eval_face_report_on_ground_truth_and_on_a_boxes_file(trained, tmp_path)
     saved = json.load(open(tmp_path / "gt" / "metrics.json"))
     assert saved["boxes"] == "ground truth" and saved["metrics"]["NME"] == m["NME"]
 
-    from engine.config import load_config
+    from engine.tasks.registry import load_config
 
     cfg = load_config(trained["cfg"])
     anns = json.load(open(cfg.data.val.ann_file))["annotations"]
@@ -254,7 +253,7 @@ def test_eval_face_report_on_ground_truth_and_on_a_boxes_file(trained, tmp_path)
 def test_stride_2_heatmaps_adaptive_wing_and_occlusion_train_evaluate_and_load(tmp_path, tiny_synthetic):
     """The face-recipe levers end to end: stride-2 heatmaps (one more FPN level), the Adaptive Wing loss,
     occlusion patches and blur; the checkpoint carries them, so evaluation and inference rebuild the same."""
-    from engine.inference import load_for_inference
+    from engine.inference.loading import load_for_inference
     from engine.tasks.keypoints import build_codec
     from tools import eval as eval_tool
     from tools import train

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from engine.smoothing import OneEuroFilter, TrackSmoother, jitter
-from engine.tracking import PoseTracker, match
+from engine.video.smoothing import OneEuroFilter, TrackSmoother, jitter
+from engine.video.tracking import PoseTracker, match
 
 SIGMAS = [0.1, 0.1, 0.1]
 

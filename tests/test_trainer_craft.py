@@ -11,7 +11,7 @@ from torch import nn
 from trainer_utils import ToyDataset, ToyTask, loader, make_trainer, toy_model
 
 from engine.checkpoint import load_checkpoint
-from engine.ema import ModelEMA
+from engine.train.ema import ModelEMA
 
 
 def one_epoch(model, tmp_path, data, batch_size, accumulate, lr=0.5, **options):
@@ -112,7 +112,7 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
     import numpy as np
 
     from engine.checkpoint import save_checkpoint
-    from engine.trainer import rng_state, set_rng_state
+    from engine.train.loop import rng_state, set_rng_state
 
     random.seed(1)
     np.random.seed(2)

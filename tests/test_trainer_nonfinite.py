@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from trainer_utils import ToyDataset, ToyTask, make_trainer, toy_model
 
-from engine.nonfinite import NonFiniteError
+from engine.train.nonfinite import NonFiniteError
 
 
 class Log(nn.Module):

@@ -39,8 +39,8 @@ def stop_after(epochs: int):
 
 
 def test_four_epochs_equal_two_plus_two(tmp_path):
-    from engine.config import load_config
-    from engine.training_setup import train
+    from engine.tasks.registry import load_config
+    from engine.train.run import train
     from tools import train as train_tool
 
     threads = torch.get_num_threads()

@@ -14,10 +14,14 @@ import torch
 
 from datasets.skeletons import COCO_FLIP_INDEX, COCO_KEYPOINT_NAMES, COCO_SIGMAS, COCO_SKELETON
 from engine.checkpoint import save_checkpoint
-from engine.config import KeypointConfig, config_to_dict, load_config
-from engine.oks_nms import oks_matrix, oks_nms
+from engine.config.loading import config_to_dict
+from engine.inference.box_sources import DetectionFileBoxes, DetectorBoxes
+from engine.inference.detection_files import load_detections
+from engine.inference.oks_nms import oks_matrix, oks_nms
+from engine.inference.pipeline import TwoStagePipeline
 from engine.tasks import keypoints as kp
-from engine.two_stage import DetectionFileBoxes, DetectorBoxes, TwoStagePipeline, load_detections
+from engine.tasks.keypoints.schema import KeypointConfig
+from engine.tasks.registry import load_config
 from models.bbox import box_to_center_size
 from models.errors import InputError
 
@@ -89,7 +93,7 @@ def test_pipeline_rescores_and_drops_duplicate_poses():
 
 
 def test_images_videos_and_the_api_rank_poses_by_the_same_unrounded_scores():
-    from engine.two_stage import rescore_and_suppress
+    from engine.inference.pipeline import rescore_and_suppress
 
     # Two poses whose instance scores differ by 1e-8: rounded to 6 decimals (as the written results are) they
     # would tie and keep the box order; the image pipeline, the video runner and engine.api rank the better first.
@@ -196,7 +200,7 @@ TINY_KPT = {"model": {"out_indices": [1, 2, 3], "fpn_channels": 16, "head_channe
 @pytest.fixture(scope="module")
 def keypoint_checkpoint(tmp_path_factory) -> str:
     """An untrained tiny keypoint model saved like tools.train saves one (the pipeline, not its accuracy)."""
-    from engine.config import config_from_dict
+    from engine.tasks.registry import config_from_dict
 
     torch.manual_seed(0)
     split = {"ann_file": "x", "image_root": "x"}
@@ -497,7 +501,7 @@ def test_boxes_of_several_categories_default_to_the_keypoint_models(shared_data,
 
 
 def test_keypoints_tight_box_hand_values_and_fallback():
-    from engine.inference import keypoints_tight_box
+    from engine.inference.predictors import keypoints_tight_box
 
     points = np.array([[[10.0, 20.0], [50.0, 80.0], [30.0, 25.0]],        # spans 40 x 60
                        [[5.0, 5.0], [5.5, 40.0], [5.0, 9.0]],             # 0.5 px wide: degenerate
@@ -509,7 +513,7 @@ def test_keypoints_tight_box_hand_values_and_fallback():
 
 
 def test_recrop_passes_crop_again_on_the_predicted_keypoints_box():
-    from engine.inference import TopDownPredictor
+    from engine.inference.predictors import TopDownPredictor
 
     seen = []
     answers = iter([np.array([[[10.0, 20.0, 0.9], [50.0, 80.0, 0.9]]]),

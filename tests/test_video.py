@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from datasets.synthetic_video import render_moving_figures, truth_detections, write_video
-from engine.pose_outputs import frame_results, read_dlc_csv, write_dlc_csv
-from engine.video import VideoSource, VideoWriter, split_inputs
+from engine.video.frames import VideoSource, VideoWriter, split_inputs
+from engine.video.outputs import frame_results, read_dlc_csv, write_dlc_csv
 from models.errors import InputError
 from tests.inference_utils import tiny_keypoint_checkpoint
 
@@ -130,7 +130,8 @@ def test_dlc_csv_layout_with_and_without_individuals(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- pipeline
 def test_batched_frames_give_the_per_image_poses(checkpoint, clip):
-    from engine.video_infer import load_keypoint_predictor, predict_crops
+    from engine.inference.loading import load_keypoint_predictor
+    from engine.video.runner import predict_crops
 
     predictor, _ = load_keypoint_predictor(checkpoint, torch.device("cpu"), batch_size=3)
     rng = np.random.default_rng(0)
@@ -234,8 +235,8 @@ class _MovingDetector:
 
 
 def test_detector_every_n_frames_reuses_its_last_boxes(clip):
-    from engine.two_stage import DetectorBoxes
-    from engine.video_infer import VideoPoseRunner
+    from engine.inference.box_sources import DetectorBoxes
+    from engine.video.runner import VideoPoseRunner
 
     det = _MovingDetector()
     runner = VideoPoseRunner(None, DetectorBoxes(det, score_threshold=0.5), det_every=3, batch_size=4)

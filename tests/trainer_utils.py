@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from datasets.sampler import SeededSampler
-from engine.trainer import Trainer, TrainerOptions
+from engine.train.loop import Trainer, TrainerOptions
 
 
 class ToyDataset(Dataset):

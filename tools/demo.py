@@ -22,8 +22,9 @@ import time
 import cv2
 import numpy as np
 
-from engine.config import load_config
+from datasets.synthetic_video import render_moving_figures, truth_detections, write_video
 from engine.tasks import keypoints as kp
+from engine.tasks.registry import load_config
 from tools import eval as eval_tool
 from tools import infer as infer_tool
 from tools import train as train_tool
@@ -77,8 +78,6 @@ def contact_sheet(paths: list[str], out_path: str, tile: int = 224, columns: int
 def run_video_stage(checkpoint: str, out_dir: str, quiet: list[str], timings: dict, num_frames: int = 48) -> dict:
     """Write a clip of moving synthetic figures and run it through ``tools.infer`` with tracking, on the
     figures' true boxes (the demo trains no detector; its evaluation uses ground-truth boxes too)."""
-    from datasets.synthetic_video import render_moving_figures, truth_detections, write_video
-
     os.makedirs(out_dir, exist_ok=True)
     frames, truth = render_moving_figures(num_frames=num_frames, size=(256, 192), num_figures=2,
                                           figure_height=120, speed=2.5, seed=7)

@@ -24,12 +24,11 @@ import os
 
 import torch
 
-from engine.config import load_config
-from engine.diagnose import diagnose_curves, first_batch, lr_range_test, overfit_one_batch, take
 from engine.distributed import resolve_device
-from engine.optim import build_optimizer
-from engine.tasks.registry import build_experiment
-from engine.training_setup import seed_everything
+from engine.tasks.registry import build_experiment, load_config
+from engine.train.diagnose import diagnose_curves, first_batch, lr_range_test, overfit_one_batch, take
+from engine.train.optim import build_optimizer
+from engine.train.run import seed_everything
 from models.errors import InputError, RunDirError
 from models.utils import write_json
 from tools._common import add_debug_flag, run_cli, setup_logging

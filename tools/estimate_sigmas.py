@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 
-from engine.keypoint_metrics import estimate_oks_sigmas
+from engine.evaluation.keypoint_metrics import estimate_oks_sigmas
 from models.errors import DataError
 from tools._common import add_debug_flag, run_cli
 

@@ -4,6 +4,11 @@
     python -m tools.eval --config configs/X.yaml --checkpoint runs/X/best.pt --boxes detections.json
     python -m tools.eval --config configs/X.yaml --checkpoint runs/X/best.pt --det-checkpoint runs/D/best.pt
     python -m tools.eval --config configs/centernet-X.yaml --checkpoint runs/D/best.pt      # a detector
+    python -m tools.eval --config configs/cls_X.yaml --checkpoint runs/C/best.pt            # a classifier
+
+Every task is scored by its own evaluator (engine/tasks/<task>/, the contract in
+engine/evaluation/evaluator.py), the same object that scores training-time validation; this tool only
+chooses what the model is run on and writes what the evaluator returns.
 
 Keypoint models are evaluated top-down, and which boxes they were given decides the number, so the report
 says which it used (``boxes`` in the printout and in metrics.json):
@@ -20,10 +25,11 @@ says which it used (``boxes`` in the printout and in metrics.json):
   ``--box-score-threshold`` the file's, both 0 by default (AP wants every box; tools.infer's detector default
   is 0.3).
 
-A detection config is evaluated with COCO bbox AP/AR (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l).
-Writes the COCO results JSON and the metrics JSON. With ``eval.face`` (landmark sets, e.g. the 300-W config)
-the metrics add the face-alignment report (engine/face_metrics.py: ``NME``, ``FR@t``, ``AUC@t``,
-``NME/<region>``, ``ms/face``) and ``ced.png`` is written beside them.
+A detection config is evaluated with COCO bbox AP/AR (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l), a
+classification config with top-k accuracy, mean class recall and loss. Writes the COCO results JSON (keypoints,
+detection) and the metrics JSON. With ``eval.face`` (landmark sets, e.g. the 300-W config) the metrics add the
+face-alignment report (engine/evaluation/face_metrics.py: ``NME``, ``FR@t``, ``AUC@t``, ``NME/<region>``,
+``ms/face``) and ``ced.png`` is written beside them.
 """
 
 from __future__ import annotations
@@ -36,19 +42,18 @@ import time
 
 from datasets.coco_common import resolve_image_path
 from engine.checkpoint import check_checkpoint_task, load_checkpoint, load_model_state
-from engine.coco_eval import coco_eval
-from engine.config import load_config
 from engine.distributed import resolve_device
-from engine.face_metrics import evaluate_detected, write_face_outputs
-from engine.tasks.detection import check_checkpoint_classes
-from engine.tasks.registry import build_evaluation
-from engine.two_stage import detection_file_boxes, detector_boxes, keypoint_pipeline, run_on_images
+from engine.evaluation.evaluator import WritesOutputs, evaluate_model
+from engine.inference.box_sources import DetectionFileBoxes
+from engine.inference.images import run_on_images
+from engine.inference.pipeline import keypoint_pipeline
+from engine.tasks.registry import build_evaluation, get_task, load_config
 from models.errors import InputError
 from models.utils import write_json
-from tools._common import add_box_source_flags, add_debug_flag, check_box_source_flags, run_cli, setup_logging
+from tools._box_flags import add_box_source_flags, box_source_from_args, check_box_source_flags
+from tools._common import add_debug_flag, run_cli, setup_logging
 
 log = logging.getLogger("tools.eval")
-RESULTS_FILE = {"keypoints": "keypoint_results.json", "detection": "detection_results.json"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -58,7 +63,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. eval.flip_test=false")
     p.add_argument("--output-dir", help="where to write results and metrics (default: next to the checkpoint)")
     p.add_argument("--device", help="auto | cpu | cuda (default: train.device from the config)")
-    p.add_argument("--compare-flip", action="store_true", help="also evaluate without flip testing and report the gain")
+    p.add_argument("--compare-flip", action="store_true",
+                   help="keypoints: also evaluate without flip testing and report the gain")
     add_box_source_flags(
         p, boxes_help="keypoints: evaluate on the boxes of this COCO detection-results file instead of the "
                       "ground-truth boxes",
@@ -75,66 +81,69 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     check_box_source_flags(args, "tools.eval")
     cfg = load_config(args.config, args.overrides)
-    if cfg.task == "detection" and (args.boxes or args.det_checkpoint):
-        raise InputError("tools.eval: --boxes/--det-checkpoint give a keypoint model its boxes; this config is a "
-                         "detector: leave them out")
+    entry = get_task(cfg.task)
+    detected = bool(args.boxes or args.det_checkpoint)
+    if detected and not entry.top_down:
+        raise InputError(f"tools.eval: --boxes/--det-checkpoint give a top-down keypoint model its boxes; this "
+                         f"config is a {cfg.task!r} model: leave them out")
     device = resolve_device(args.device or cfg.train.device)
     out_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
     state = load_checkpoint(args.checkpoint, map_location=device)
     check_checkpoint_task(state, args.checkpoint, cfg.task, args.config)   # before reading data for the wrong task
     exp = build_evaluation(cfg, device, progress=not args.no_progress)
-    if cfg.task == "detection":
-        check_checkpoint_classes(state, exp.meta, args.checkpoint, cfg.data.val.ann_file)
+    if entry.check_checkpoint is not None:
+        entry.check_checkpoint(state, exp, args.checkpoint)
     load_model_state(exp.model, state["model"], source=args.checkpoint)
     exp.model.eval()
-    if cfg.task == "detection":
-        report, results = evaluate_detector(args, cfg, exp)
-    elif args.boxes or args.det_checkpoint:
-        report, results = evaluate_on_detections(args, cfg, device, exp)
+    if detected:
+        report, evaluator = evaluate_on_detections(args, cfg, device, exp)
     else:
-        report, results = evaluate_on_ground_truth(args, cfg, exp)
+        report, evaluator = evaluate_on_loader(args, cfg, exp)
     os.makedirs(out_dir, exist_ok=True)
-    if cfg.task == "keypoints":
-        write_face_outputs(exp.task.face, out_dir, report)
-    write_json(os.path.join(out_dir, RESULTS_FILE[cfg.task]), results)
+    if isinstance(evaluator, WritesOutputs):
+        evaluator.write_outputs(out_dir, report)
+    if evaluator.results or cfg.task in RESULTS_FILE:
+        write_json(os.path.join(out_dir, RESULTS_FILE.get(cfg.task, f"{cfg.task}_results.json")), evaluator.results)
     write_json(os.path.join(out_dir, "metrics.json"), report, indent=2)
     print(format_metrics(report))
     return report
 
 
-def evaluate_on_ground_truth(args, cfg, exp) -> tuple[dict, list[dict]]:
-    """Keypoint AP/AR, PCK and NME with one crop per annotated instance (optionally with and without flip)."""
-    task, loader = exp.task, exp.val_loader
-    log.info("evaluating %s on %s (%d instances), top-down on ground-truth boxes, flip test %s",
-             args.checkpoint, cfg.data.val.ann_file, len(loader.dataset), "on" if task.flip_test else "off")
-    metrics, results = task.evaluate(exp.model, loader)
-    report = {"checkpoint": args.checkpoint, "ann_file": cfg.data.val.ann_file, "boxes": "ground truth",
-              "flip_test": cfg.eval.flip_test, "refine": cfg.eval.refine, "instances": len(loader.dataset),
-              "metrics": metrics}
+RESULTS_FILE = {"keypoints": "keypoint_results.json", "detection": "detection_results.json"}
+
+
+def evaluate_on_loader(args, cfg, exp) -> tuple[dict, object]:
+    """The task's evaluator on the validation loader (keypoints: one crop per annotated instance, on its
+    ground-truth box); with ``--compare-flip`` also with flip testing the other way, and the gain."""
+    ann_file = _val_ann_file(cfg)
+    log.info("evaluating %s on %s (%d samples)%s", args.checkpoint, ann_file or "the validation split",
+             len(exp.val_loader.dataset), f", flip test {'on' if exp.task.flip_test else 'off'}"
+             if hasattr(exp.task, "flip_test") else "")
+    metrics, evaluator = evaluate_model(exp.task, exp.model, exp.val_loader)
+    report = {"checkpoint": args.checkpoint, "ann_file": ann_file, **evaluator.describe(), "metrics": metrics}
     if args.compare_flip:
-        face_nme = task.face and task.face.last_face_nme    # the CED is drawn for the configured flip setting
-        other, _ = task.evaluate(exp.model, loader, flip_test=not cfg.eval.flip_test)
-        with_flip, without = (metrics, other) if cfg.eval.flip_test else (other, metrics)
+        if not hasattr(exp.task, "with_flip_test"):
+            raise InputError(f"tools.eval: --compare-flip compares flip testing of keypoint models; this config is "
+                             f"a {cfg.task!r} model")
+        other, _ = evaluate_model(exp.task.with_flip_test(not exp.task.flip_test), exp.model, exp.val_loader)
+        with_flip, without = (metrics, other) if exp.task.flip_test else (other, metrics)
         report.update(without_flip=without, with_flip=with_flip,
                       flip_gain={k: with_flip[k] - without[k] for k in with_flip})
-        if task.face:
-            task.face.last_face_nme = face_nme
-    return report, results
+    return report, evaluator
 
 
-def evaluate_on_detections(args, cfg, device, exp) -> tuple[dict, list[dict]]:
-    """Keypoint AP on detected boxes: the two-stage pipeline over every validation image."""
+def evaluate_on_detections(args, cfg, device, exp) -> tuple[dict, object]:
+    """A top-down keypoint model on detected boxes: the two-stage pipeline of tools.infer over every validation
+    image, scored by the same evaluator with the boxes' description."""
     task, val_data = exp.task, exp.val_data
-    if args.det_checkpoint:
-        source = detector_boxes(args.det_checkpoint, device, args.det_category, args.det_score_threshold or 0.0)
-    else:
-        cats = task.val_gt.get("categories", [])
-        if args.det_category:                   # names of every category of the validation json
-            with open(cfg.data.val.ann_file) as f:
-                cats = json.load(f).get("categories") or cats
-        names = {int(c["id"]): str(c["name"]) for c in cats if isinstance(c, dict) and "id" in c and "name" in c}
-        source = detection_file_boxes(args.boxes, args.box_score_threshold or 0.0, args.det_category, names,
-                                      task.meta.category_id)
+    cats = task.val_gt.get("categories", [])
+    if args.boxes and args.det_category:                   # names of every category of the validation json
+        with open(cfg.data.val.ann_file) as f:
+            cats = json.load(f).get("categories") or cats
+    names = {int(c["id"]): str(c["name"]) for c in cats if isinstance(c, dict) and "id" in c and "name" in c}
+    source = box_source_from_args(args, device, det_default_threshold=0.0, default_category_id=task.meta.category_id,
+                                  category_names=names)
+    if isinstance(source, DetectionFileBoxes):
         source.check_image_ids(val_data.image_ids, what=f"image of the validation split ({cfg.data.val.ann_file})")
     pipeline = keypoint_pipeline(args.checkpoint, device, oks_nms_threshold=args.oks_nms_threshold, model=exp.model,
                                  cfg=cfg, meta=task.meta)
@@ -143,39 +152,28 @@ def evaluate_on_detections(args, cfg, device, exp) -> tuple[dict, list[dict]]:
              "on" if cfg.eval.flip_test else "off")
     images = [(resolve_image_path(cfg.data.val.image_root, val_data.images[i]["file_name"], cfg.data.val.ann_file), i)
               for i in val_data.image_ids]
+    evaluator = task.evaluator(boxes=source.description, instances=val_data.instances, image_ids=val_data.image_ids)
     start = time.perf_counter()
     run = run_on_images(images, source, pipeline, progress=not args.no_progress)
-    seconds = time.perf_counter() - start
-    results = task.to_coco_results(run.records)
-    metrics = coco_eval(task.val_gt, results, "keypoints", sigmas=task.meta.oks_sigmas)
-    metrics.update(evaluate_detected(task.face, run.records, val_data.instances, val_data.image_ids, seconds))
-    report = {"checkpoint": args.checkpoint, "ann_file": cfg.data.val.ann_file, "boxes": source.description,
-              "boxes_used": run.num_boxes, "box_stats": run.box_stats, "instances": len(results),
-              "flip_test": cfg.eval.flip_test, "refine": cfg.eval.refine, "oks_nms_threshold": args.oks_nms_threshold,
+    evaluator.process(run.records, seconds=time.perf_counter() - start)
+    metrics = evaluator.evaluate()
+    report = {"checkpoint": args.checkpoint, "ann_file": cfg.data.val.ann_file, **evaluator.describe(),
+              "boxes_used": run.num_boxes, "box_stats": run.box_stats, "oks_nms_threshold": args.oks_nms_threshold,
               "metrics": metrics}
-    return report, results
+    return report, evaluator
 
 
-def evaluate_detector(args, cfg, exp) -> tuple[dict, list[dict]]:
-    """COCO bbox AP/AR of a detection checkpoint on the config's validation split."""
-    val_data = exp.val_data
-    log.info("evaluating detector %s on %s (%d images, %d objects)", args.checkpoint, cfg.data.val.ann_file,
-             len(val_data.images), val_data.num_objects)
-    metrics, results = exp.task.evaluate(exp.model, exp.val_loader)
-    report = {"checkpoint": args.checkpoint, "ann_file": cfg.data.val.ann_file, "task": "detection",
-              "images": len(val_data.images), "objects": val_data.num_objects, "classes": exp.meta.class_names,
-              "nms": cfg.eval.nms, "score_threshold": cfg.eval.score_threshold, "metrics": metrics}
-    return report, results
+def _val_ann_file(cfg) -> str | None:
+    val = getattr(cfg.data, "val", None)
+    return getattr(val, "ann_file", None)
 
 
 def format_metrics(report: dict) -> str:
-    m = report["metrics"]
-    if report.get("task") == "detection":
-        return "\n".join([f"detection: {report['images']} images, {report['objects']} objects, classes "
-                          f"{report['classes']}"] + [f"  {k:<9} {v:.4f}" for k, v in m.items()])
-    lines = [f"boxes: {report['boxes']}; flip test: {'on' if report['flip_test'] else 'off'}; "
-             f"refine: {report['refine']}; {report['instances']} instances"]
-    lines += [f"  {k:<9} {v:.4f}" for k, v in m.items()]
+    """The report as the lines tools.eval prints: what was scored, then one metric per line."""
+    described = {k: v for k, v in report.items() if k not in ("checkpoint", "ann_file", "metrics", "box_stats",
+                                                               "without_flip", "with_flip", "flip_gain")}
+    lines = ["; ".join(f"{k}: {v}" for k, v in described.items())]
+    lines += [f"  {k:<9} {v:.4f}" for k, v in report["metrics"].items()]
     if "flip_gain" in report:
         lines.append("flip test gain (with - without): " +
                      ", ".join(f"{k} {report['flip_gain'][k]:+.4f}" for k in ("AP", "AR", "PCK@0.05", "NME")

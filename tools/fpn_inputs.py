@@ -17,7 +17,7 @@ import argparse
 import timm
 import torch
 
-from engine.config import load_config
+from engine.tasks.registry import load_config
 from models.backbone import Backbone
 from models.detector import DETECTION_STRIDE
 from models.errors import ConfigError

@@ -8,7 +8,7 @@
     python -m tools.infer --checkpoint runs/X/best.pt --input clip.mp4 --track [--smooth]   # a video
     python -m tools.infer --backend onnxruntime --model model.onnx --input images/  # a tools.export model
 
-Videos (files, folders that mix them with images, a camera index) go through engine.video_infer: the same
+Videos (files, folders that mix them with images, a camera index) go through engine.video.runner: the same
 boxes and poses, batched over frames, with ids, optional smoothing, an annotated video, per-frame JSON and a
 DeepLabCut-layout CSV (docs/inference.md).
 
@@ -41,23 +41,23 @@ import argparse
 import logging
 import os
 
+import torch
+
 from engine.distributed import resolve_device
-from engine.image_inputs import category_names_of, inputs_with_ids
-from engine.onnx_runtime import apply_backend_flags
-from engine.two_stage import (
-    DetectorBoxes,
-    WholeImageBoxes,
-    detection_file_boxes,
-    detector_boxes,
-    keypoint_pipeline,
-    run_on_images,
-)
-from engine.video import split_inputs
-from engine.video_infer import add_video_arguments, infer_videos_from_args
-from engine.visualize import draw_image_result, save_rgb
+from engine.export.runtime import check_matches_checkpoint, read_metadata
+from engine.inference.box_sources import DetectionFileBoxes, DetectorBoxes, WholeImageBoxes
+from engine.inference.drawing import draw_image_result, save_rgb
+from engine.inference.images import category_names_of, inputs_with_ids, run_on_images
+from engine.inference.loading import load_keypoint_predictor
+from engine.inference.pipeline import keypoint_pipeline
+from engine.video.frames import VideoSource, split_inputs
+from engine.video.runner import VideoPoseRunner, infer_video
+from engine.video.smoothing import TrackSmoother
+from engine.video.tracking import PoseTracker
 from models.errors import InputError
 from models.utils import write_json
-from tools._common import add_box_source_flags, add_debug_flag, check_box_source_flags, run_cli, setup_logging
+from tools._box_flags import add_box_source_flags, box_source_from_args, check_box_source_flags
+from tools._common import add_debug_flag, run_cli, setup_logging
 
 log = logging.getLogger("tools.infer")
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
                          f"image_id is an image id for one and a frame index for the other; run them separately")
     video_summary = {}
     if videos:
-        video_summary = infer_videos_from_args(args, videos, resolve_device(args.device))
+        video_summary = infer_videos(args, videos, resolve_device(args.device))
         if not files:
             return video_summary
     det_threshold = 0.3 if args.det_score_threshold is None else args.det_score_threshold
@@ -119,15 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
                                  oks_nms_threshold=None if args.no_oks_nms else args.oks_nms_threshold) \
         if args.checkpoint else None
     meta = pipeline.task.meta if pipeline else None
-    unknown_ids = []
-    if args.det_checkpoint:
-        source = detector_boxes(args.det_checkpoint, device, args.det_category, det_threshold)
-    elif args.boxes:
-        source = detection_file_boxes(args.boxes, args.box_score_threshold or 0.0, args.det_category,
-                                      category_names_of(args.image_info), meta.category_id)
-        unknown_ids = source.check_image_ids(all_ids)
-    else:
-        source = WholeImageBoxes()
+    source = box_source_from_args(args, device, det_default_threshold=0.3,
+                                  default_category_id=meta.category_id if meta else None,
+                                  category_names=category_names_of(args.image_info) if args.boxes else None)
+    unknown_ids = source.check_image_ids(all_ids) if isinstance(source, DetectionFileBoxes) else []
     log.info("boxes: %s", source.description)
 
     vis_dir = os.path.join(args.output_dir, "vis")
@@ -162,6 +157,105 @@ def main(argv: list[str] | None = None) -> dict:
             log.info("%d images, %d detections (score >= %g) -> %s and %s", run.num_images, run.num_boxes,
                      det_threshold, vis_dir, det_json)
     return summary
+
+
+# ---------------------------------------------------------------------------------------------- videos
+def check_video_box_source(box_source, n_videos: int, boxes_path: str | None) -> None:
+    """Refuse one per-frame detection file for several videos (its frame indices would apply to each)."""
+    if isinstance(box_source, DetectionFileBoxes) and n_videos > 1:
+        raise InputError(f"--boxes {boxes_path}: a per-frame detection file (image_id = frame index) belongs to "
+                         f"one video, but --input names {n_videos}; run each video on its own")
+
+def infer_videos(args, videos: list[str], device: torch.device) -> dict:
+    """``tools.infer`` on videos (and cameras): builds the models and box source from its flags, runs every
+    video through :func:`infer_video` into ``args.output_dir``, and returns ``{"videos": [summaries]}``."""
+    predictor = meta = None
+    category_id, scorer = 1, "model"
+    if args.checkpoint:
+        predictor, cfg = load_keypoint_predictor(args.checkpoint, device, False if args.no_flip else None,
+                                                 batch_size=max(args.video_batch_size, 8))
+        meta, category_id = predictor.task.meta, predictor.task.meta.category_id
+        scorer = cfg.name or os.path.splitext(os.path.basename(args.checkpoint))[0]
+    box_source = box_source_from_args(args, device, det_default_threshold=0.3, default_category_id=category_id,
+                                      det_batch_size=args.video_batch_size)
+    class_names = box_source.class_names if isinstance(box_source, DetectorBoxes) else None
+    check_video_box_source(box_source, len(videos), args.boxes)
+    if (args.track or args.smooth) and meta is None:
+        raise InputError(f"--{'track' if args.track else 'smooth'} matches and smooths keypoints (OKS), which a "
+                         f"detector alone does not give: add --checkpoint with a keypoint model, or drop the flag")
+    summaries = []
+    for spec in videos:
+        source = VideoSource(spec, args.start_frame, args.end_frame, args.frame_stride)
+        if isinstance(box_source, DetectionFileBoxes) and source.frame_count:
+            box_source.check_image_ids(range(source.frame_count), what="frame index of " + spec)
+        tracker = smoother = None
+        if args.track:
+            tracker = PoseTracker(meta.oks_sigmas, iou_weight=args.track_iou_weight,
+                                  min_similarity=args.track_min_similarity, max_gap=args.track_max_gap,
+                                  method=args.track_method)
+        if args.smooth:
+            smoother = TrackSmoother(source.fps, args.smooth_min_cutoff, args.smooth_beta, args.smooth_d_cutoff,
+                                     max_gap=args.track_max_gap)
+        runner = VideoPoseRunner(predictor, box_source, det_every=args.det_every, batch_size=args.video_batch_size,
+                                 oks_nms_threshold=None if args.no_oks_nms else args.oks_nms_threshold,
+                                 tracker=tracker, smoother=smoother)
+        summaries.append(infer_video(source, runner, args.output_dir, meta, class_names, scorer, category_id,
+                                     args.draw_threshold, progress=not args.no_progress))
+    return {"videos": summaries, "box_source": box_source.description}
+
+
+def add_video_arguments(p) -> None:
+    """The video flags of ``tools.infer`` (frame range, batching, detector cadence, tracking, smoothing)."""
+    g = p.add_argument_group("videos (--input a video, a folder with videos, or a camera index)")
+    g.add_argument("--start-frame", type=int, default=0, help="first frame index to process (0-based)")
+    g.add_argument("--end-frame", type=int, default=None, help="stop before this frame index")
+    g.add_argument("--frame-stride", type=int, default=1, help="process every N-th frame")
+    g.add_argument("--video-batch-size", type=int, default=8, help="frames per batch through the models")
+    g.add_argument("--det-every", type=int, default=1,
+                   help="run --det-checkpoint on every N-th processed frame; the others reuse its last boxes")
+    g.add_argument("--track", action="store_true", help="give instances ids across frames (IoU + OKS matching)")
+    g.add_argument("--track-method", choices=("hungarian", "greedy"), default="hungarian")
+    g.add_argument("--track-iou-weight", type=float, default=0.5,
+                   help="similarity = w * box IoU + (1 - w) * OKS (default 0.5)")
+    g.add_argument("--track-min-similarity", type=float, default=0.3, help="never match pairs below this")
+    g.add_argument("--track-max-gap", type=int, default=10, help="retire a track unseen for more frames than this")
+    g.add_argument("--smooth", action="store_true", help="One-Euro smoothing of each track's keypoints (needs --track)")
+    g.add_argument("--smooth-min-cutoff", type=float, default=1.0,
+                   help="One-Euro cut-off at rest, Hz (lower: smoother)")
+    g.add_argument("--smooth-beta", type=float, default=0.01, help="One-Euro speed coefficient (higher: less lag)")
+    g.add_argument("--smooth-d-cutoff", type=float, default=1.0, help="One-Euro cut-off of the speed estimate, Hz")
+
+
+# --------------------------------------------------------------------------------------------- backends
+def apply_backend_flags(args) -> None:
+    """``tools.infer``'s ``--backend``: with onnxruntime, ``--model``/``--det-model`` take the place of
+    ``--checkpoint``/``--det-checkpoint`` (a checkpoint given as well is checked against its export)."""
+    models = [f for f in ("model", "det_model") if getattr(args, f, None)]
+    if args.backend == "pytorch":
+        if models:
+            raise InputError(f"--{models[0].replace('_', '-')} is an exported ONNX model: add --backend onnxruntime")
+        for flag in ("checkpoint", "det_checkpoint"):
+            path = getattr(args, flag)
+            if path and path.endswith(".onnx"):
+                raise InputError(f"--{flag.replace('_', '-')} {path} is an ONNX model: run it with --backend "
+                                 f"onnxruntime --{'model' if flag == 'checkpoint' else 'det-model'} {path}")
+        return
+    if not models:
+        ckpt = args.checkpoint or args.det_checkpoint or "best.pt"
+        raise InputError(f"--backend onnxruntime runs an exported model: export it (python -m tools.export "
+                         f"--checkpoint {ckpt} --output M.onnx) and pass --model M.onnx (a detector: --det-model)")
+    if args.model and read_metadata(args.model)["kind"] == "detection" and not args.det_model:
+        args.det_model, args.model = args.model, None          # a detector alone, given as --model
+    for onnx_flag, ckpt_flag in (("model", "checkpoint"), ("det_model", "det_checkpoint")):
+        onnx_path, ckpt = getattr(args, onnx_flag), getattr(args, ckpt_flag)
+        if ckpt and not onnx_path:
+            raise InputError(f"--backend onnxruntime: --{ckpt_flag.replace('_', '-')} {ckpt} is a PyTorch checkpoint; "
+                             f"export it (python -m tools.export --checkpoint {ckpt} --output M.onnx) and pass "
+                             f"--{onnx_flag.replace('_', '-')} M.onnx")
+        if ckpt and onnx_path:
+            check_matches_checkpoint(onnx_path, ckpt)
+        if onnx_path:
+            setattr(args, ckpt_flag, onnx_path)
 
 
 if __name__ == "__main__":

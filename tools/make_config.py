@@ -19,10 +19,13 @@ import json
 import os
 
 import yaml
+from omegaconf import OmegaConf
 
 from datasets.formats.common import write_coco_json
-from engine.config import config_from_containers
-from engine.starter_config import starter_config
+from engine.config.starter import starter_config
+from engine.evaluation.data_report import plot_data_report
+from engine.tasks.registry import config_from_sources
+from models.backbone import Backbone
 from models.errors import InputError
 from tools._common import add_debug_flag, run_cli
 
@@ -60,8 +63,6 @@ def _load(path: str, flag: str) -> dict:
 
 
 def _max_stride(backbone: str) -> int:
-    from models.backbone import Backbone
-
     return max(Backbone(backbone, required_stride=None).strides)
 
 
@@ -95,8 +96,6 @@ def main(argv: list[str] | None = None) -> dict:
         max_stride=_max_stride(args.backbone), input_pixels=args.input_pixels, input_size=args.input_size,
         epochs=args.epochs, batch_size=args.batch_size, val_fraction=args.val_fraction, seed=args.seed,
         category_id=args.category_id, second=second, name=args.name)
-    from omegaconf import OmegaConf
-
     if args.set:
         bad = [s for s in args.set if "=" not in s]
         if bad:
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(cfg), OmegaConf.from_dotlist(args.set)))
         notes.append("set on the command line: " + " ".join(args.set))
     # Check it the way tools.train will read it, before anything is written.
-    config_from_containers("keypoints", [(args.output, OmegaConf.create(cfg))])
+    config_from_sources("keypoints", [(args.output, OmegaConf.create(cfg))])
     for path, data in files.items():
         write_coco_json(path, data)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
@@ -115,8 +114,6 @@ def main(argv: list[str] | None = None) -> dict:
     for note in notes:
         print(note)
     if not args.no_report:
-        from engine.data_report import plot_data_report
-
         report = args.report or os.path.splitext(args.output)[0] + "_data.png"
         plot_data_report(coco, cfg["data"]["category_id"], report, title=os.path.basename(args.ann_file))
         print(f"data report: {report}")

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from engine.checkpoint import load_checkpoint, load_model_state
-from engine.config import load_config
+from engine.inference.drawing import draw_keypoints, save_rgb
 from engine.tasks import keypoints as kp
-from engine.visualize import draw_keypoints, save_rgb
+from engine.tasks.registry import load_config
 from tools._common import add_debug_flag, run_cli, setup_logging
 
 log = logging.getLogger("tools.show_heatmaps")

@@ -18,9 +18,9 @@ import argparse
 import sys
 
 from engine import distributed as dist_utils
-from engine.config import load_config
-from engine.run_folder import resume_command
-from engine.training_setup import train
+from engine.tasks.registry import load_config
+from engine.train.run import train
+from engine.train.run_folder import resume_command
 from models.errors import Interrupted
 from tools._common import add_debug_flag, default_run_dir, run_cli, setup_logging
 

@@ -51,7 +51,7 @@ import torch.nn as nn
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.activation_memory import cuda_peak_bytes, saved_tensor_bytes
+from engine.train.activation_memory import cuda_peak_bytes, saved_tensor_bytes
 from models.errors import InputError
 
 matplotlib.use("Agg")  # headless: only ever writes files

@@ -23,9 +23,9 @@ import torch
 import torch.nn as nn
 
 from datasets.input_policy import INPUT_POLICIES, collate_padded, fit_to_input, plan_fit
-from engine.activation_memory import cuda_peak_bytes, saved_tensor_bytes
-from engine.config import ClassificationDataConfig
 from engine.tasks.classification import ClassificationTask
+from engine.tasks.classification.schema import ClassificationDataConfig
+from engine.train.activation_memory import cuda_peak_bytes, saved_tensor_bytes
 from models.classifier import ImageClassifier, backbone_mean, letterbox_fill
 from models.errors import InputError
 from tools._common import add_debug_flag, run_cli

@@ -24,8 +24,8 @@ from collections import defaultdict
 import torch
 
 from engine.checkpoint import load_checkpoint
-from engine.config import load_config
 from engine.tasks import keypoints as kp
+from engine.tasks.registry import load_config
 from tools._common import add_debug_flag, run_cli, setup_logging
 
 

@@ -1,0 +1,171 @@
+"""Set up and run one training from a config, for any task (the loop itself is ``engine.trainer.Trainer``).
+
+In order: threads and seeds; the task's experiment (model, task object, loaders); weights for fine-tuning;
+freezing (stages, name patterns, BatchNorm) and the list of what is trainable; optimiser and per-step
+schedule; EMA; DistributedDataParallel; the run folder (resolved config, provenance); resume; the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+
+import numpy as np
+import torch
+
+from engine import distributed as dist_utils
+from engine.checkpoint import load_checkpoint, load_weights_for_finetuning, remove_stale_temporaries
+from engine.config.loading import config_to_dict, save_config
+from engine.tasks.registry import build_experiment
+from engine.train.ema import ModelEMA
+from engine.train.freeze import freeze_batchnorm, freeze_parameters, freeze_stages, trainable_summary
+from engine.train.loop import Trainer, TrainerOptions
+from engine.train.optim import build_optimizer, build_scheduler
+from engine.train.provenance import provenance
+from engine.train.run_folder import claim_run_dir, interrupted_error
+from models.errors import CheckpointError, DataError
+from models.utils import first_n, write_json
+
+log = logging.getLogger(__name__)
+
+# Train settings that may change on resume without notice, that change the state's meaning (warned), and
+# that make the saved optimiser state unusable (refused).
+RESUME_FREE = ("epochs", "log_interval", "eval_interval", "num_workers", "device", "num_threads", "init_weights")
+RESUME_STRICT = ("optimizer", "freeze", "freeze_stages", "decay_norm_and_bias")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, progress: bool = True,
+          epoch_hooks: tuple = (), overwrite: bool = False) -> dict:
+    """Train ``cfg`` into ``run_dir`` (checkpoints, resolved config, logs, curves); returns the summary written
+    to ``metrics.json``. ``epoch_hooks`` are called as ``hook(trainer, row)`` after each epoch. A ``run_dir``
+    that holds a run is refused unless ``resume`` continues it or ``overwrite`` replaces it."""
+    t = cfg.train
+    config_dict = config_to_dict(cfg)
+    state = None
+    if resume:   # refuse a checkpoint of another set-up before building anything or writing into run_dir
+        state = load_checkpoint(resume, map_location=device)
+        check_resume_config(state.get("config", {}), config_dict, resume)
+    claim_run_dir(run_dir, resume, overwrite, is_main=dist_utils.rank() == 0)
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    is_main = rank == 0
+    seed_everything(t.seed)
+    exp = build_experiment(cfg, device, progress=progress and is_main, rank=rank, world_size=world)
+    model = exp.model
+    if t.channels_last:     # in place: the same Parameter objects, so optimiser and EMA see NHWC weights
+        model.to(memory_format=torch.channels_last)
+
+    if t.init_weights and not resume:
+        report = load_weights_for_finetuning(model, t.init_weights)
+        log.info("fine-tuning from %s: %d tensors loaded; %d missing (left at init): %s; %d unexpected (ignored): "
+                 "%s; %d of another shape (left at init): %s", t.init_weights, len(report["loaded"]),
+                 len(report["missing"]), first_n(report["missing"], empty="-"), len(report["unexpected"]),
+                 first_n(report["unexpected"], empty="-"), len(report["shape_mismatch"]),
+                 first_n(report["shape_mismatch"], empty="-"))
+
+    frozen = freeze_stages(model, t.freeze_stages) + freeze_parameters(model, t.freeze)
+    bn_frozen = freeze_batchnorm(model, t.freeze_bn)
+    summary_text = trainable_summary(model)
+    if frozen or bn_frozen:
+        log.info("frozen: %d parameter tensors (%s); BatchNorm layers on running statistics: %d", len(frozen),
+                 first_n(frozen, empty="-"), len(bn_frozen))
+    log.info("%s", summary_text)
+
+    optimizer = build_optimizer(model, t.optimizer, t.lr, t.weight_decay, t.momentum, t.nesterov, betas=t.betas,
+                                eps=t.eps, alpha=t.alpha, decay_norm_and_bias=t.decay_norm_and_bias)
+    if len(exp.train_loader) == 0:
+        raise DataError(f"{cfg.data.train.ann_file if hasattr(cfg.data, 'train') else 'the train split'}: no "
+                        f"training batch (0 samples); nothing to train on")
+    steps_per_epoch = math.ceil(len(exp.train_loader) / max(t.accumulate_steps, 1))
+    scheduler = build_scheduler(optimizer, t.epochs * steps_per_epoch, steps_per_epoch, t.scheduler,
+                                warmup_steps=t.warmup_steps, warmup_factor=t.warmup_factor,
+                                min_lr_ratio=t.min_lr_ratio, step_epochs=t.step_epochs, gamma=t.gamma)
+    ema = ModelEMA(model, t.ema_decay, t.ema_warmup_steps) if t.ema_decay else None
+    train_model = dist_utils.wrap_ddp(model, device)
+
+    prov: dict = {}
+    if is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        stale = remove_stale_temporaries(run_dir)   # left by a save that was killed midway
+        if stale:
+            log.info("removed %d partial checkpoint files of an interrupted save: %s", len(stale), stale)
+        save_config(cfg, os.path.join(run_dir, "config.yaml"))
+        prov = provenance(t.seed, exp.annotation_files, exp.data_hashes)
+        prov["world_size"] = world
+        write_json(os.path.join(run_dir, "provenance.json"), prov, indent=2)
+        with open(os.path.join(run_dir, "parameters.txt"), "w") as f:
+            f.write(summary_text + "\n\nfrozen parameters:\n" + "\n".join(frozen) + "\n")
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("run folder %s; %s parameters; %d optimiser steps per epoch (%d batches of %d%s)", run_dir,
+             f"{n_params:,}", steps_per_epoch, len(exp.train_loader), t.batch_size,
+             f" x {world} processes" if world > 1 else "")
+    extra = {"config": config_dict, "provenance": prov, **exp.checkpoint_extra}
+    options = TrainerOptions(epochs=t.epochs, main_metric=cfg.eval.main_metric, log_interval=t.log_interval,
+                             eval_interval=t.eval_interval, grad_clip_norm=t.grad_clip_norm, progress=progress,
+                             checkpoint_extra=extra, accumulate_steps=t.accumulate_steps, precision=t.precision,
+                             on_nonfinite=t.on_nonfinite, max_nonfinite_skips=t.max_nonfinite_skips,
+                             check_inputs=t.check_inputs, check_grads=t.check_grads,
+                             nominal_batch_size=t.batch_size, data_seed=t.seed)
+    trainer = Trainer(train_model, exp.task, exp.train_loader, exp.val_loader, optimizer, scheduler, run_dir, options,
+                      ema=ema)
+    if t.precision == "auto":
+        log.info("train.precision=auto: %s on this %s%s", trainer.precision, device.type,
+                 "" if trainer.precision == "bf16" else " (no native bf16: AVX512-BF16 / AMX on a CPU)")
+    trainer.on_epoch_end.extend(epoch_hooks)
+    if state is not None:
+        trainer.load_state_dict(state)
+        log.info("resumed from %s at epoch %d, step %d", resume, trainer.epoch, trainer.global_step)
+    try:
+        summary = trainer.fit()
+    except KeyboardInterrupt:
+        raise interrupted_error(run_dir, trainer.epoch, t.epochs, trainer.global_step) from None
+    summary["provenance"] = prov
+    summary["config"] = config_dict
+    if is_main:
+        write_json(os.path.join(run_dir, "metrics.json"), summary, indent=2)
+    return summary
+
+
+def check_resume_config(saved: dict, current: dict, path: str) -> None:
+    """Refuse to resume into another model, data or optimiser set-up, naming every field that differs; warn
+    about training settings that differ (allowed, but the run no longer continues the interrupted one)."""
+    errors = _diff(saved, current, ("task", "model", "data", "loss"))
+    train_diffs = _diff(saved.get("train", {}), current.get("train", {}), None, prefix="train.")
+    errors += [d for d in train_diffs if d.split(":")[0][len("train."):].split(".")[0] in RESUME_STRICT]
+    if errors:
+        raise CheckpointError(f"cannot resume from {path}: the config differs in {len(errors)} fields: "
+                              + "; ".join(errors) + "; resume with the run's own config.yaml, or start a new run "
+                              "(--weights to fine-tune)")
+    warn = [d for d in train_diffs if d.split(":")[0][len("train."):].split(".")[0] not in RESUME_STRICT + RESUME_FREE]
+    if warn:
+        log.warning("resuming %s with different training settings (the run will not repeat the interrupted one): %s",
+                    path, "; ".join(warn))
+
+
+def _diff(a: dict, b: dict, sections, prefix: str = "") -> list[str]:
+    diffs: list[str] = []
+
+    def walk(x, y, name):
+        if isinstance(x, dict) and isinstance(y, dict):
+            for key in sorted(set(x) | set(y)):
+                walk(x.get(key, "<absent>"), y.get(key, "<absent>"), f"{name}{key}" if not name else f"{name}.{key}")
+        elif x != y:
+            diffs.append(f"{name}: checkpoint {x!r} vs now {y!r}")
+
+    if sections is None:
+        for key in sorted(set(a) | set(b)):
+            walk(a.get(key, "<absent>"), b.get(key, "<absent>"), f"{prefix}{key}")
+    else:
+        for section in sections:
+            if section in a or section in b:
+                walk(a.get(section, "<absent>"), b.get(section, "<absent>"), section)
+    return diffs
