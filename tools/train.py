@@ -15,12 +15,12 @@ only when distributed). docs/training.md shows every option.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
-from engine import distributed as dist_utils
+import engine.distributed as dist_utils
 from engine.tasks.registry import load_config
 from engine.train.run import train
-from engine.train.run_folder import resume_command
 from models.errors import Interrupted
 from tools._common import add_debug_flag, default_run_dir, run_cli, setup_logging
 
@@ -63,6 +63,26 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if info.distributed:
             dist_utils.cleanup()
+
+
+def resume_command(argv: list[str], run_dir: str, checkpoint: str | None) -> str:
+    """The ``tools.train`` command line that continues a run: ``argv`` with ``--run-dir run_dir`` and
+    ``--resume checkpoint`` (or, without a checkpoint, the same command with ``--overwrite``)."""
+    out: list[str] = []
+    skip_next = False
+    for i, arg in enumerate(argv):
+        if skip_next:
+            skip_next = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--resume", "--run-dir"):
+            skip_next = "=" not in arg and i + 1 < len(argv)
+            continue
+        if name in ("--overwrite", "--debug"):
+            continue
+        out.append(arg)
+    out += ["--run-dir", run_dir] + (["--resume", checkpoint] if checkpoint else ["--overwrite"])
+    return "python -m tools.train " + shlex.join(out)
 
 
 if __name__ == "__main__":

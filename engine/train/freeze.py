@@ -98,7 +98,7 @@ def freeze_stages(model: nn.Module, num_stages: int) -> list[str]:
     return names
 
 
-def _bn_eval_hook(module: nn.Module, args) -> None:
+def _bn_eval_hook(module: nn.Module, inputs) -> None:
     # Runs before every forward: whatever model.train() did, this layer uses (and keeps) its running stats.
     module.training = False
 

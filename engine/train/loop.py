@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from engine import distributed as dist_utils
+import engine.distributed as dist_utils
 from engine.checkpoint import save_checkpoint
 from engine.config.sections import NONFINITE_POLICIES
 from engine.tasks.base import SavesArtifacts, Task

@@ -15,7 +15,7 @@ import random
 import numpy as np
 import torch
 
-from engine import distributed as dist_utils
+import engine.distributed as dist_utils
 from engine.checkpoint import load_checkpoint, load_weights_for_finetuning, remove_stale_temporaries
 from engine.config.loading import config_to_dict, save_config
 from engine.tasks.registry import build_experiment

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import shutil
 
 from engine.checkpoint import load_checkpoint
@@ -92,23 +91,3 @@ def interrupted_error(run_dir: str, epoch_done: int, epochs: int, step: int) -> 
     err = Interrupted(text + (f"; continue with --resume {checkpoint}" if checkpoint else ""))
     err.checkpoint, err.where = checkpoint, text
     return err
-
-
-def resume_command(argv: list[str], run_dir: str, checkpoint: str | None) -> str:
-    """The ``tools.train`` command line that continues a run: ``argv`` with ``--run-dir run_dir`` and
-    ``--resume checkpoint`` (or, without a checkpoint, the same command with ``--overwrite``)."""
-    out: list[str] = []
-    skip_next = False
-    for i, arg in enumerate(argv):
-        if skip_next:
-            skip_next = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in ("--resume", "--run-dir"):
-            skip_next = "=" not in arg and i + 1 < len(argv)
-            continue
-        if name in ("--overwrite", "--debug"):
-            continue
-        out.append(arg)
-    out += ["--run-dir", run_dir] + (["--resume", checkpoint] if checkpoint else ["--overwrite"])
-    return "python -m tools.train " + shlex.join(out)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from engine import distributed as dist_utils
+import engine.distributed as dist_utils
 from engine.evaluation.evaluator import evaluate_model
 from models.errors import ConfigError
 from models.utils import device_of
