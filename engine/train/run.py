@@ -1,4 +1,4 @@
-"""Set up and run one training from a config, for any task (the loop itself is ``engine.trainer.Trainer``).
+"""Set up and run one training from a config, for any task (the loop itself is ``engine.train.loop.Trainer``).
 
 In order: threads and seeds; the task's experiment (model, task object, loaders); weights for fine-tuning;
 freezing (stages, name patterns, BatchNorm) and the list of what is trainable; optimiser and per-step
@@ -47,24 +47,51 @@ def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, pr
     """Train ``cfg`` into ``run_dir`` (checkpoints, resolved config, logs, curves); returns the summary written
     to ``metrics.json``. ``epoch_hooks`` are called as ``hook(trainer, row)`` after each epoch. A ``run_dir``
     that holds a run is refused unless ``resume`` continues it or ``overwrite`` replaces it."""
-    t = cfg.train
     config_dict = config_to_dict(cfg)
     state = None
     if resume:   # refuse a checkpoint of another set-up before building anything or writing into run_dir
         state = load_checkpoint(resume, map_location=device)
         check_resume_config(state.get("config", {}), config_dict, resume)
     claim_run_dir(run_dir, resume, overwrite, is_main=dist_utils.rank() == 0)
+    _set_up_process(cfg.train)
+    exp = build_experiment(cfg, device, progress=progress and dist_utils.is_main_process(),
+                           rank=dist_utils.rank(), world_size=dist_utils.world_size())
+    _prepare_model(exp.model, cfg.train, fine_tune=not resume)
+    frozen, summary_text = _freeze(exp.model, cfg.train)
+    optimizer, scheduler, steps_per_epoch = _optimisation(exp, cfg)
+    ema = ModelEMA(exp.model, cfg.train.ema_decay, cfg.train.ema_warmup_steps) if cfg.train.ema_decay else None
+    prov = _write_run_folder(cfg, run_dir, exp, summary_text, frozen)
+    _log_start(exp, cfg.train, run_dir, steps_per_epoch)
+    trainer = _make_trainer(cfg, exp, run_dir, device, optimizer, scheduler, ema, progress,
+                            extra={"config": config_dict, "provenance": prov, **exp.checkpoint_extra})
+    trainer.on_epoch_end.extend(epoch_hooks)
+    if state is not None:
+        trainer.load_state_dict(state)
+        log.info("resumed from %s at epoch %d, step %d", resume, trainer.epoch, trainer.global_step)
+    try:
+        summary = trainer.fit()
+    except KeyboardInterrupt:
+        raise interrupted_error(run_dir, trainer.epoch, cfg.train.epochs, trainer.global_step) from None
+    summary["provenance"] = prov
+    summary["config"] = config_dict
+    if dist_utils.is_main_process():
+        write_json(os.path.join(run_dir, "metrics.json"), summary, indent=2)
+    return summary
+
+
+def _set_up_process(t) -> None:
+    """Threads and seeds, before anything draws a random number."""
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
-    rank, world = dist_utils.rank(), dist_utils.world_size()
-    is_main = rank == 0
     seed_everything(t.seed)
-    exp = build_experiment(cfg, device, progress=progress and is_main, rank=rank, world_size=world)
-    model = exp.model
+
+
+def _prepare_model(model: torch.nn.Module, t, fine_tune: bool) -> None:
+    """Memory layout, then the fine-tuning weights (``train.init_weights``; not when resuming, whose
+    checkpoint holds the weights)."""
     if t.channels_last:     # in place: the same Parameter objects, so optimiser and EMA see NHWC weights
         model.to(memory_format=torch.channels_last)
-
-    if t.init_weights and not resume:
+    if t.init_weights and fine_tune:
         report = load_weights_for_finetuning(model, t.init_weights)
         log.info("fine-tuning from %s: %d tensors loaded; %d missing (left at init): %s; %d unexpected (ignored): "
                  "%s; %d of another shape (left at init): %s", t.init_weights, len(report["loaded"]),
@@ -72,6 +99,9 @@ def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, pr
                  first_n(report["unexpected"], empty="-"), len(report["shape_mismatch"]),
                  first_n(report["shape_mismatch"], empty="-"))
 
+
+def _freeze(model: torch.nn.Module, t) -> tuple[list[str], str]:
+    """Freeze stages, name patterns and BatchNorm layers as configured; ``(frozen names, trainable summary)``."""
     frozen = freeze_stages(model, t.freeze_stages) + freeze_parameters(model, t.freeze)
     bn_frozen = freeze_batchnorm(model, t.freeze_bn)
     summary_text = trainable_summary(model)
@@ -79,8 +109,13 @@ def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, pr
         log.info("frozen: %d parameter tensors (%s); BatchNorm layers on running statistics: %d", len(frozen),
                  first_n(frozen, empty="-"), len(bn_frozen))
     log.info("%s", summary_text)
+    return frozen, summary_text
 
-    optimizer = build_optimizer(model, t.optimizer, t.lr, t.weight_decay, t.momentum, t.nesterov, betas=t.betas,
+
+def _optimisation(exp, cfg) -> tuple[torch.optim.Optimizer, object, int]:
+    """The optimiser, its per-step schedule over the whole run, and the optimiser steps per epoch."""
+    t = cfg.train
+    optimizer = build_optimizer(exp.model, t.optimizer, t.lr, t.weight_decay, t.momentum, t.nesterov, betas=t.betas,
                                 eps=t.eps, alpha=t.alpha, decay_norm_and_bias=t.decay_norm_and_bias)
     if len(exp.train_loader) == 0:
         raise DataError(f"{cfg.data.train.ann_file if hasattr(cfg.data, 'train') else 'the train split'}: no "
@@ -89,50 +124,51 @@ def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, pr
     scheduler = build_scheduler(optimizer, t.epochs * steps_per_epoch, steps_per_epoch, t.scheduler,
                                 warmup_steps=t.warmup_steps, warmup_factor=t.warmup_factor,
                                 min_lr_ratio=t.min_lr_ratio, step_epochs=t.step_epochs, gamma=t.gamma)
-    ema = ModelEMA(model, t.ema_decay, t.ema_warmup_steps) if t.ema_decay else None
-    train_model = dist_utils.wrap_ddp(model, device)
+    return optimizer, scheduler, steps_per_epoch
 
-    prov: dict = {}
-    if is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        stale = remove_stale_temporaries(run_dir)   # left by a save that was killed midway
-        if stale:
-            log.info("removed %d partial checkpoint files of an interrupted save: %s", len(stale), stale)
-        save_config(cfg, os.path.join(run_dir, "config.yaml"))
-        prov = provenance(t.seed, exp.annotation_files, exp.data_hashes)
-        prov["world_size"] = world
-        write_json(os.path.join(run_dir, "provenance.json"), prov, indent=2)
-        with open(os.path.join(run_dir, "parameters.txt"), "w") as f:
-            f.write(summary_text + "\n\nfrozen parameters:\n" + "\n".join(frozen) + "\n")
-    n_params = sum(p.numel() for p in model.parameters())
+
+def _write_run_folder(cfg, run_dir: str, exp, summary_text: str, frozen: list[str]) -> dict:
+    """On rank 0: the resolved config, provenance and the list of what trains, written before the first step
+    (leftovers of a save that was killed midway removed first). Returns the provenance ({} on other ranks)."""
+    if not dist_utils.is_main_process():
+        return {}
+    os.makedirs(run_dir, exist_ok=True)
+    stale = remove_stale_temporaries(run_dir)
+    if stale:
+        log.info("removed %d partial checkpoint files of an interrupted save: %s", len(stale), stale)
+    save_config(cfg, os.path.join(run_dir, "config.yaml"))
+    prov = provenance(cfg.train.seed, exp.annotation_files, exp.data_hashes)
+    prov["world_size"] = dist_utils.world_size()
+    write_json(os.path.join(run_dir, "provenance.json"), prov, indent=2)
+    with open(os.path.join(run_dir, "parameters.txt"), "w") as f:
+        f.write(summary_text + "\n\nfrozen parameters:\n" + "\n".join(frozen) + "\n")
+    return prov
+
+
+def _log_start(exp, t, run_dir: str, steps_per_epoch: int) -> None:
+    world = dist_utils.world_size()
+    n_params = sum(p.numel() for p in exp.model.parameters())
     log.info("run folder %s; %s parameters; %d optimiser steps per epoch (%d batches of %d%s)", run_dir,
              f"{n_params:,}", steps_per_epoch, len(exp.train_loader), t.batch_size,
              f" x {world} processes" if world > 1 else "")
-    extra = {"config": config_dict, "provenance": prov, **exp.checkpoint_extra}
+
+
+def _make_trainer(cfg, exp, run_dir: str, device: torch.device, optimizer, scheduler, ema, progress: bool,
+                  extra: dict) -> Trainer:
+    """The loop, with the model wrapped for DistributedDataParallel when there are several processes."""
+    t = cfg.train
     options = TrainerOptions(epochs=t.epochs, main_metric=cfg.eval.main_metric, log_interval=t.log_interval,
                              eval_interval=t.eval_interval, grad_clip_norm=t.grad_clip_norm, progress=progress,
                              checkpoint_extra=extra, accumulate_steps=t.accumulate_steps, precision=t.precision,
                              on_nonfinite=t.on_nonfinite, max_nonfinite_skips=t.max_nonfinite_skips,
                              check_inputs=t.check_inputs, check_grads=t.check_grads,
                              nominal_batch_size=t.batch_size, data_seed=t.seed)
-    trainer = Trainer(train_model, exp.task, exp.train_loader, exp.val_loader, optimizer, scheduler, run_dir, options,
-                      ema=ema)
+    trainer = Trainer(dist_utils.wrap_ddp(exp.model, device), exp.task, exp.train_loader, exp.val_loader, optimizer,
+                      scheduler, run_dir, options, ema=ema)
     if t.precision == "auto":
         log.info("train.precision=auto: %s on this %s%s", trainer.precision, device.type,
                  "" if trainer.precision == "bf16" else " (no native bf16: AVX512-BF16 / AMX on a CPU)")
-    trainer.on_epoch_end.extend(epoch_hooks)
-    if state is not None:
-        trainer.load_state_dict(state)
-        log.info("resumed from %s at epoch %d, step %d", resume, trainer.epoch, trainer.global_step)
-    try:
-        summary = trainer.fit()
-    except KeyboardInterrupt:
-        raise interrupted_error(run_dir, trainer.epoch, t.epochs, trainer.global_step) from None
-    summary["provenance"] = prov
-    summary["config"] = config_dict
-    if is_main:
-        write_json(os.path.join(run_dir, "metrics.json"), summary, indent=2)
-    return summary
+    return trainer
 
 
 def check_resume_config(saved: dict, current: dict, path: str) -> None:
