@@ -1,7 +1,7 @@
 """What One-Euro smoothing changes on a real video: jitter removed against displacement added, in one run.
 
 Runs a keypoint checkpoint over a video twice through the same batched, tracked pipeline as
-``tools.infer`` (engine.video_infer), once raw and once smoothed, and prints per keypoint:
+``tools.infer`` (engine.video.runner), once raw and once smoothed, and prints per keypoint:
 
 * jitter: the mean magnitude of the second difference ``|x[t+1] - 2 x[t] + x[t-1]|`` (px), which is zero
   for motion at constant velocity, so it measures frame-to-frame shake rather than motion;

@@ -1,4 +1,4 @@
-"""tools/diagnose_training.py and engine/diagnose.py: overfit one batch, under- vs over-fitting from the
+"""tools/diagnose_training.py and engine/train/diagnose.py: overfit one batch, under- vs over-fitting from the
 curves, and the learning-rate range test."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@
   ``--lr-max`` over N steps of the training loader, and suggest ``train.lr`` (the steepest fall of the loss,
   and a tenth of the rate of the lowest loss). Writes the curve to ``--output-dir``.
 
-0 skips a check. See ``engine/diagnose.py`` for the rules and docs/faq.md (question 6) for an example.
+0 skips a check. See ``engine/train/diagnose.py`` for the rules and docs/faq.md (question 6) for an example.
 """
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ class DetectorBoxes:
     """Boxes from a detector checkpoint.
 
     Args:
-        predictor: a :class:`engine.inference.DetectionPredictor`.
+        predictor: a :class:`engine.inference.predictors.DetectionPredictor`.
         category_ids: keep only detections of these COCO category ids (all when None).
         score_threshold: keep detections at or above this score.
         name: how reports name it (the checkpoint path).

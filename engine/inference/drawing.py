@@ -97,7 +97,7 @@ def save_rgb(path: str, image: np.ndarray) -> None:
 def draw_image_result(image: np.ndarray, result, skeleton=None, flip_index=None, num_keypoints: int = 0,
                       keypoint_threshold: float = 0.2, draw_boxes: bool = True, class_names=None,
                       detection_threshold: float = 0.0) -> np.ndarray:
-    """One image of a two-stage run (:class:`engine.two_stage.ImageResult`) drawn: its poses (with their
+    """One image of a two-stage run (:class:`engine.inference.images.ImageResult`) drawn: its poses (with their
     boxes unless ``draw_boxes`` is False) when it has a keypoint model, else its detections at or above
     ``detection_threshold`` labelled with ``class_names``."""
     if skeleton is not None:

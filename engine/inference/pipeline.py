@@ -28,7 +28,7 @@ class TwoStagePipeline:
     """Keypoints for every box of an image, rescored and de-duplicated.
 
     Args:
-        predictor: the keypoint model's :class:`engine.inference.TopDownPredictor`.
+        predictor: the keypoint model's :class:`engine.inference.predictors.TopDownPredictor`.
         oks_sigmas: per-keypoint OKS sigmas (the keypoint model's ``meta.oks_sigmas``).
         oks_nms_threshold: drop a pose whose OKS with a higher-scored one exceeds this; None disables.
         flip_test: override the task's flip testing (None keeps it).

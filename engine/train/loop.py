@@ -10,7 +10,7 @@ What the loop does around the task, in order, for every batch (docs/training.md 
 * forward and loss under the precision chosen once (``fp32``, ``bf16`` autocast, or ``fp16`` autocast with
   a gradient scaler);
 * one host sync to check that the loss is finite (and, when asked, the inputs); a failure builds the deep
-  report of :mod:`engine.nonfinite`, saves the batch, then stops or skips the step;
+  report of :mod:`engine.train.nonfinite`, saves the batch, then stops or skips the step;
 * ``backward`` of the loss weighted by the batch's share of the accumulation group: gradients add up in
   ``.grad`` over ``accumulate_steps`` batches (that is why ``zero_grad`` exists at all), so N batches of B
   give the gradient of one batch of N x B;
@@ -68,7 +68,7 @@ class TrainerOptions:
     progress: bool = True
     checkpoint_extra: dict = field(default_factory=dict)   # config, provenance, dataset meta
     accumulate_steps: int = 1           # batches per optimiser step
-    precision: str = "fp32"             # fp32 | bf16 | fp16 | auto (engine/precision.py)
+    precision: str = "fp32"             # fp32 | bf16 | fp16 | auto (engine/train/precision.py)
     on_nonfinite: str = "stop"          # stop | skip
     max_nonfinite_skips: int = 20       # stop anyway after this many skipped steps in one run
     check_inputs: bool = False          # also check the batch's float tensors every step (syncs)
@@ -85,7 +85,7 @@ class Trainer:
         train_loader / val_loader: loaders whose sampler has ``set_epoch`` (a SeededSampler).
         optimizer, scheduler: the scheduler is stepped once per optimiser step.
         run_dir: output folder.
-        ema: optional :class:`engine.ema.ModelEMA`, updated after every optimiser step and evaluated alongside.
+        ema: optional :class:`engine.train.ema.ModelEMA`, updated after every optimiser step and evaluated alongside.
     """
 
     def __init__(self, model: nn.Module, task: Task, train_loader, val_loader, optimizer: torch.optim.Optimizer,
@@ -108,7 +108,7 @@ class Trainer:
         self.is_main = dist_utils.is_main_process()
         self.distributed = dist_utils.is_distributed()
         # Precision is decided once: the autocast dtype, and a gradient scaler for fp16 (bf16 has fp32's range);
-        # ``auto`` becomes bf16 only where the device runs it natively (engine/precision.py).
+        # ``auto`` becomes bf16 only where the device runs it natively (engine/train/precision.py).
         self.precision = resolve_precision(options.precision, self.device)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -172,7 +172,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:
         """Train from ``self.epoch`` to ``epochs``; returns the run's summary (best and last metrics, epochs,
-        steps, skipped steps, seconds), which :func:`engine.training_setup.train` writes to ``metrics.json``."""
+        steps, skipped steps, seconds), which :func:`engine.train.run.train` writes to ``metrics.json``."""
         start = time.time()
         last_metrics: dict = {}
         for epoch in range(self.epoch, self.options.epochs):

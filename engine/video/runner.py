@@ -1,17 +1,17 @@
 """Keypoints on videos: frames -> boxes -> batched top-down poses -> ids -> smoothing -> video, JSON and CSV.
 
-The same steps as on still images (engine.two_stage: the crop of each box, flip test, mapping back,
+The same steps as on still images (engine.inference.pipeline: the crop of each box, flip test, mapping back,
 rescoring, OKS-NMS), with three differences that only make sense in time:
 
 * Frames are batched: the crops of ``batch_size`` frames go through the keypoint model together, and a
   detector sees ``batch_size`` frames at once.
 * A detector may run only every ``det_every`` frames; the frames in between reuse its last boxes (cheap,
   and right while the subjects move less than the crop's padding in that time).
-* Instances get ids (engine.tracking) and, optionally, smoothed keypoints (engine.smoothing).
+* Instances get ids (engine.video.tracking) and, optionally, smoothed keypoints (engine.video.smoothing).
 
 Outputs per video under the output folder: ``<name>_annotated.mp4`` (input frame rate and size; skeletons,
 ids and scores), ``<name>_keypoints.json`` (COCO keypoint results plus ``frame`` and ``track_id``) and
-``<name>.csv`` (DeepLabCut's layout, engine.pose_outputs). A detector alone writes
+``<name>.csv`` (DeepLabCut's layout, engine.video.outputs). A detector alone writes
 ``<name>_detections.json`` (COCO detection results plus ``frame``) and the annotated video.
 """
 
@@ -61,7 +61,7 @@ def predict_crops(predictor: TopDownPredictor, images: list[np.ndarray], boxes: 
                   flip_test: bool | None = None) -> list[np.ndarray]:
     """Keypoints of every box of several images, their crops batched together: [n_i, K, 3] per image.
 
-    The crops and the model call are :class:`engine.inference.TopDownPredictor`'s, so a frame gets exactly the
+    The crops and the model call are :class:`engine.inference.predictors.TopDownPredictor`'s, so a frame gets exactly the
     poses that ``predictor.predict(frame, boxes)`` gives it.
     """
     num_k = len(predictor.task.meta.keypoint_names)
@@ -88,7 +88,7 @@ class VideoPoseRunner:
 
     Args:
         predictor: the keypoint model's :class:`TopDownPredictor` (None: a detector alone).
-        box_source: :class:`engine.two_stage.WholeImageBoxes`, :class:`DetectionFileBoxes` (``image_id`` =
+        box_source: :class:`engine.inference.box_sources.WholeImageBoxes`, :class:`DetectionFileBoxes` (``image_id`` =
             frame index) or :class:`DetectorBoxes`.
         det_every: run the detector on every N-th processed frame only; the others reuse its last boxes.
         batch_size: frames per batch.

@@ -5,7 +5,7 @@ Each frame's instances are matched to the live tracks (those seen within the las
 1. Similarity of every (track, instance) pair: ``iou_weight * IoU(boxes) + (1 - iou_weight) * OKS(poses)``,
    both in [0, 1]. The track's box and pose are those of the last frame it was matched in. IoU follows the
    +1 box convention (models.bbox); OKS is COCO's, with the model's per-keypoint sigmas, the mean of the
-   two boxes' areas as the scale and only keypoints confident in both poses (engine.oks_nms.oks_matrix).
+   two boxes' areas as the scale and only keypoints confident in both poses (engine.inference.oks_nms.oks_matrix).
 2. Assignment: ``"hungarian"`` (the maximum-total-similarity one-to-one matching, scipy's
    ``linear_sum_assignment``) or ``"greedy"`` (repeatedly take the most similar free pair). Pairs below
    ``min_similarity`` are never matched.

@@ -23,7 +23,7 @@ What is measured, per model (see ``measure_model``):
   It counts a multiply-add as 2 FLOPs and only counts matrix-like ops (convolutions, matmuls,
   attention); element-wise ops such as BatchNorm, ReLU and pooling are not included. So a
   "4.1 GMAC" ResNet-50 shows about 8.2 GFLOPs here.
-* activation memory of a training step (``engine/activation_memory.py``): on CPU the bytes of all
+* activation memory of a training step (``engine/train/activation_memory.py``): on CPU the bytes of all
   tensors autograd saves for the backward pass during a train-mode forward, counting each
   underlying storage once and excluding parameters and buffers; the input batch is included when
   the first layer saves it. On CUDA the peak ``torch.cuda.max_memory_allocated`` during that

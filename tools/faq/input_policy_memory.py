@@ -7,7 +7,7 @@ classifier on photo-sized images brought to the input size, and what the policy 
 A batch of ``--batch-size`` images of the ``--image-sizes`` (cycled) goes through each input policy
 (``datasets/input_policy.py``: resize, center_crop, random_crop, letterbox, native) and the loader's collate
 function, then through the timm classifier (``models/classifier.py``) in train mode; the activation memory
-is :mod:`engine.activation_memory`'s count (the same as ``tools.faq.choose_backbone`` and
+is :mod:`engine.train.activation_memory`'s count (the same as ``tools.faq.choose_backbone`` and
 ``bench/bench_input_policies.py``). Writes ``DIR/input_policies_b{batch}.csv``.
 """
 

@@ -64,7 +64,7 @@ class KeypointTask:
         val_gt: COCO ground-truth dict of the validation images (for ``validate``).
         rescore_threshold: keypoints above this confidence enter the instance score.
         pck_thresholds: PCK alphas.
-        face: the face-alignment report added to the metrics (``engine.face_metrics``).
+        face: the face-alignment report added to the metrics (``engine.evaluation.face_metrics``).
     """
 
     name = "keypoints"
