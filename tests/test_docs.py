@@ -72,3 +72,36 @@ def test_documented_command_is_valid(doc, command):
         from engine.tasks.registry import load_config
 
         load_config(os.path.join(REPO, config), [o for o in getattr(parsed, "overrides", []) or [] if "=" in o])
+
+
+# Code the pages name (configs/ are left out: the pages also name configs a user writes, e.g. configs/my.yaml).
+REFERENCE = re.compile(r"\b((?:engine|models|datasets|tools|bench|tests)(?:[./][A-Za-z_][A-Za-z0-9_-]*)+(?:\.py|/)?)")
+
+
+def _resolves(ref: str) -> bool:
+    """A path (``engine/train/loop.py``, ``engine/tasks/``) exists, or a dotted name (``engine.api.load``)
+    imports: a module, then attributes of it."""
+    if "/" in ref:
+        path = os.path.join(REPO, ref)
+        return os.path.exists(path) or os.path.exists(path + ".py")
+    parts = ref.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attr in parts[k:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: os.path.relpath(p, REPO))
+def test_documented_files_and_modules_exist(doc):
+    """A page that names a file or module of the repository names one that is there (they move)."""
+    text = open(doc).read()
+    refs = {m.group(1).rstrip(".") for m in REFERENCE.finditer(text)}
+    stale = sorted(r for r in refs if not (r.endswith(".py") and "/" not in r) and not _resolves(r))
+    assert not stale, f"{os.path.relpath(doc, REPO)} names what does not exist: {stale}"
