@@ -18,7 +18,7 @@ from torch import nn
 
 from engine.config.loading import config_to_dict
 from engine.export.format import FORMAT_VERSION, metadata_props
-from engine.tasks.registry import get_task, load_trained_model
+from engine.tasks.registry import TASKS, get_task, load_trained_model
 from models.errors import CheckpointError, InputError
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,9 @@ def export_onnx(checkpoint: str, output: str, decode: bool = False, opset: int |
     cfg, model, state = load_trained_model(checkpoint, torch.device("cpu"))
     spec = get_task(cfg.task).onnx
     if spec is None:
+        exportable = sorted(name for name, entry in TASKS.items() if entry.onnx is not None)
         raise CheckpointError(f"{checkpoint}: task {cfg.task!r} has no ONNX export (its registry entry declares "
-                              f"none); tasks with one: keypoints, detection")
+                              f"none); tasks with one: {', '.join(exportable)}")
     graph, names, outputs = spec.graph(model, cfg, state["meta"], decode)
     graph.eval()
     w, h = (int(v) for v in cfg.data.input_size)

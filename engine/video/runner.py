@@ -61,8 +61,8 @@ def predict_crops(predictor: TopDownPredictor, images: list[np.ndarray], boxes: 
                   flip_test: bool | None = None) -> list[np.ndarray]:
     """Keypoints of every box of several images, their crops batched together: [n_i, K, 3] per image.
 
-    The crops and the model call are :class:`engine.inference.predictors.TopDownPredictor`'s, so a frame gets exactly the
-    poses that ``predictor.predict(frame, boxes)`` gives it.
+    The crops and the model call are :class:`engine.inference.predictors.TopDownPredictor`'s, so a frame gets
+    exactly the poses that ``predictor.predict(frame, boxes)`` gives it.
     """
     num_k = len(predictor.task.meta.keypoint_names)
     crops, mats = [], []
