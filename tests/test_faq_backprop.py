@@ -9,6 +9,9 @@ the hand-written part) and then checked two ways:
   so a wrong formula fails even if autograd and we shared a bug.
 
 Notation: ``L`` is a scalar loss, ``G = dL/dy`` is the upstream gradient, same shape as ``y``.
+
+These are checks of the FAQ's arithmetic: they need no project code and run in ``make test`` so that
+the answer in docs/faq.md cannot drift from what PyTorch does.
 """
 
 import itertools

@@ -13,6 +13,9 @@ and the running estimates are updated with the *unbiased* variance (divides by N
     running_var  <- (1 - momentum) running_var  + momentum var_c * n / (n - 1)
 
 Eval mode uses running_mean / running_var instead of the batch statistics.
+
+The formulas are checked against ``nn.BatchNorm2d`` (the FAQ's arithmetic, run in ``make test``), and the
+last test against what ``train.freeze_bn`` does to a layer in this repository (engine/train/freeze.py).
 """
 
 import pytest
@@ -106,3 +109,25 @@ def test_eval_mode_uses_running_statistics():
     assert_close(bn.running_var, rv)
     with pytest.raises(AssertionError):
         assert_close(y, hand_bn_train(x, gamma, beta, bn.eps)[0])
+
+
+def test_frozen_batchnorm_uses_running_statistics_in_train_mode():
+    """``train.freeze_bn`` (engine.train.freeze) keeps a layer on the eval-mode formula even while the model
+    trains: the running statistics are used and stay as they were."""
+    from engine.train.freeze import freeze_batchnorm
+
+    gamma = torch.tensor([1.5, -0.7, 2.0], dtype=DT)
+    beta = torch.tensor([0.3, -1.0, 4.0], dtype=DT)
+    bn = make_bn(gamma, beta)
+    for seed in range(3):
+        bn(batch(seed=seed))
+    model = nn.Sequential(bn)
+    assert freeze_batchnorm(model, "all") == ["0"]
+    model.train()
+    x = batch(seed=10)
+    rm, rv = bn.running_mean.clone(), bn.running_var.clone()
+    x_hat = (x - rm[None, :, None, None]) / torch.sqrt(rv[None, :, None, None] + bn.eps)
+    expected = gamma[None, :, None, None] * x_hat + beta[None, :, None, None]
+    assert_close(model(x), expected)
+    assert_close(bn.running_mean, rm)
+    assert_close(bn.running_var, rv)

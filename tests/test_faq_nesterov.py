@@ -17,6 +17,9 @@ v_t = mu v_{t-1} - eta g_t = -eta (mu buf_{t-1} + g_t) = -eta buf_t; and
 theta_t + mu v_t = (phi_{t-1} - mu v_{t-1}) + (1 + mu) v_t = phi_{t-1} - eta g_t + mu v_t
                  = phi_{t-1} - eta (g_t + mu buf_t) = phi_t.
 So PyTorch stores the look-ahead point itself; the textbook theta is phi - mu v.
+
+The identity is checked against ``torch.optim.SGD`` (the FAQ's arithmetic, run in ``make test``), and the
+last test against what ``train.optimizer=sgd train.nesterov=true`` builds here (engine/train/optim.py).
 """
 
 import numpy as np
@@ -136,3 +139,22 @@ def test_the_usual_slips_of_the_derivation_do_not_hold():
     assert (phi[1:] - (theta[1:] + mu * v[:-1])).abs().amax(dim=1).max() > 1e-3
     # 3. Which variable the last line updates: PyTorch's parameters are phi (the look-ahead point), not theta.
     assert (phi[1:] - theta[1:]).abs().amax(dim=1).max() > 1e-3
+
+
+def test_the_trainers_sgd_with_nesterov_is_lookahead_nesterov():
+    """What ``train.optimizer=sgd train.nesterov=true`` builds (engine.train.optim) follows the same identity."""
+    from engine.train.optim import build_optimizer
+
+    _, _, grad = quadratic(cond=100.0)
+    model = torch.nn.Linear(2, 1, bias=False).to(DT)
+    with torch.no_grad():
+        model.weight.copy_(THETA0[None])
+    opt = build_optimizer(model, "sgd", LR, weight_decay=0.0, momentum=MU, nesterov=True)
+    phis = [model.weight.detach()[0].clone()]
+    for _ in range(STEPS):
+        opt.zero_grad()
+        model.weight.grad = grad(model.weight.detach()[0])[None]
+        opt.step()
+        phis.append(model.weight.detach()[0].clone())
+    theta, v = run_lookahead_nesterov(THETA0, grad, LR, MU, STEPS)
+    assert_close(torch.stack(phis), theta + MU * v, rtol=1e-12, atol=1e-12)
