@@ -12,7 +12,8 @@ import shlex
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = sorted(glob.glob(os.path.join(REPO, "docs", "*.md"))) + [os.path.join(REPO, "README.md")]
+DOCS = sorted(glob.glob(os.path.join(REPO, "docs", "*.md"))) + [os.path.join(REPO, f) for f in ("README.md",
+                                                                                           "CONTRIBUTING.md")]
 
 
 def _commands(path: str) -> list[str]:
