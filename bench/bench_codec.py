@@ -12,14 +12,17 @@ timeit repeats; ratios are baseline / ours (> 1 means ours is faster).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import timeit
 
 import cv2
 import numpy as np
 import torch
 
-from models.heatmap_codec import HeatmapCodec
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a script: bench/ is on sys.path
+from models.heatmap_codec import HeatmapCodec  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- inputs

@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
+import sys
 import time
 import timeit
 
 import numpy as np
 import torch
 
-from models.box_codec import CenterNetCodec, MultiLevelCenterNetCodec
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a script: bench/ is on sys.path
+from models.box_codec import CenterNetCodec, MultiLevelCenterNetCodec  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- inputs

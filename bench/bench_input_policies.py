@@ -16,15 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
 
-from datasets.input_policy import INPUT_POLICIES
-from engine.tasks.registry import build_experiment, load_config
-from engine.train.activation_memory import saved_tensor_bytes
-from engine.train.run import train
-from tools._common import setup_logging
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a script: bench/ is on sys.path
+from datasets.input_policy import INPUT_POLICIES  # noqa: E402
+from engine.tasks.registry import build_experiment, load_config  # noqa: E402
+from engine.train.activation_memory import saved_tensor_bytes  # noqa: E402
+from engine.train.run import train  # noqa: E402
+from tools._common import setup_logging  # noqa: E402
 
 CONFIG = "configs/cls_resnet10t_synthetic-shapes_32x32.yaml"
 

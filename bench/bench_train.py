@@ -23,17 +23,19 @@ import argparse
 import copy
 import itertools
 import os
+import sys
 import tempfile
 import time
 
 import torch
 
-from engine.tasks.registry import build_experiment, load_config
-from engine.train.ema import ModelEMA
-from engine.train.loop import Trainer, TrainerOptions
-from engine.train.optim import build_optimizer, build_scheduler
-from engine.train.precision import cpu_has_native_bf16, resolve_precision
-from engine.train.run import seed_everything
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a script: bench/ is on sys.path
+from engine.tasks.registry import build_experiment, load_config  # noqa: E402
+from engine.train.ema import ModelEMA  # noqa: E402
+from engine.train.loop import Trainer, TrainerOptions  # noqa: E402
+from engine.train.optim import build_optimizer, build_scheduler  # noqa: E402
+from engine.train.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
+from engine.train.run import seed_everything  # noqa: E402
 
 
 def images_per_second(fn, steps: int, batch_size: int, warmup: int = 2) -> float:
