@@ -5,11 +5,16 @@ learns the wrong thing, and COCOeval ignores them too). A box that reaches beyon
 it; one that is empty after clipping, or has no area to begin with, is dropped. Every such case is counted
 in ``stats`` and logged, so a bad file shows up as numbers rather than as a silent change of the data.
 Images without objects are kept: they are the negatives a detector needs.
+
+The images are kept as numpy arrays (:class:`DetectionImages`), not one Python object per image, so that
+forked DataLoader workers share them instead of copying them page by page as they touch them (see
+:mod:`datasets.coco_keypoints`); indexing still gives a :class:`DetectionImage`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +26,7 @@ from datasets.coco_common import (
     resolve_image_paths,
     select_split_images,
 )
+from datasets.coco_keypoints import PackedStrings, check_index, id_array
 from datasets.coco_validate import format_left_out, validate_coco
 from datasets.image_io import probe_image_files
 from models.bbox import box_is_empty, clip_boxes, coco_xywh_to_xyxy
@@ -41,13 +47,80 @@ class DetectionImage:
     ann_ids: np.ndarray                # [N] int64
 
 
+class DetectionImages(Sequence):
+    """Images and their objects as arrays; ``images[i]`` is a :class:`DetectionImage` built on the fly whose
+    ``boxes``, ``labels`` and ``ann_ids`` are views of the arrays.
+
+    Per image: ``image_ids`` [N] int64, ``image_sizes`` [N, 2] int64 (width, height), ``image_paths``
+    (:class:`datasets.coco_keypoints.PackedStrings`), ``offsets`` [N + 1] int64 (image i's objects are rows
+    ``offsets[i]:offsets[i + 1]``). Per object: ``boxes`` [M, 4] float64, ``labels`` [M] int64, ``ann_ids``
+    [M] int64. A slice (or a list of indices) gives another :class:`DetectionImages`.
+    """
+
+    def __init__(self, image_ids, image_paths: Sequence[str], image_sizes, offsets, boxes, labels, ann_ids):
+        n = len(image_ids)
+        self.image_ids = image_ids if isinstance(image_ids, np.ndarray) else id_array(list(image_ids))
+        self.image_paths = image_paths if isinstance(image_paths, PackedStrings) else PackedStrings(image_paths)
+        self.image_sizes = np.asarray(image_sizes, dtype=np.int64).reshape(n, 2)
+        self.offsets = np.asarray(offsets, dtype=np.int64).reshape(n + 1)
+        self.boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        self.ann_ids = ann_ids if isinstance(ann_ids, np.ndarray) else id_array(list(ann_ids))
+        m = int(self.offsets[-1])
+        if len(self.image_paths) != n or not (len(self.boxes) == len(self.labels) == len(self.ann_ids) == m):
+            raise ValueError(f"DetectionImages: {n} images, {len(self.image_paths)} paths, {m} objects by the offsets, "
+                             f"{len(self.boxes)} boxes, {len(self.labels)} labels, {len(self.ann_ids)} ids")
+
+    @classmethod
+    def from_images(cls, images: Iterable) -> DetectionImages:
+        """The arrays of any images with ``image_id``, ``image_path``, ``image_size``, ``boxes`` [n, 4],
+        ``labels`` [n] and ``ann_ids`` [n] (e.g. a list of :class:`DetectionImage`). A :class:`DetectionImages`
+        is returned as it is."""
+        if isinstance(images, DetectionImages):
+            return images
+        items = list(images)
+        boxes = [np.asarray(im.boxes, np.float64).reshape(-1, 4) for im in items]
+        offsets = np.zeros(len(items) + 1, dtype=np.int64)
+        np.cumsum(np.array([len(b) for b in boxes], dtype=np.int64), out=offsets[1:])
+        ann_ids = [int(a) for im in items for a in np.asarray(im.ann_ids).reshape(-1)]
+        return cls([im.image_id for im in items], [im.image_path for im in items],
+                   [tuple(im.image_size) for im in items], offsets,
+                   np.concatenate(boxes) if boxes else np.zeros((0, 4)),
+                   np.concatenate([np.asarray(im.labels, np.int64).reshape(-1) for im in items]) if items else [],
+                   id_array(ann_ids))
+
+    @property
+    def num_objects(self) -> int:
+        return len(self.boxes)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, item):
+        try:
+            i = check_index(item, len(self))
+        except TypeError:       # a slice, a list of indices or a mask: the images it selects
+            return DetectionImages.from_images([self[j] for j in np.arange(len(self))[item]])
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        w, h = self.image_sizes[i]
+        return DetectionImage(image_id=int(self.image_ids[i]), image_path=self.image_paths[i],
+                              image_size=(int(w), int(h)), boxes=self.boxes[lo:hi], labels=self.labels[lo:hi],
+                              ann_ids=self.ann_ids[lo:hi])
+
+    def __iter__(self) -> Iterator[DetectionImage]:
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"DetectionImages({len(self)} images, {self.num_objects} objects)"
+
+
 @dataclass
 class DetectionDataset:
     """What a COCO detection file holds for one split, checked."""
 
     ann_file: str
     image_root: str
-    images: list[DetectionImage]
+    images: DetectionImages            # a sequence of DetectionImage, stored as arrays
     category_ids: list[int]            # COCO category id of each class index
     class_names: list[str]
     image_ids: list[int] = field(default_factory=list)
@@ -59,6 +132,8 @@ class DetectionDataset:
 
     @property
     def num_objects(self) -> int:
+        if isinstance(self.images, DetectionImages):
+            return self.images.num_objects
         return int(sum(len(im.boxes) for im in self.images))
 
 
@@ -96,7 +171,7 @@ def load_coco_detection(ann_file: str, image_root: str, category_ids: list[int] 
     names = [str(cats[c].get("name", c)) for c in category_ids]
     return DetectionDataset(ann_file=ann_file, image_root=image_root, images=images,
                             category_ids=[int(c) for c in category_ids], class_names=names,
-                            image_ids=[im.image_id for im in images], stats=stats)
+                            image_ids=[int(i) for i in images.image_ids], stats=stats)
 
 
 # The reasons an annotation is left out, as the log line words them (stat key -> words).
@@ -168,22 +243,23 @@ def _reason_left_out(ann: dict, label_of: dict[int, int], keep_ids: set[int], un
 
 
 def _build_images(objects: dict[int, list[tuple[np.ndarray, int, int]]], paths: dict[int, str],
-                  sizes: dict[int, tuple[int, int]], stats: dict) -> list[DetectionImage]:
-    """One :class:`DetectionImage` per image, by image id; counts the images and objects in ``stats``."""
-    images = []
-    for image_id in sorted(objects):
-        objs = objects[image_id]
-        images.append(DetectionImage(
-            image_id=image_id, image_path=paths[image_id], image_size=sizes[image_id],
-            boxes=np.array([o[0] for o in objs], dtype=np.float64).reshape(-1, 4),
-            labels=np.array([o[1] for o in objs], dtype=np.int64), ann_ids=np.array([o[2] for o in objs], np.int64)))
+                  sizes: dict[int, tuple[int, int]], stats: dict) -> DetectionImages:
+    """The images, by image id, as :class:`DetectionImages`; counts the images and objects in ``stats``."""
+    ids = sorted(objects)
+    objs = [o for image_id in ids for o in objects[image_id]]
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(np.array([len(objects[i]) for i in ids], dtype=np.int64), out=offsets[1:])
+    images = DetectionImages(
+        image_ids=id_array(ids), image_paths=PackedStrings(paths[i] for i in ids), image_sizes=[sizes[i] for i in ids],
+        offsets=offsets, boxes=np.array([o[0] for o in objs], dtype=np.float64).reshape(-1, 4),
+        labels=np.array([o[1] for o in objs], dtype=np.int64), ann_ids=id_array([o[2] for o in objs]))
     stats["images"] = len(images)
-    stats["objects"] = int(sum(len(im.boxes) for im in images))
-    stats["empty_images"] = int(sum(len(im.boxes) == 0 for im in images))
+    stats["objects"] = images.num_objects
+    stats["empty_images"] = int((np.diff(offsets) == 0).sum())
     return images
 
 
-def _report(ann_file: str, subset: str, images: list[DetectionImage], stats: dict) -> None:
+def _report(ann_file: str, subset: str, images: DetectionImages, stats: dict) -> None:
     """Log what was read, left out and clipped; a split without images, or whose annotations were all left
     out, is an error."""
     left_out = format_left_out(stats, LEFT_OUT_WORDS)

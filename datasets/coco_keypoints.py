@@ -3,11 +3,20 @@
 Reads plain JSON (``images``, ``annotations``, ``categories`` with ``keypoints`` names and ``skeleton``) and
 checks it on the way in, so a bad file fails here with its name, the field and the fix, not as a shape error
 deep in training.
+
+The instances are kept as a few numpy arrays (:class:`KeypointInstances`), not as one Python object per
+instance: DataLoader workers are forked, and CPython writes into every object it touches (reference counts,
+GC headers), so a list of 200k instance objects is copied page by page into each worker as an epoch reaches
+its samples (hundreds of MB per worker, pytorch/pytorch#13246). Arrays are a handful of objects whose data
+pages are only read, and stay shared. Indexing still gives a :class:`KeypointInstance`, built on the fly.
 """
 
 from __future__ import annotations
 
 import logging
+import operator
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,13 +48,126 @@ class KeypointInstance:
     area: float
 
 
+class PackedStrings(Sequence):
+    """Strings (file paths) packed into one ``uint8`` array with ``int64`` offsets: two objects for any number
+    of strings, so forked workers that read them copy nothing. ``os.fsencode``/``os.fsdecode`` round trip,
+    so a path with undecodable bytes comes back unchanged."""
+
+    def __init__(self, strings: Iterable[str] = ()):
+        encoded = [os.fsencode(s) for s in strings]
+        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(np.array([len(b) for b in encoded], dtype=np.int64), out=self.offsets[1:])
+        self.data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, item):
+        try:
+            i = check_index(item, len(self))
+        except TypeError:       # a slice, a list of indices or a mask
+            return PackedStrings(self[j] for j in np.arange(len(self))[item])
+        return os.fsdecode(self.data[self.offsets[i]:self.offsets[i + 1]].tobytes())
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"PackedStrings({len(self)} strings, {self.data.nbytes} bytes)"
+
+
+def check_index(item, length: int) -> int:
+    """``item`` as a non-negative index into a sequence of ``length`` (negative ones count from the end)."""
+    i = operator.index(item)
+    if i < 0:
+        i += length
+    if not 0 <= i < length:
+        raise IndexError(f"index {item} is out of range for {length} items")
+    return i
+
+
+def id_array(values: Sequence[int]) -> np.ndarray:
+    """Integer ids as ``int64``; ids beyond its range (valid JSON, never seen in practice) as an object array."""
+    try:
+        return np.array(values, dtype=np.int64).reshape(len(values))
+    except OverflowError:
+        out = np.empty(len(values), dtype=object)
+        out[:] = list(values)
+        return out
+
+
+class KeypointInstances(Sequence):
+    """The instances of a keypoint file as arrays (struct of arrays); ``instances[i]`` is a
+    :class:`KeypointInstance` built on the fly whose ``bbox`` and ``keypoints`` are views of the arrays.
+
+    Arrays: ``image_ids`` [N] and ``ann_ids`` [N] int64; ``image_sizes`` [N, 2] int64 (width, height);
+    ``bboxes`` [N, 4] and ``keypoints`` [N, K, 3] float64; ``areas`` [N] float64; ``image_paths``
+    (:class:`PackedStrings`). A slice (or a list of indices) gives another :class:`KeypointInstances`.
+    """
+
+    def __init__(self, image_ids, ann_ids, image_paths: Sequence[str], image_sizes, bboxes, keypoints, areas,
+                 num_keypoints: int | None = None):
+        n = len(image_ids)
+        self.image_ids = id_array(list(image_ids)) if not isinstance(image_ids, np.ndarray) else image_ids
+        self.ann_ids = id_array(list(ann_ids)) if not isinstance(ann_ids, np.ndarray) else ann_ids
+        self.image_paths = image_paths if isinstance(image_paths, PackedStrings) else PackedStrings(image_paths)
+        self.image_sizes = np.asarray(image_sizes, dtype=np.int64).reshape(n, 2)
+        self.bboxes = np.asarray(bboxes, dtype=np.float64).reshape(n, 4)
+        k = num_keypoints if n == 0 and num_keypoints is not None else None
+        self.keypoints = np.asarray(keypoints, dtype=np.float64).reshape(n, -1 if k is None else k, 3)
+        self.areas = np.asarray(areas, dtype=np.float64).reshape(n)
+        if not (len(self.ann_ids) == len(self.image_paths) == n):
+            raise ValueError(f"KeypointInstances: {n} image ids, {len(self.ann_ids)} annotation ids and "
+                             f"{len(self.image_paths)} paths")
+
+    @classmethod
+    def from_instances(cls, instances: Iterable, num_keypoints: int | None = None) -> KeypointInstances:
+        """The arrays of any instances with ``image_id``, ``ann_id``, ``image_path``, ``image_size``, ``bbox``,
+        ``keypoints`` [K, 3] and ``area`` (e.g. a list of :class:`KeypointInstance`); ``num_keypoints`` gives
+        K when there are none. A :class:`KeypointInstances` is returned as it is."""
+        if isinstance(instances, KeypointInstances):
+            return instances
+        items = list(instances)
+        k = len(items[0].keypoints) if items else (num_keypoints or 0)
+        kpts = np.stack([np.asarray(i.keypoints, np.float64) for i in items]) if items else np.zeros((0, k, 3))
+        return cls([i.image_id for i in items], [i.ann_id for i in items], [i.image_path for i in items],
+                   [tuple(i.image_size) for i in items], [np.asarray(i.bbox, np.float64) for i in items], kpts,
+                   [i.area for i in items], num_keypoints=k)
+
+    @property
+    def num_keypoints(self) -> int:
+        return self.keypoints.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, item):
+        try:
+            i = check_index(item, len(self))
+        except TypeError:       # a slice, a list of indices or a mask: the instances it selects
+            idx = np.arange(len(self))[item]
+            return KeypointInstances(self.image_ids[idx], self.ann_ids[idx], [self.image_paths[j] for j in idx],
+                                     self.image_sizes[idx], self.bboxes[idx], self.keypoints[idx], self.areas[idx],
+                                     num_keypoints=self.num_keypoints)
+        w, h = self.image_sizes[i]
+        return KeypointInstance(image_id=int(self.image_ids[i]), ann_id=int(self.ann_ids[i]),
+                                image_path=self.image_paths[i], image_size=(int(w), int(h)), bbox=self.bboxes[i],
+                                keypoints=self.keypoints[i], area=float(self.areas[i]))
+
+    def __iter__(self) -> Iterator[KeypointInstance]:
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"KeypointInstances({len(self)} instances, {self.num_keypoints} keypoints)"
+
+
 @dataclass
 class KeypointDataset:
     """What a COCO keypoint file holds, checked: the instances and what describes the skeleton."""
 
     ann_file: str
     image_root: str
-    instances: list[KeypointInstance]
+    instances: KeypointInstances       # a sequence of KeypointInstance, stored as arrays
     images: dict[int, dict]            # image id -> the json image record
     category_id: int
     keypoint_names: list[str]
@@ -92,7 +214,7 @@ def load_coco_keypoints(ann_file: str, image_root: str, category_id: int | None 
     paths = resolve_image_paths(image_root, images, {ann["image_id"] for ann, _, _ in candidates}, ann_file)
     sizes, unreadable, resized = probe_image_files(paths, images, ann_file, missing_images)
     stats["resized_images"] = len(resized)
-    instances = _build_instances(candidates, paths, sizes, unreadable, stats)
+    instances = _build_instances(candidates, paths, sizes, unreadable, stats, len(names))
     _report(ann_file, subset, category["id"], instances, stats)
     return KeypointDataset(ann_file=ann_file, image_root=image_root, instances=instances, images=images,
                            category_id=int(category["id"]), keypoint_names=names, skeleton=skeleton,
@@ -171,10 +293,10 @@ def _select_annotations(annotations: list, category_id: int, keep_ids: set[int],
 
 def _build_instances(candidates: list[tuple[dict, np.ndarray, list]], paths: dict[int, str],
                      sizes: dict[int, tuple[int, int]], unreadable: dict[int, str],
-                     stats: dict) -> list[KeypointInstance]:
+                     stats: dict, num_keypoints: int) -> KeypointInstances:
     """The instances of the candidates whose image can be read, sized from the file; counts in ``stats`` the
     instances of unreadable images and the keypoints marked unlabelled for lying outside their image."""
-    instances = []
+    kept = []
     for ann, kpts, bbox in candidates:
         image_id = ann["image_id"]
         if image_id in unreadable:
@@ -182,10 +304,15 @@ def _build_instances(candidates: list[tuple[dict, np.ndarray, list]], paths: dic
             continue
         width, height = sizes[image_id]
         stats["outside_image"] += _unlabel_outside(kpts, width, height)
-        area = float(ann["area"] or bbox[2] * bbox[3])
-        instances.append(KeypointInstance(
-            image_id=image_id, ann_id=ann["id"], image_path=paths[image_id], image_size=(width, height),
-            bbox=coco_xywh_to_xyxy(np.asarray(bbox, dtype=np.float64)), keypoints=kpts, area=area))
+        kept.append((ann, kpts, bbox))
+    boxes = np.array([bbox for _, _, bbox in kept], dtype=np.float64).reshape(-1, 4)
+    instances = KeypointInstances(
+        image_ids=id_array([ann["image_id"] for ann, _, _ in kept]),
+        ann_ids=id_array([ann["id"] for ann, _, _ in kept]),
+        image_paths=PackedStrings(paths[ann["image_id"]] for ann, _, _ in kept),
+        image_sizes=[sizes[ann["image_id"]] for ann, _, _ in kept], bboxes=coco_xywh_to_xyxy(boxes),
+        keypoints=np.stack([kpts for _, kpts, _ in kept]) if kept else np.zeros((0, num_keypoints, 3)),
+        areas=[float(ann["area"] or bbox[2] * bbox[3]) for ann, _, bbox in kept], num_keypoints=num_keypoints)
     stats["instances"] = len(instances)
     return instances
 
@@ -201,7 +328,7 @@ def _unlabel_outside(kpts: np.ndarray, width: int, height: int) -> int:
     return int(off.sum())
 
 
-def _report(ann_file: str, subset: str, category_id: int, instances: list[KeypointInstance], stats: dict) -> None:
+def _report(ann_file: str, subset: str, category_id: int, instances: KeypointInstances, stats: dict) -> None:
     """Log what was read and left out; a split with no instance left is an error."""
     left_out = format_left_out(stats, LEFT_OUT_WORDS)
     log.info("%s (%s): %d instances of %d annotations; left out: %s; %d keypoints outside their image marked "

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.affine import crop_matrix, invert_affine
-from datasets.coco_detection import DetectionImage
+from datasets.coco_detection import DetectionImage, DetectionImages
 from datasets.image_io import BAD_IMAGE_POLICIES, read_record_image
 from datasets.topdown_augment import photometric_transform
 from models.bbox import affine_boxes, box_area, box_is_empty, clip_boxes
@@ -100,7 +100,9 @@ class DetectionTransformDataset(Dataset):
     """Whole images letterboxed (and, for training, augmented) into the model input.
 
     Args:
-        images: from :func:`datasets.coco_detection.load_coco_detection`.
+        images: from :func:`datasets.coco_detection.load_coco_detection` (a :class:`DetectionImages`), or any
+            sequence of :class:`DetectionImage`, which is packed into one (arrays, not per-image objects:
+            forked loader workers then share it instead of copying it as they touch it).
         input_size: model input ``(width, height)``.
         train: apply ``augment``; otherwise the plain letterbox.
         augment: geometry and photometric settings.
@@ -112,11 +114,11 @@ class DetectionTransformDataset(Dataset):
     ``dropped`` (boxes the crop removed).
     """
 
-    def __init__(self, images: list[DetectionImage], input_size: Sequence[int], train: bool = False,
+    def __init__(self, images: Sequence[DetectionImage], input_size: Sequence[int], train: bool = False,
                  augment: DetectionAugment | None = None, on_bad_image: str = "error"):
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ConfigError(f"on_bad_image={on_bad_image!r} is not one of {BAD_IMAGE_POLICIES}")
-        self.images = images
+        self.images = DetectionImages.from_images(images)
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.train = train
         self.augment = augment or DetectionAugment()

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from datasets.affine import apply_affine, crop_matrix, invert_affine
-from datasets.coco_keypoints import KeypointInstance
+from datasets.coco_keypoints import KeypointInstance, KeypointInstances
 from datasets.image_io import BAD_IMAGE_POLICIES, read_record_image
 from datasets.topdown_augment import TopDownAugment, jitter_box, pixel_transform
 from models.bbox import DEFAULT_CROP_PADDING, box_to_center_size
@@ -44,7 +44,9 @@ class TopDownKeypointDataset(Dataset):
     """Crops of keypoint instances for a top-down model.
 
     Args:
-        instances: from :func:`datasets.coco_keypoints.load_coco_keypoints`.
+        instances: from :func:`datasets.coco_keypoints.load_coco_keypoints` (a :class:`KeypointInstances`), or
+            any sequence of :class:`KeypointInstance`, which is packed into one (arrays, not per-instance
+            objects: forked loader workers then share it instead of copying it as they touch it).
         input_size: model input ``(width, height)``.
         flip_index: left/right partner of each keypoint (checked to be its own inverse).
         train: apply ``augment``; otherwise the plain centred crop.
@@ -60,15 +62,15 @@ class TopDownKeypointDataset(Dataset):
     ``area``.
     """
 
-    def __init__(self, instances: list[KeypointInstance], input_size: Sequence[int], flip_index: Sequence[int],
+    def __init__(self, instances: Sequence[KeypointInstance], input_size: Sequence[int], flip_index: Sequence[int],
                  train: bool = False, augment: TopDownAugment | None = None,
                  upper_body_ids: Sequence[int] = (), bbox_padding: float = DEFAULT_CROP_PADDING,
                  on_bad_image: str = "error"):
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ConfigError(f"on_bad_image={on_bad_image!r} is not one of {BAD_IMAGE_POLICIES}")
-        self.instances = instances
+        self.instances = KeypointInstances.from_instances(instances, num_keypoints=len(flip_index))
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        num_k = instances[0].keypoints.shape[0] if instances else len(flip_index)
+        num_k = self.instances.num_keypoints if len(self.instances) else len(flip_index)
         self.flip_index = np.asarray(check_flip_index(flip_index, num_k), dtype=np.int64)
         self.train = train
         self.augment = augment or TopDownAugment()
