@@ -39,5 +39,7 @@ setup(
         # The peer model of bench/dlib_landmarks.py (dlib's 68-point shape predictor); never needed by tests.
         "peers": ["dlib-bin>=19.24", "face-recognition-models>=0.3"],
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
+        # DeepLabCut's .h5 (engine/video/outputs.py writes it beside each CSV; datasets/formats/dlc.py reads it).
+        "h5": ["pandas", "tables"],
     },
 )

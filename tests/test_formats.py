@@ -147,7 +147,9 @@ def test_labelme_points_rectangles_and_groups(tmp_path):
     assert first["keypoints"] == [10.0, 5.0, 2.0, 19.5, 7.5, 1.0]
     assert first["bbox"] == [5.0, 2.0, 20.0, 10.0]
     assert second["keypoints"] == [30.0, 20.0, 2.0, 35.0, 25.0, 2.0]
-    np.testing.assert_allclose(second["bbox"], [29.5, 19.5, 6.0, 6.0])   # padded keypoint box
+    # padded keypoint box: 5 px apart, padded to 6 px, raised to MIN_BOX_SIZE (16 px) about the points' centre
+    # (32.5, 22.5), then cut at the 40x30 image's right and bottom edges (x + w <= 40, y + h <= 30)
+    np.testing.assert_allclose(second["bbox"], [24.5, 14.5, 15.5, 15.5])
     with pytest.raises(DataError, match=r"2 unknown bodypart.*shape 1 \('tail'\)"):
         convert_labelme(str(tmp_path), keypoint_names=["nose"])
 
@@ -259,7 +261,8 @@ def test_dlc_multi_animal_three_index_columns_and_nan(tmp_path):
     kps = [a["keypoints"] for a in coco["annotations"]]
     # m2 in img0 has one labelled point (no box: skipped, counted); m2 in img1 has none
     assert kps == [[1.0, 2.0, 2.0, 11.0, 12.0, 2.0], [3.0, 4.0, 2.0, 13.0, 14.0, 2.0]]
-    assert result.counts["unlabelled_instances"] == 2 and result.counts["unique_bodypart_columns"] == 1
+    assert result.counts["unlabelled_instances"] == 1 and result.counts["instances_with_one_point"] == 1
+    assert result.counts["unique_bodypart_columns"] == 1
     assert coco["categories"][0]["skeleton"] == [[1, 2]]
 
 
@@ -280,7 +283,7 @@ def test_dlc_bad_input_is_named_counted_and_nothing_written(tmp_path):
     assert not out.exists() and not list(tmp_path.glob("out.json*"))
     result = convert_tool.main(["dlc", str(tmp_path / "p"), "--output", str(out), "--skip-bad"])
     # the frame whose tail was outside keeps a lone snout: no box, so no instance (counted)
-    assert result.counts["skipped: missing image"] == 1 and result.counts["unlabelled_instances"] == 1
+    assert result.counts["skipped: missing image"] == 1 and result.counts["instances_with_one_point"] == 1
     assert len(result.coco["annotations"]) == 1
     assert load_coco_keypoints(str(out), result.image_root).num_keypoints == 2   # the repository's reader
 

@@ -8,10 +8,15 @@
     python -m tools.convert coco-to-yolo data/x.json --image-root DIR --output yolo_set/   # the reverse
 
 It prints the image root that the json's ``file_name``s resolve against: pass it to ``tools.make_config
---image-root``. Bad input (a missing image, a row with the wrong number of columns, a point outside the image,
-an unknown bodypart, a label file without its image) stops with every problem named and counted and nothing
-written; ``--skip-bad`` leaves those items out instead and prints the counts. docs/formats.md has each format's
-coordinate mapping.
+--image-root``. Where the labelling tool showed a picture that is not a file of the source as stored (LabelMe's
+``imageData`` without the image, a photo turned upright by its EXIF orientation in LabelMe, CVAT or Ultralytics),
+those images are written to ``<output>_images/`` beside the json, the others linked there, and that folder is
+the image root (the source folder is only read).
+
+Bad input (a missing image, a row with the wrong number of columns, a point outside the image, an unknown
+bodypart, a label file without its image, an image size that fits neither the stored nor the upright picture)
+stops with every problem named and counted and nothing written; ``--skip-bad`` leaves those items out instead
+and prints the counts. docs/formats.md has each format's coordinate mapping.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import argparse
 import json
 import os
 
-from datasets.formats.common import Conversion, write_coco_json
+from datasets.formats.common import Conversion, write_coco_json, write_images
 from datasets.formats.cvat import convert_cvat
 from datasets.formats.dlc import convert_dlc
 from datasets.formats.labelme import convert_labelme
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None):
         return _coco_to_yolo(args)
     keypoints = [k.strip() for k in args.keypoints.split(",")] if args.keypoints else None
     result = convert(args.format, args.source, args.skip_bad, keypoints, args.image_root, args.skeleton)
+    result = write_images(result, args.output)     # before the json: a json on disk has all its images
     write_coco_json(args.output, result.coco)
     splits = sorted({img.get("split") for img in result.coco["images"] if img.get("split")})
     cat = result.coco["categories"][0]
@@ -78,6 +84,8 @@ def main(argv: list[str] | None = None):
             print(f"  {key}: {n}")
     for note in result.notes:
         print(f"  note: {note}")
+    if not result.coco["annotations"]:
+        print("  warning: no instance was written; the counts above say what was left out and why")
     print(f"image root: {result.image_root}")
     print(f"next: python -m tools.make_config {args.output} --image-root {result.image_root} "
           f"--output {os.path.splitext(args.output)[0]}.yaml")

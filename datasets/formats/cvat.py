@@ -13,8 +13,14 @@ then one ``<image name width height [subset]>`` per image holding the shapes:
 
 Coordinates: CVAT measures from the image's corner (pixel ``i`` covers ``[i, i + 1)``), so a point's
 pixel-index coordinate is the value minus 0.5 and a box's corners are COCO's edges: ``[xtl, ytl, xbr - xtl,
-ybr - ytl]``. ``subset`` becomes the image's ``split``. The image root is the xml's folder's ``images/``
-when it exists (CVAT's export layout), else the xml's folder.
+ybr - ytl]`` (clipped to the image). ``subset`` becomes the image's ``split``. The image root is the xml's
+folder's ``images/`` when it exists (CVAT's export layout), else the xml's folder.
+
+The picture: CVAT 2.1 and later (2022, cvat-ai/cvat#4529) show images turned upright by their EXIF orientation
+and export that upright ``width`` / ``height``; older versions showed and exported the stored grid. The
+``<image>`` size tells the two apart for 90° turns; when both grids have the same size (mirrors, 180°) the
+labels are taken as upright (current CVAT). Upright labels on a file with an orientation get an upright copy
+beside the output json (``common.ImageToWrite``); a size that fits neither grid is a problem.
 """
 
 from __future__ import annotations
@@ -25,7 +31,18 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from datasets.formats.common import CocoBuilder, Conversion, Problems, outside_image, require_file
+from datasets.formats.common import (
+    CocoBuilder,
+    Conversion,
+    ImageToWrite,
+    Problems,
+    add_image_in_grid,
+    labelled_grid,
+    outside_image,
+    require_file,
+    size_mismatch,
+    source_header,
+)
 from models.errors import DataError
 
 CVAT_ORIGIN = 0.5   # subtracted from stored points: corner-origin -> pixel-index
@@ -46,11 +63,13 @@ def convert_cvat(xml_path: str, image_root: str | None = None, skeleton: str | N
     builder = CocoBuilder(names, category=str(category), skeleton=edges)
     problems = Problems(xml_path)
     counts = {"images": 0, "instances": 0}
+    to_write: list[ImageToWrite] = []
     for image in root.iter("image"):
-        _add_image(image, image_root, skeleton, builder, problems, counts)
+        _add_image(image, image_root, skeleton, builder, problems, counts, to_write)
     problems.raise_if_any(skip_bad)
+    counts.update(builder.counts)
     counts.update({f"skipped: {k}": n for k, n in problems.counts().items()})
-    return Conversion(builder.to_dict(), os.path.abspath(image_root), counts)
+    return Conversion(builder.to_dict(), os.path.abspath(image_root), counts, images_to_write=to_write)
 
 
 def _parse_xml(xml_path: str) -> ET.Element:
@@ -103,16 +122,27 @@ def _keypoints(root: ET.Element, labels: dict[str, dict], skeleton: str | None,
 
 
 def _add_image(image: ET.Element, image_root: str, skeleton: str | None, builder: CocoBuilder, problems: Problems,
-               counts: dict) -> None:
-    """Add one ``<image>`` and its instances (see the module docstring)."""
+               counts: dict, to_write: list[ImageToWrite]) -> None:
+    """Add one ``<image>`` (in the grid its labels refer to) and its instances (see the module docstring)."""
     name = image.get("name", "")
-    width, height = int(float(image.get("width", 0))), int(float(image.get("height", 0)))
-    if not os.path.isfile(os.path.join(image_root, name)):
-        problems.add("missing image", f"<image id={image.get('id')} name={name!r}>",
-                     f"not found under the image root {image_root} (--image-root)")
+    where = f"<image id={image.get('id')} name={name!r}>"
+    claimed = (int(float(image.get("width"))), int(float(image.get("height")))) \
+        if image.get("width") and image.get("height") else None
+    path = os.path.join(image_root, name)
+    if not os.path.isfile(path):
+        problems.add("missing image", where, f"not found under the image root {image_root} (--image-root)")
+        return
+    header = source_header(path, problems, where)
+    if header is None:
+        return
+    grid = labelled_grid(header, claimed, shows_upright=True)
+    if grid is None:
+        problems.add("image size mismatch", f"{where} width/height", size_mismatch(
+            header, claimed, path, "give the images the task was made from (--image-root), or export again"))
         return
     subset = image.get("subset")
-    image_id = builder.add_image(name, width, height, split=subset.lower() if subset else None)
+    image_id, (width, height) = add_image_in_grid(builder, to_write, name, path, header, grid,
+                                                  subset.lower() if subset else None)
     counts["images"] += 1
     boxes = {b.get("group_id"): b for b in image.findall("box")}
     for elements, group in _instances(image, skeleton):
@@ -122,8 +152,7 @@ def _add_image(image: ET.Element, image_root: str, skeleton: str | None, builder
         if box is not None:
             xtl, ytl, xbr, ybr = (float(box.get(k)) for k in ("xtl", "ytl", "xbr", "ybr"))
             bbox = [xtl, ytl, xbr - xtl, ybr - ytl]
-        if (kp[:, 2] > 0).any() and builder.add_instance(image_id, kp, bbox=bbox):
-            counts["instances"] += 1
+        counts["instances"] += builder.add_instance(image_id, kp, bbox=bbox)
 
 
 def _instances(image: ET.Element, skeleton: str | None) -> list[tuple[list, object]]:

@@ -11,9 +11,14 @@ versions: ``labeled-data``, ``<video>``, ``img0001.png``) and ``x, y`` per (indi
 Coordinates: DeepLabCut labels on an image shown with pixel centres at integers (matplotlib / napari), so
 ``x, y`` are taken as they are (pixel-index convention); every labelled point gets ``v = 2``. One image entry per
 frame, ``file_name`` relative to the project folder (the image root); one instance per individual with at least
-two labelled points, its box the padded keypoint box (``common.BOX_PADDING``). Unique bodyparts of
-multi-animal projects (individual ``single``) belong to no animal and are left out (counted). DeepLabCut has
-no flip map; ``tools.make_config`` infers one from the names.
+two labelled points at different positions, its box the padded keypoint box (``common.BOX_PADDING``, at least
+``common.MIN_BOX_SIZE`` across, clipped to the image). Unique bodyparts of multi-animal projects (individual
+``single``) belong to no animal and are left out (counted). DeepLabCut has no flip map; ``tools.make_config``
+infers one from the names.
+
+The picture: DeepLabCut's frames are extracted from videos (no EXIF orientation) and its labelling GUIs show
+the array as decoded, without turning it; a frame that does carry an orientation is labelled on its stored
+grid, which is what the COCO json refers to anyway (counted, nothing to write).
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ from datasets.formats.common import (
     CocoBuilder,
     Conversion,
     Problems,
-    image_size,
     outside_image,
     require_dir,
     require_file,
+    source_header,
 )
 from models.errors import DataError, InputError
 
@@ -51,12 +56,13 @@ def convert_dlc(project: str, skip_bad: bool = False) -> Conversion:
     unique = set(cfg.get("uniquebodyparts") or []) if multi else set()
     builder = CocoBuilder(names, category=str(cfg.get("Task") or "animal"), skeleton=_skeleton(cfg, names))
     problems = Problems(project)
-    counts = {"frames": 0, "instances": 0, "unlabelled_instances": 0, "unique_bodypart_columns": 0}
+    counts = {"frames": 0, "instances": 0, "unique_bodypart_columns": 0, "frames_with_exif_orientation": 0}
     for folder in _labelled_folders(project):
         table = _read_table(folder)
         if table is not None:
             _add_table(project, table, multi, unique, builder, problems, counts)
     problems.raise_if_any(skip_bad)
+    counts.update({"unlabelled_instances": 0, **builder.counts})
     counts.update({f"skipped: {k}": n for k, n in problems.counts().items()})
     return Conversion(builder.to_dict(), os.path.abspath(project), counts)
 
@@ -144,7 +150,11 @@ def _add_frame(project: str, path: str, row: tuple[int, str, list], num_columns:
     if not os.path.isfile(image_path):
         problems.add("missing image", f"{path}: line {line}", f"image {rel} not found under {project}")
         return
-    width, height = image_size(image_path)
+    header = source_header(image_path, problems, f"{path}: line {line}")
+    if header is None:
+        return
+    width, height = header.size        # the stored grid, as DeepLabCut's GUIs show it (module docstring)
+    counts["frames_with_exif_orientation"] += header.turned
     image_id = builder.add_image(rel, width, height)
     counts["frames"] += 1
     for individual, parts in by_individual.items():
@@ -154,10 +164,7 @@ def _add_frame(project: str, path: str, row: tuple[int, str, list], num_columns:
                                 height, problems)
             if point is not None:
                 kp[k] = (*point, 2.0)
-        if builder.add_instance(image_id, kp):
-            counts["instances"] += 1
-        else:
-            counts["unlabelled_instances"] += 1
+        counts["instances"] += builder.add_instance(image_id, kp)
 
 
 def _read_point(x_cell, y_cell, where: str, rel: str, individual: str, name: str, width: int, height: int,

@@ -13,7 +13,9 @@ no image has the stem, the stem without a trailing ``_<n>`` names the photo (sev
 
 or the bare ``x y`` lines without the header and braces. iBUG's values are 1-based (Matlab: the first pixel's
 centre is at 1), so the pixel-index coordinate is the value minus 1; every point is visible (``v = 2``). The
-box is the padded keypoint box (``common.BOX_PADDING``). The 68-point layout's flip map is written into the
+box is the padded keypoint box (``common.BOX_PADDING``, clipped to the image). The points refer to the stored
+pixel grid (Matlab's ``imread`` does not turn pictures by their EXIF orientation; files that carry one are
+counted). The 68-point layout's flip map is written into the
 category; other layouts get none (``tools.make_config`` then infers one from names, or uses the identity).
 """
 
@@ -25,7 +27,7 @@ import re
 
 import numpy as np
 
-from datasets.formats.common import CocoBuilder, Conversion, Problems, image_size, outside_image, require_dir
+from datasets.formats.common import CocoBuilder, Conversion, Problems, outside_image, require_dir, source_header
 from datasets.image_io import IMAGE_EXTENSIONS
 from models.errors import InputError
 
@@ -49,10 +51,11 @@ def convert_pts(folder: str, skip_bad: bool = False) -> Conversion:
     flip = FLIP_68 if num_k == 68 else None
     builder = CocoBuilder([f"p{i}" for i in range(num_k)], category="face", flip_index=flip)
     image_ids: dict[str, tuple[int, int, int]] = {}
-    counts = {"faces": 0, "images": 0}
+    counts = {"faces": 0, "images": 0, "images_with_exif_orientation": 0}
     for path, p in faces:
         _add_face(folder, path, p, builder, image_ids, problems, counts)
     problems.raise_if_any(skip_bad)
+    counts.update(builder.counts)
     counts.update({f"skipped: {k}": n for k, n in problems.counts().items()})
     notes = ([f"{num_k}-point layout: no known flip map written"] if flip is None else [])
     return Conversion(builder.to_dict(), os.path.abspath(folder), counts, notes)
@@ -93,7 +96,11 @@ def _add_face(folder: str, path: str, p: np.ndarray, builder: CocoBuilder, image
         problems.add("missing image", path, "no image with this stem (or the stem without _<n>) beside it")
         return
     if image not in image_ids:
-        width, height = image_size(image)
+        header = source_header(image, problems, path)
+        if header is None:
+            return
+        width, height = header.size        # the stored grid (module docstring)
+        counts["images_with_exif_orientation"] += header.turned
         rel = os.path.relpath(image, folder).replace(os.sep, "/")
         image_ids[image] = (builder.add_image(rel, width, height), width, height)
         counts["images"] += 1
@@ -106,8 +113,7 @@ def _add_face(folder: str, path: str, p: np.ndarray, builder: CocoBuilder, image
                      f"({p[bad[0], 0]:g}, {p[bad[0], 1]:g})")
         return
     kp = np.concatenate([xy, np.full((len(xy), 1), 2.0)], axis=1)
-    if builder.add_instance(image_id, kp):
-        counts["faces"] += 1
+    counts["faces"] += builder.add_instance(image_id, kp)
 
 
 def _read_pts(path: str, problems: Problems) -> np.ndarray | None:

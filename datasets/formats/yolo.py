@@ -11,6 +11,12 @@ normalised ``nx`` is the pixel-index ``x = nx * W - 0.5`` (and back, ``nx = (x +
 map to COCO's ``[x, y, w, h] = [(cx - w/2) W, (cy - h/2) H, w W, h H]`` (COCO's box edges sit at ``x - 0.5``
 in pixel-index terms, docs/conventions.md). With 2 values per point every point is visible (``v = 2``) except
 ``0 0``, which Ultralytics' own converters write for unlabelled points (``v = 0``). Splits are the yaml's keys.
+Boxes are clipped to the image.
+
+The picture: Ultralytics reads images turned upright by their EXIF orientation (``cv2.imread``, and
+``exif_size`` when it checks the labels), so the normalised values refer to the upright picture: they are
+scaled by the upright size, and a file with an orientation gets an upright copy beside the output json
+(``common.ImageToWrite``). ``coco_to_yolo`` writes files whose stored grid is the labels' grid.
 """
 
 from __future__ import annotations
@@ -26,14 +32,17 @@ import yaml
 from datasets.formats.common import (
     CocoBuilder,
     Conversion,
+    ImageToWrite,
     Problems,
-    image_size,
+    add_image_in_grid,
     outside_image,
     relative_to,
     require_file,
+    save_without_orientation,
+    source_header,
 )
 from datasets.formats.names import flip_index_from_names
-from datasets.image_io import IMAGE_EXTENSIONS
+from datasets.image_io import IMAGE_EXTENSIONS, image_problem, read_header, read_image_rgb
 from models.errors import DataError, InputError
 
 SPLIT_KEYS = ("train", "val", "test")
@@ -69,14 +78,16 @@ def convert_yolo(data_yaml: str, skip_bad: bool = False) -> Conversion:
         builder.add_category(name, flip_index=flip)
     problems = Problems(data_yaml)
     counts = {"images": 0, "instances": 0, "images_without_labels": 0}
+    to_write: list[ImageToWrite] = []
     for split in _split_keys(cfg, data_yaml):
         images, label_dirs = _split_images(root, cfg[split], split, data_yaml)
         _check_orphan_labels(images, label_dirs, problems)
         for image_path in images:
-            _add_image(image_path, root, split, layout, builder, problems, counts)
+            _add_image(image_path, root, split, layout, builder, problems, counts, to_write)
     problems.raise_if_any(skip_bad)
+    counts.update(builder.counts)
     counts.update({f"skipped: {k}": n for k, n in problems.counts().items()})
-    return Conversion(builder.to_dict(), os.path.abspath(root), counts)
+    return Conversion(builder.to_dict(), os.path.abspath(root), counts, images_to_write=to_write)
 
 
 def _layout(cfg: dict, data_yaml: str) -> _Layout:
@@ -117,11 +128,15 @@ def _check_orphan_labels(images: list[str], label_dirs: list[str], problems: Pro
 
 
 def _add_image(image_path: str, root: str, split: str, layout: _Layout, builder: CocoBuilder, problems: Problems,
-               counts: dict) -> None:
-    """Add one image and the instances of its label file (an image without one has no instances)."""
+               counts: dict, to_write: list[ImageToWrite]) -> None:
+    """Add one image (in the upright grid Ultralytics labels on) and the instances of its label file (an image
+    without one has no instances)."""
     label_path = _label_path(image_path)
-    width, height = image_size(image_path)
-    image_id = builder.add_image(relative_to(root, image_path), width, height, split=split)
+    header = source_header(image_path, problems, image_path)
+    if header is None:
+        return
+    image_id, (width, height) = add_image_in_grid(builder, to_write, relative_to(root, image_path), image_path,
+                                                  header, "upright", split)
     counts["images"] += 1
     if not os.path.isfile(label_path):
         counts["images_without_labels"] += 1
@@ -136,8 +151,7 @@ def _add_image(image_path: str, root: str, split: str, layout: _Layout, builder:
         if instance is None:
             continue
         cls, bbox, kp = instance
-        if builder.add_instance(image_id, kp, bbox=bbox, category_id=cls + 1):
-            counts["instances"] += 1
+        counts["instances"] += builder.add_instance(image_id, kp, bbox=bbox, category_id=cls + 1)
 
 
 def _read_instance(parts: list[str], where: str, layout: _Layout, width: int, height: int,
@@ -189,7 +203,8 @@ def coco_to_yolo(coco: dict, image_root: str, output_dir: str, copy_images: bool
                  default_split: str = "train") -> str:
     """Write a COCO keypoint dict as a YOLO-pose set under ``output_dir``; returns the data.yaml's path.
 
-    ``images/<split>/<file>`` link to the originals (copies with ``copy_images``), ``labels/<split>/<stem>.txt``
+    ``images/<split>/<file>`` link to the originals (copies with ``copy_images``; a file with an EXIF orientation
+    gets a copy of its stored grid without it, as Ultralytics would turn it), ``labels/<split>/<stem>.txt``
     hold the instances (3 values per point, so visibility survives), and ``data.yaml`` names the splits,
     ``kpt_shape``, ``flip_idx`` (the category's, else inferred from the names), ``names`` and ``kpt_names``.
     Each image goes to its ``"split"`` (``default_split`` when it has none). Crowd annotations are left out.
@@ -231,7 +246,15 @@ def coco_to_yolo(coco: dict, image_root: str, output_dir: str, copy_images: bool
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if os.path.lexists(dst):
             os.remove(dst)
-        if copy_images:
+        header = read_header(src)
+        if header is not None and header.turned:
+            # COCO labels refer to the stored grid, Ultralytics would turn the file upright: write the stored
+            # grid without the orientation (PNG unless the name says JPEG).
+            image = read_image_rgb(src)
+            if image is None:
+                raise InputError(f"image {src} cannot be read ({image_problem(src)}); fix or remove it")
+            save_without_orientation(image, dst)
+        elif copy_images:
             shutil.copy2(src, dst)
         else:
             os.symlink(os.path.abspath(src), dst)

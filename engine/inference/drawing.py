@@ -1,4 +1,9 @@
-"""Pictures a person would rather look at than read: skeletons and boxes drawn on images."""
+"""Pictures a person would rather look at than read: skeletons and boxes drawn on images.
+
+The image and the coordinates drawn on it must share one pixel grid. ``tools.infer`` hands over the picture
+turned upright by its EXIF orientation with its results in that grid (engine.inference.images), so a phone photo
+is drawn as its owner sees it; the images written here carry no EXIF, so every viewer shows them as drawn.
+"""
 
 from __future__ import annotations
 

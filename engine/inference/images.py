@@ -7,6 +7,13 @@ image gets, so an input whose id cannot be told is an error there; otherwise it 
 largest known one. :func:`run_on_images` then takes each image's boxes from a box source and, with a
 keypoint model, its poses from the two-stage pipeline (``tools.infer`` and ``tools.eval`` on detected
 boxes alike).
+
+Two pixel grids (datasets/image_io.py): a photo whose EXIF orientation says "turn me" is shown turned by every
+viewer. The model sees it upright, as the person who took it does, and the drawings are upright (the points
+land where the person sees the subject). Every coordinate written to a file (keypoint and detection results)
+refers to the *stored* pixel grid, as a COCO json's labels and a detection file's boxes do, so that
+``tools.eval`` scores them against the ground truth and one rule holds for every file; the log names the
+images that were turned.
 """
 
 from __future__ import annotations
@@ -20,9 +27,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from datasets.image_io import image_problem, read_image_rgb
-from engine.inference.box_sources import DetectorBoxes
+from datasets.affine import apply_affine, invert_affine
+from datasets.image_io import (
+    ORIENTATION_NAMES,
+    ImageHeader,
+    image_problem,
+    orientation_matrix,
+    read_image,
+    undo_orientation,
+)
+from engine.inference.box_sources import DetectionFileBoxes, DetectorBoxes
 from engine.inference.pipeline import TwoStagePipeline
+from models.bbox import affine_boxes
 from models.errors import DataError, InputError
 
 log = logging.getLogger(__name__)
@@ -91,7 +107,12 @@ def category_names_of(image_info: str | None) -> dict[int, str]:
 @dataclass
 class ImageResult:
     """One image's outcome: its boxes and, with a keypoint pipeline, the poses kept (records as
-    :meth:`TwoStagePipeline.run` returns them); with a detector, its full detections (all classes)."""
+    :meth:`TwoStagePipeline.run` returns them); with a detector, its full detections (all classes).
+
+    Coordinates are those of the image :func:`run_on_images` hands to ``on_image`` (upright: EXIF orientation
+    applied), so that drawing needs no mapping; ``orientation`` is that EXIF orientation (1: stored = upright).
+    The records in :class:`TwoStageRun` are mapped back to the stored grid.
+    """
 
     path: str
     image_id: int
@@ -99,6 +120,7 @@ class ImageResult:
     box_scores: np.ndarray
     poses: list[dict] = field(default_factory=list)
     detections: dict | None = None
+    orientation: int = 1
 
 
 @dataclass
@@ -112,6 +134,7 @@ class TwoStageRun:
     num_images: int = 0
     unreadable: list[str] = field(default_factory=list)
     box_stats: dict = field(default_factory=dict)
+    turned: dict[str, int] = field(default_factory=dict)    # path -> EXIF orientation, for images shown turned
 
 
 
@@ -120,12 +143,15 @@ def run_on_images(images: Sequence[tuple[str, int]], source, pipeline: TwoStageP
                   on_image: Callable[[np.ndarray, ImageResult], None] | None = None) -> TwoStageRun:
     """Boxes from ``source``, then poses from ``pipeline`` (when given), for every ``(path, image_id)``.
 
-    An unreadable image is skipped with a warning (``on_bad_image="skip"``) or raises ``DataError``
-    (``"error"``). ``on_image(image, result)`` sees each image as it is done (to draw it, say).
+    Each image is read upright (EXIF orientation applied, the module docstring says why); a detection file's
+    boxes, which refer to the stored grid, are turned with it. ``on_image(image, result)`` sees each upright
+    image and its result in that grid (to draw it, say); ``records`` and ``detections`` of the returned run are
+    in the stored grid. An unreadable image is skipped with a warning (``on_bad_image="skip"``) or raises
+    ``DataError`` (``"error"``).
     """
     run = TwoStageRun()
     for path, image_id in tqdm(list(images), desc="two-stage", disable=not progress, leave=False):
-        image = read_image_rgb(path)
+        image, header = read_image(path, upright=True)
         if image is None:
             why = image_problem(path) or "corrupt"
             if on_bad_image == "error":
@@ -134,14 +160,22 @@ def run_on_images(images: Sequence[tuple[str, int]], source, pipeline: TwoStageP
             log.warning("cannot read image %s (%s); skipped", path, why)
             run.unreadable.append(path)
             continue
-        boxes, scores = source.boxes_for(image_id, image)
-        result = ImageResult(path, int(image_id), boxes, scores)
+        grid = _Grid(header)
+        if isinstance(source, DetectionFileBoxes):
+            # the file's boxes refer to the stored grid: clip them there, then turn them with the picture
+            boxes, scores = source.boxes_for(image_id, grid.stored_view(image))
+            boxes = grid.boxes_to_upright(boxes)
+        else:
+            boxes, scores = source.boxes_for(image_id, image)
+        result = ImageResult(path, int(image_id), boxes, scores, orientation=grid.orientation)
         if isinstance(source, DetectorBoxes):
             result.detections = {"image_id": int(image_id), **source.last}
-            run.detections.append(result.detections)
+            run.detections.append(grid.detections_to_stored(result.detections))
         if pipeline is not None:
             result.poses = pipeline.run(image, image_id, boxes, scores)
-            run.records.extend(result.poses)
+            run.records.extend(grid.pose_to_stored(r) for r in result.poses)
+        if grid.orientation != 1:
+            run.turned[path] = grid.orientation
         run.num_boxes += len(boxes)
         run.num_images += 1
         if on_image is not None:
@@ -150,4 +184,39 @@ def run_on_images(images: Sequence[tuple[str, int]], source, pipeline: TwoStageP
     if run.unreadable:
         log.warning("%d images could not be read and have no predictions, e.g. %s", len(run.unreadable),
                     run.unreadable[:3])
+    if run.turned:
+        path, code = next(iter(run.turned.items()))
+        log.info("%d images carry an EXIF orientation and were read turned as viewers show them, e.g. %s (%d: %s); "
+                 "drawings are upright, coordinates in the results files refer to the stored pixel grid "
+                 "(docs/formats.md, 'Image files')", len(run.turned), path, code, ORIENTATION_NAMES[code])
     return run
+
+
+class _Grid:
+    """The stored <-> upright map of one image (identity without an EXIF orientation): boxes inclusive xyxy
+    [N, 4], keypoints [..., K, 2], pixel-index coordinates."""
+
+    def __init__(self, header: ImageHeader | None):
+        self.orientation = header.orientation if header is not None else 1
+        if self.orientation != 1:
+            self.to_upright = orientation_matrix(header.orientation, *header.size)
+            self.to_stored = invert_affine(self.to_upright)
+
+    def stored_view(self, image: np.ndarray) -> np.ndarray:
+        return image if self.orientation == 1 else undo_orientation(image, self.orientation)
+
+    def boxes_to_upright(self, boxes: np.ndarray) -> np.ndarray:
+        return boxes if self.orientation == 1 else affine_boxes(np.asarray(boxes, np.float64), self.to_upright)
+
+    def pose_to_stored(self, record: dict) -> dict:
+        if self.orientation == 1:
+            return record
+        return {**record, "bbox": affine_boxes(np.asarray(record["bbox"], np.float64), self.to_stored),
+                "keypoints": apply_affine(np.asarray(record["keypoints"], np.float64), self.to_stored)}
+
+    def detections_to_stored(self, detections: dict) -> dict:
+        if self.orientation == 1:
+            return detections
+        return {**detections, "boxes": affine_boxes(np.asarray(detections["boxes"], np.float64).reshape(-1, 4),
+                                                    self.to_stored)}
+

@@ -7,6 +7,11 @@ Reading stops early in two ways that are told apart: a range or stride that is d
 whose decoder gives up before the frame count its header announced (a truncated or damaged file). The
 second keeps every frame read so far, says at which frame it broke off (``VideoSource.broken_at``), and is
 an error only when not a single frame could be read.
+
+Orientation: OpenCV turns a phone video by its rotation metadata while decoding (``CAP_PROP_ORIENTATION_AUTO``,
+on by default with FFmpeg), so frames, the CSV and the JSON are in the upright grid a player shows, the grid
+DeepLabCut (which reads videos through OpenCV too) labels frames on. Still images listed here are read by
+``datasets.image_io`` (EXIF orientation, 16 bits, alpha, several frames: docs/formats.md, "Image files").
 """
 
 from __future__ import annotations
