@@ -39,9 +39,10 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> NoReturn:
     """The one entry point of every tool: ``if __name__ == "__main__": run_cli(main)``.
 
-    A ``UserError`` prints ``error: <what, where, the fix>`` on stderr and exits 2 (``Interrupted``: 130),
-    without a traceback unless ``--debug`` is among the arguments. Ctrl-C outside a handler that says more
-    exits 130 with one line. Any other exception is a bug here and keeps its traceback (exit 1).
+    A ``UserError`` prints ``error: <what, where, the fix>`` on stderr and exits 2 (``Interrupted``: 130;
+    ``Stopped``, a stop signal: 128 + its number, 143 for SIGTERM), without a traceback unless ``--debug`` is
+    among the arguments. Ctrl-C outside a handler that says more exits 130 with one line. Any other exception
+    is a bug here and keeps its traceback (exit 1).
     """
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args

@@ -17,6 +17,7 @@ from omegaconf import MISSING
 PRECISIONS = ("fp32", "bf16", "fp16")           # what autocast runs
 PRECISION_CHOICES = PRECISIONS + ("auto",)      # train.precision (auto: engine/train/precision.py)
 NONFINITE_POLICIES = ("stop", "skip")           # train.on_nonfinite: stop the run, or skip the step
+STOP_SIGNALS = ("TERM", "USR1", "USR2")         # train.stop_signals: what may stop training like Ctrl-C
 
 
 @dataclass
@@ -66,6 +67,9 @@ class TrainConfig:
     max_nonfinite_skips: int = 20       # with skip: stop anyway after this many skipped steps
     check_inputs: bool = False          # also check the batch's float inputs every step (one more sync)
     check_grads: bool = False           # also check the gradient norm every step (one more sync)
+    stop_signals: list[str] = field(default_factory=lambda: ["TERM"])   # stop at the next step with one line
+                                        # and the resume command (engine/train/stop.py): TERM | USR1 | USR2;
+                                        # add USR1 for SLURM's --signal=USR1@90; [] keeps the default actions
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     num_threads: int | None = None      # torch intra-op threads; None keeps torch's default
@@ -81,6 +85,12 @@ def level_stride(index: int) -> int:
 
 
 Need = Callable[[str, Any, bool, str], None]
+
+
+def stop_signal_names(values) -> list[str]:
+    """``train.stop_signals`` as signal names without the prefix: ``["SIGTERM", "usr1"]`` -> ``["TERM", "USR1"]``
+    (both spellings are what users write)."""
+    return [str(v).upper().removeprefix("SIG") for v in values]
 
 
 def range_checker() -> tuple[list[str], Need]:
@@ -118,6 +128,9 @@ def check_common_ranges(cfg: Any) -> list[str]:
     need("train.precision", t.precision, t.precision in PRECISION_CHOICES,
          f"must be one of {', '.join(PRECISION_CHOICES)}")
     need("train.on_nonfinite", t.on_nonfinite, t.on_nonfinite in NONFINITE_POLICIES, "must be 'stop' or 'skip'")
+    stops = stop_signal_names(t.stop_signals)
+    need("train.stop_signals", list(t.stop_signals), set(stops) <= set(STOP_SIGNALS) and len(set(stops)) == len(stops),
+         f"each of {', '.join(STOP_SIGNALS)} at most once ([] keeps every signal's default action)")
     if t.ema_decay is not None:
         need("train.ema_decay", t.ema_decay, 0 < t.ema_decay < 1, "must be in (0, 1) or null")
     d = cfg.data

@@ -17,6 +17,11 @@ What the loop does around the task, in order, for every batch (docs/training.md 
 * every ``accumulate_steps`` batches: unscale (fp16), optional clipping by global norm, optional gradient
   check, optimiser step, ``zero_grad``, scheduler step (per optimiser step), EMA update.
 
+A stop signal (SIGTERM; :mod:`engine.train.stop`) is read at the start of every epoch and at each step's
+finite-loss sync, agreed by every rank in the same all-reduce, and ends :meth:`Trainer.fit` with
+:class:`engine.train.stop.StopRequested` before that step's ``backward``: ``last.pt`` stays the last
+end-of-epoch checkpoint, the one that resumes bit-identically.
+
 The epoch loss is the sample-weighted mean ``sum(loss_i * n_i) / sum(n_i)``: a short last batch counts for
 its samples, not as much as a full batch. Under DistributedDataParallel the sums are reduced over ranks and
 only rank 0 writes.
@@ -49,6 +54,7 @@ from engine.train.logger import RunLogger
 from engine.train.nonfinite import NonFiniteError
 from engine.train.precision import resolve_precision
 from engine.train.run_folder import check_epoch_trained
+from engine.train.stop import StopFlag, StopRequested
 from models.utils import device_of
 
 log = logging.getLogger(__name__)
@@ -86,10 +92,13 @@ class Trainer:
         optimizer, scheduler: the scheduler is stepped once per optimiser step.
         run_dir: output folder.
         ema: optional :class:`engine.train.ema.ModelEMA`, updated after every optimiser step and evaluated alongside.
+        stop: the :class:`engine.train.stop.StopFlag` that signal handlers set (``engine.train.run.train``
+            installs them); None: a flag nothing sets.
     """
 
     def __init__(self, model: nn.Module, task: Task, train_loader, val_loader, optimizer: torch.optim.Optimizer,
-                 scheduler, run_dir: str, options: TrainerOptions, ema: ModelEMA | None = None):
+                 scheduler, run_dir: str, options: TrainerOptions, ema: ModelEMA | None = None,
+                 stop: StopFlag | None = None):
         if options.on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"train.on_nonfinite={options.on_nonfinite!r} is not one of {NONFINITE_POLICIES}")
         if options.accumulate_steps < 1:
@@ -104,6 +113,7 @@ class Trainer:
         self.run_dir = run_dir
         self.options = options
         self.ema = ema
+        self.stop = stop if stop is not None else StopFlag()
         self.device = device_of(self.module)
         self.is_main = dist_utils.is_main_process()
         self.distributed = dist_utils.is_distributed()
@@ -176,6 +186,9 @@ class Trainer:
         start = time.time()
         last_metrics: dict = {}
         for epoch in range(self.epoch, self.options.epochs):
+            # A signal during set-up, or during the validation or checkpoint write of the epoch before, is seen
+            # here, before the next epoch loads a batch.
+            self._check_stop()
             train_stats = self.train_one_epoch(epoch)
             check_epoch_trained(epoch + 1, train_stats["train_images"])
             self.epoch = epoch + 1
@@ -209,6 +222,16 @@ class Trainer:
                 log.warning("could not plot training curves: %s", err)
         dist_utils.barrier()
         return summary
+
+    def _check_stop(self) -> None:
+        """Raise :class:`StopRequested` when a stop signal reached this rank or any other (one all-reduce)."""
+        signum = self.stop.signum
+        if self.distributed:
+            agreed = torch.tensor([-float(signum)], device=self.device)
+            dist_utils.all_reduce_min(agreed)      # min of -signal: the largest signal number any rank got
+            signum = int(-agreed.item())
+        if signum:
+            raise StopRequested(signum)
 
     def _validate(self, model: nn.Module, tag: str) -> dict:
         metrics = self.task.validate(model, self.val_loader)
@@ -253,9 +276,19 @@ class Trainer:
             if self.options.check_inputs:
                 local_ok = local_ok & _floats_finite(batch, self.device)
             flag = local_ok.to(torch.float32)
+            stop = self.stop.signum
             if self.distributed:     # every rank takes the same decision, or DDP would hang
+                # The stop flag rides on this all-reduce: min of -signal is -(the largest signal any rank got),
+                # so every rank stops at this same step and none waits in backward for one that left.
+                flag = torch.stack([flag, torch.full_like(flag, -float(stop))])
                 dist_utils.all_reduce_min(flag)
-            if not flag.item():
+                finite, stop = flag.tolist()
+                stop = int(-stop)
+            else:
+                finite = flag.item()
+            if stop:                 # before backward: this step's gradient is never half applied
+                raise StopRequested(stop)
+            if not finite:
                 self._handle_nonfinite("loss", out, batch, epoch, batch_index, bool(local_ok.item()))
                 self.optimizer.zero_grad(set_to_none=True)   # drop the whole accumulation group
                 group_weight, in_group = 0.0, 0

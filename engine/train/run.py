@@ -3,6 +3,10 @@
 In order: threads and seeds; the task's experiment (model, task object, loaders); weights for fine-tuning;
 freezing (stages, name patterns, BatchNorm) and the list of what is trainable; optimiser and per-step
 schedule; EMA; DistributedDataParallel; the run folder (resolved config, provenance); resume; the loop.
+
+The stop signals of ``train.stop_signals`` (SIGTERM by default) are handled from the first of these steps to
+the last (engine/train/stop.py): a signal during set-up stops before the first step, and the DataLoader
+workers ignore the stop signals unless their parent sends them. Ctrl-C stays Python's KeyboardInterrupt.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from engine.train.freeze import freeze_batchnorm, freeze_parameters, freeze_stag
 from engine.train.loop import Trainer, TrainerOptions
 from engine.train.optim import build_optimizer, build_scheduler
 from engine.train.provenance import provenance
-from engine.train.run_folder import claim_run_dir, interrupted_error
+from engine.train.run_folder import claim_run_dir, interrupted_error, stopped_error
+from engine.train.stop import StopFlag, StopRequested, shield_workers, signal_name, stop_signals
 from models.errors import CheckpointError, DataError
 from models.utils import first_n, write_json
 
@@ -32,7 +37,8 @@ log = logging.getLogger(__name__)
 
 # Train settings that may change on resume without notice, that change the state's meaning (warned), and
 # that make the saved optimiser state unusable (refused).
-RESUME_FREE = ("epochs", "log_interval", "eval_interval", "num_workers", "device", "num_threads", "init_weights")
+RESUME_FREE = ("epochs", "log_interval", "eval_interval", "num_workers", "device", "num_threads", "init_weights",
+               "stop_signals")
 RESUME_STRICT = ("optimizer", "freeze", "freeze_stages", "decay_norm_and_bias")
 
 
@@ -46,16 +52,33 @@ def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, pr
           epoch_hooks: tuple = (), overwrite: bool = False) -> dict:
     """Train ``cfg`` into ``run_dir`` (checkpoints, resolved config, logs, curves); returns the summary written
     to ``metrics.json``. ``epoch_hooks`` are called as ``hook(trainer, row)`` after each epoch. A ``run_dir``
-    that holds a run is refused unless ``resume`` continues it or ``overwrite`` replaces it."""
+    that holds a run is refused unless ``resume`` continues it or ``overwrite`` replaces it.
+
+    Raises :class:`models.errors.Interrupted` on Ctrl-C and :class:`models.errors.Stopped` on a signal of
+    ``train.stop_signals`` (exit code 128 + its number), each naming the complete ``last.pt``. The signals'
+    handlers are installed for this call only and the previous ones restored after it."""
     config_dict = config_to_dict(cfg)
-    state = None
-    if resume:   # refuse a checkpoint of another set-up before building anything or writing into run_dir
-        state = load_checkpoint(resume, map_location=device)
-        check_resume_config(state.get("config", {}), config_dict, resume)
-    claim_run_dir(run_dir, resume, overwrite, is_main=dist_utils.rank() == 0)
+    with stop_signals(cfg.train.stop_signals) as stop:   # until metrics.json is written: a late signal waits
+        state = None
+        if resume:   # refuse a checkpoint of another set-up before building anything or writing into run_dir
+            state = load_checkpoint(resume, map_location=device)
+            check_resume_config(state.get("config", {}), config_dict, resume)
+        claim_run_dir(run_dir, resume, overwrite, is_main=dist_utils.rank() == 0)
+        summary = _train(cfg, run_dir, device, state, resume, progress, epoch_hooks, config_dict, stop)
+        if dist_utils.is_main_process():
+            write_json(os.path.join(run_dir, "metrics.json"), summary, indent=2)
+        if stop.signum:   # it came during the last epoch's validation or save: nothing was left to stop
+            log.warning("%s arrived after the last training step; the run finished", signal_name(stop.signum))
+    return summary
+
+
+def _train(cfg, run_dir: str, device: torch.device, state: dict | None, resume: str | None, progress: bool,
+           epoch_hooks: tuple, config_dict: dict, stop: StopFlag) -> dict:
+    """Everything of :func:`train` that runs under the stop signals' handlers: set-up, then the loop."""
     _set_up_process(cfg.train)
     exp = build_experiment(cfg, device, progress=progress and dist_utils.is_main_process(),
                            rank=dist_utils.rank(), world_size=dist_utils.world_size())
+    shield_workers((exp.train_loader, exp.val_loader), cfg.train.stop_signals)
     _prepare_model(exp.model, cfg.train, fine_tune=not resume)
     frozen, summary_text = _freeze(exp.model, cfg.train)
     optimizer, scheduler, steps_per_epoch = _optimisation(exp, cfg)
@@ -63,7 +86,7 @@ def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, pr
     prov = _write_run_folder(cfg, run_dir, exp, summary_text, frozen)
     _log_start(exp, cfg.train, run_dir, steps_per_epoch)
     trainer = _make_trainer(cfg, exp, run_dir, device, optimizer, scheduler, ema, progress,
-                            extra={"config": config_dict, "provenance": prov, **exp.checkpoint_extra})
+                            extra={"config": config_dict, "provenance": prov, **exp.checkpoint_extra}, stop=stop)
     trainer.on_epoch_end.extend(epoch_hooks)
     if state is not None:
         trainer.load_state_dict(state)
@@ -72,10 +95,11 @@ def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, pr
         summary = trainer.fit()
     except KeyboardInterrupt:
         raise interrupted_error(run_dir, trainer.epoch, cfg.train.epochs, trainer.global_step) from None
+    except StopRequested as request:
+        raise stopped_error(run_dir, trainer.epoch, cfg.train.epochs, trainer.global_step, request.signum,
+                            rank=dist_utils.rank(), world_size=dist_utils.world_size()) from None
     summary["provenance"] = prov
     summary["config"] = config_dict
-    if dist_utils.is_main_process():
-        write_json(os.path.join(run_dir, "metrics.json"), summary, indent=2)
     return summary
 
 
@@ -154,7 +178,7 @@ def _log_start(exp, t, run_dir: str, steps_per_epoch: int) -> None:
 
 
 def _make_trainer(cfg, exp, run_dir: str, device: torch.device, optimizer, scheduler, ema, progress: bool,
-                  extra: dict) -> Trainer:
+                  extra: dict, stop: StopFlag | None = None) -> Trainer:
     """The loop, with the model wrapped for DistributedDataParallel when there are several processes."""
     t = cfg.train
     options = TrainerOptions(epochs=t.epochs, main_metric=cfg.eval.main_metric, log_interval=t.log_interval,
@@ -164,7 +188,7 @@ def _make_trainer(cfg, exp, run_dir: str, device: torch.device, optimizer, sched
                              check_inputs=t.check_inputs, check_grads=t.check_grads,
                              nominal_batch_size=t.batch_size, data_seed=t.seed)
     trainer = Trainer(dist_utils.wrap_ddp(exp.model, device), exp.task, exp.train_loader, exp.val_loader, optimizer,
-                      scheduler, run_dir, options, ema=ema)
+                      scheduler, run_dir, options, ema=ema, stop=stop)
     if t.precision == "auto":
         log.info("train.precision=auto: %s on this %s%s", trainer.precision, device.type,
                  "" if trainer.precision == "bf16" else " (no native bf16: AVX512-BF16 / AMX on a CPU)")

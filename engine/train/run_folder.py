@@ -3,7 +3,8 @@
 * :func:`claim_run_dir`: a folder that holds a run (checkpoints, epoch log, summary) is written into only by
   ``--resume`` (which continues it) or ``--overwrite`` (which first removes the old run's files).
 * :func:`interrupted_error`: Ctrl-C during training becomes one line: where it stopped, which checkpoint is
-  complete, and (from ``tools.train``) the exact command that continues it.
+  complete, and (from ``tools.train``) the exact command that continues it; :func:`stopped_error` is the same
+  for a stop signal (SIGTERM from a scheduler; engine/train/stop.py).
 * :func:`check_epoch_trained`: an epoch in which not one sample was trained (every image skipped) stops the
   run instead of saving an untrained model as ``best.pt``.
 """
@@ -15,7 +16,8 @@ import os
 import shutil
 
 from engine.checkpoint import load_checkpoint
-from models.errors import DataError, Interrupted, RunDirError
+from engine.train.stop import signal_name
+from models.errors import DataError, Interrupted, RunDirError, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +75,63 @@ def interrupted_error(run_dir: str, epoch_done: int, epochs: int, step: int) -> 
 
     ``epoch_done``: epochs completed; ``step``: optimiser steps taken. The checkpoint's own epoch is read
     from the file (a Ctrl-C during a save leaves the previous file, which the atomic save keeps intact).
-    The error carries ``checkpoint`` (the complete ``last.pt`` or None) and ``where`` (the message without
+    The error carries ``checkpoint`` (``last.pt`` when it exists, else None) and ``where`` (the message without
     its resume hint) for the caller's own resume command.
     """
-    last = os.path.join(run_dir, "last.pt")
     where = f"interrupted (Ctrl-C) in epoch {epoch_done + 1} of {epochs}, after {step} optimiser steps"
-    checkpoint = None
-    if os.path.isfile(last):
-        try:
-            saved = int(load_checkpoint(last)["epoch"])
-            checkpoint = last
-            text = f"{where}; {last} is complete (end of epoch {saved})"
-        except Exception as err:   # a report must not fail: say what is known
-            text = f"{where}; {last} could not be read back ({err})"
-    else:
-        text = f"{where}; no checkpoint is complete yet (the first is written at the end of epoch 1)"
+    checkpoint, state = _last_checkpoint(run_dir)
+    text = f"{where}; {_checkpoint_words(checkpoint, state)}"
     err = Interrupted(text + (f"; continue with --resume {checkpoint}" if checkpoint else ""))
     err.checkpoint, err.where = checkpoint, text
     return err
+
+
+def stopped_error(run_dir: str, epoch_done: int, epochs: int, step: int, signum: int, rank: int = 0,
+                  world_size: int = 1) -> Stopped:
+    """The one-line report of a stop signal (exit code 128 + ``signum``), like :func:`interrupted_error`.
+
+    A stop keeps the last end-of-epoch ``last.pt`` (the trainer resumes only at epoch boundaries), so the line
+    counts the optimiser steps of the current epoch that a resume trains again. On a rank other than 0 the
+    line only says that it stopped with the others: rank 0 reports the checkpoint, which another node may
+    not even see, and ``where``/``checkpoint`` are None so that ``tools.train`` adds no resume command.
+    """
+    name = signal_name(signum)
+    where = f"stopped by {name} in epoch {epoch_done + 1} of {epochs}, after {step} optimiser steps"
+    if rank != 0:
+        err = Stopped(f"rank {rank} of {world_size}: {where}, with the other ranks; rank 0's line names the "
+                      f"complete checkpoint and the command that continues", signum)
+        err.checkpoint, err.where = None, None
+        return err
+    checkpoint, state = _last_checkpoint(run_dir)
+    text = f"{where}; {_checkpoint_words(checkpoint, state)}"
+    redo = step - int(state.get("global_step", step)) if isinstance(state, dict) else 0
+    if redo > 0:
+        text += f"; the {redo} optimiser steps after it are trained again on resume (a stop keeps the last " \
+                "end-of-epoch checkpoint)"
+    err = Stopped(text + (f"; continue with --resume {checkpoint}" if checkpoint else ""), signum)
+    err.checkpoint, err.where = checkpoint, text
+    return err
+
+
+def _last_checkpoint(run_dir: str) -> tuple[str | None, dict | str | None]:
+    """``(path of last.pt or None, its state, or the reason it could not be read)``.
+
+    An existing ``last.pt`` is named even when reading it back fails here: writes are atomic, so the file is
+    a complete checkpoint in all but name, and without a checkpoint the printed command would be the one
+    with ``--overwrite``, which deletes it. A ``--resume`` of a truly broken file fails with its own message.
+    """
+    last = os.path.join(run_dir, "last.pt")
+    if not os.path.isfile(last):
+        return None, None
+    try:
+        return last, load_checkpoint(last)
+    except Exception as err:   # a report must not fail: say what is known
+        return last, str(err)
+
+
+def _checkpoint_words(checkpoint: str | None, state: dict | str | None) -> str:
+    if checkpoint is None:
+        return "no checkpoint is complete yet (the first is written at the end of epoch 1)"
+    if isinstance(state, dict):
+        return f"{checkpoint} is complete (end of epoch {int(state['epoch'])})"
+    return f"{checkpoint} could not be read back ({state})"
