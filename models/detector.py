@@ -1,9 +1,12 @@
 """CenterNet-style detectors: input normalisation -> timm backbone -> FPN -> CenterNet head.
 
-Two heads on the same trunk: :class:`CenterNetDetector` predicts on the FPN's stride-4 level only (the
+Heads on the same trunk: :class:`CenterNetDetector` predicts on the FPN's stride-4 level only (the
 original CenterNet layout); :class:`MultiLevelCenterNetDetector` runs one shared CenterNet head on several
 FPN levels (e.g. strides 4-32, or 8-64 for large objects), and the codec puts each object on the level its
-size says (``models.box_codec.MultiLevelCenterNetCodec``).
+size says (``models.box_codec.MultiLevelCenterNetCodec``); :class:`LtrbDetector` runs the ltrb head
+(``models/ltrb.py``: class scores and distributions of the distances to the box edges, GFL / YOLOv8) on
+several levels. The two multi-level detectors share :class:`MultiLevelDetector` (the levels, extra levels
+and per-level heads); only the head and its output keys differ.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch import nn
 from models.backbone import Backbone
 from models.centernet import CenterNetHead
 from models.fpn import FPN
+from models.ltrb import LtrbHead
 from models.normalize import InputNormalizer
 from models.trunk import FPNHeadModel, build_trunk, make_normalizer
 
@@ -39,25 +43,25 @@ class CenterNetDetector(FPNHeadModel):
         return self.head.num_classes
 
 
-class MultiLevelCenterNetDetector(nn.Module):
-    """One CenterNet head, shared by every level, on several FPN levels.
+class MultiLevelDetector(nn.Module):
+    """A head, shared by every level or one per level, on several FPN levels.
 
     Args:
         backbone, neck, normalizer: the trunk; ``neck`` outputs the backbone levels among ``strides``.
-        head: a :class:`CenterNetHead` whose weights all levels share (sizes are in cells, so an object of
-            4-8 cells looks alike on every level), or an ``nn.ModuleList`` of one head per level.
+        head: a head module whose weights all levels share, or an ``nn.ModuleList`` of one head per level;
+            each returns a dict with the subclass's ``output_keys``.
         strides: the head's levels, finest first, doubling. Levels coarser than the backbone's coarsest are
             built as in RetinaNet: a 3x3 stride-2 conv on the coarsest FPN output (``P6``), then on the
             ReLU of the previous extra level (``P7``, ...).
 
-    forward(images [B, 3, H, W]) -> {"heatmap": [L tensors [B, C, H/s, W/s]], "size": [L x [B, 2, H/s, W/s]],
-    "offset": [L x [B, 2, H/s, W/s]]}, one entry per stride, finest first. H and W must be multiples of the
-    coarsest stride (the codec checks that too).
+    forward(images [B, 3, H, W]) -> {key: [L tensors [B, D, H/s, W/s]] for key in output_keys}, one entry per
+    stride, finest first. H and W must be multiples of the coarsest stride (the codec checks that too).
     """
 
-    head_name = "multi-level CenterNet head"
+    head_name = "multi-level head"
+    output_keys: tuple[str, ...] = ()
 
-    def __init__(self, backbone: Backbone, neck: FPN, head: CenterNetHead | nn.ModuleList,
+    def __init__(self, backbone: Backbone, neck: FPN, head: nn.Module,
                  normalizer: InputNormalizer, strides: Sequence[int]):
         super().__init__()
         self.strides = [int(s) for s in strides]
@@ -91,21 +95,56 @@ class MultiLevelCenterNetDetector(nn.Module):
             feats.append(conv(feats[-1] if i == 0 else F.relu(feats[-1])))
         heads = self.head if isinstance(self.head, nn.ModuleList) else [self.head] * len(feats)
         outs = [head(f) for head, f in zip(heads, feats)]
-        return {key: [o[key] for o in outs] for key in ("heatmap", "size", "offset")}
+        return {key: [o[key] for o in outs] for key in self.output_keys}
+
+
+class MultiLevelCenterNetDetector(MultiLevelDetector):
+    """One CenterNet head, shared by every level (sizes are in cells, so an object of 4-8 cells looks alike on
+    every level), or one :class:`CenterNetHead` per level, on several FPN levels (:class:`MultiLevelDetector`).
+
+    forward(images [B, 3, H, W]) -> {"heatmap": [L tensors [B, C, H/s, W/s]], "size": [L x [B, 2, H/s, W/s]],
+    "offset": [L x [B, 2, H/s, W/s]]}, one entry per stride, finest first.
+    """
+
+    head_name = "multi-level CenterNet head"
+    output_keys = ("heatmap", "size", "offset")
+
+
+class LtrbDetector(MultiLevelDetector):
+    """The ltrb head (:class:`models.ltrb.LtrbHead`), shared by every level (distances are in strides) or one per
+    level, on several FPN levels (:class:`MultiLevelDetector`).
+
+    forward(images [B, 3, H, W]) -> {"cls": [L tensors [B, C, H/s, W/s]] logits, "reg": [L x [B, 4 (R + 1),
+    H/s, W/s]] logits of the distances l, t, r, b (``R = reg_max``; ``[B, 4, H/s, W/s]`` when R = 0)}, finest
+    first. Decoded by :class:`models.ltrb.LtrbCodec`.
+    """
+
+    head_name = "ltrb head"
+    output_keys = ("cls", "reg")
+
+    @property
+    def reg_max(self) -> int:
+        return self.head[0].reg_max if isinstance(self.head, nn.ModuleList) else self.head.reg_max
 
 
 def build_detector(num_classes: int, backbone: str = "resnet18", out_indices: Sequence[int] = (1, 2, 3, 4),
                    pretrained_path: str | None = None, fpn_channels: int = 128, head_channels: int = 64,
                    normalization: str = "backbone", strides: Sequence[int] | None = None,
-                   shared_head: bool = True,
-                   pretrained: bool = False) -> CenterNetDetector | MultiLevelCenterNetDetector:
+                   shared_head: bool = True, pretrained: bool = False, head: str = "centernet",
+                   reg_max: int = 16, head_convs: int = 2) -> CenterNetDetector | MultiLevelDetector:
     """Compose the parts from plain arguments (the detection task maps its config onto these names).
 
-    ``strides`` None: the single-level head at stride 4. Otherwise the multi-level head on those strides,
+    ``strides`` None: the single-level head at stride 4. Otherwise a multi-level head on those strides,
     finest first and doubling; the first must be the backbone's finest level (``out_indices``), and strides
     coarser than the backbone's coarsest are built as extra levels; ``shared_head`` False gives every level
-    its own head.
+    its own head. ``head``: ``centernet`` (:class:`MultiLevelCenterNetDetector`) or ``ltrb``
+    (:class:`LtrbDetector`, with ``reg_max`` and ``head_convs`` of :class:`models.ltrb.LtrbHead`; needs
+    ``strides``).
     """
+    if head not in ("centernet", "ltrb"):
+        raise ValueError(f"head {head!r}: use 'centernet' or 'ltrb'")
+    if head == "ltrb" and strides is None:
+        raise ValueError("the ltrb head runs on several levels: give its strides")
     if strides is None:
         bb, neck, normalizer = build_trunk(backbone, out_indices, pretrained_path, fpn_channels, normalization,
                                            DETECTION_STRIDE, pretrained=pretrained)
@@ -127,8 +166,13 @@ def build_detector(num_classes: int, backbone: str = "resnet18", out_indices: Se
                          f"coarsest ({max(bb.strides)}) are built from it")
     neck = FPN(bb.channels, bb.strides, out_channels=fpn_channels,
                output_levels=[bb.strides.index(s) for s in inside])
-    if shared_head:
-        head = CenterNetHead(fpn_channels, num_classes, channels=head_channels)
+    if head == "ltrb":
+        def make_head():
+            return LtrbHead(fpn_channels, num_classes, reg_max=reg_max, channels=head_channels, num_convs=head_convs)
+        detector = LtrbDetector
     else:
-        head = nn.ModuleList(CenterNetHead(fpn_channels, num_classes, channels=head_channels) for _ in strides)
-    return MultiLevelCenterNetDetector(bb, neck, head, make_normalizer(normalization, bb), strides)
+        def make_head():
+            return CenterNetHead(fpn_channels, num_classes, channels=head_channels)
+        detector = MultiLevelCenterNetDetector
+    heads = make_head() if shared_head else nn.ModuleList(make_head() for _ in strides)
+    return detector(bb, neck, heads, make_normalizer(normalization, bb), strides)

@@ -176,3 +176,48 @@ def giou_loss(pred_boxes: torch.Tensor, target_boxes: torch.Tensor, mask: torch.
     m = mask.float()
     giou = aligned_box_giou(pred_boxes.float(), target_boxes.float())
     return ((1 - giou) * m).sum() / m.sum().clamp(min=1.0)
+
+
+# ---------------------------------------------------------------------------------------------- ltrb head
+def distribution_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Distribution Focal Loss (Li et al., "Generalized Focal Loss", 2020), elementwise.
+
+    logits: [..., R + 1] one side's distribution over the distances ``0, 1, ..., R`` (in strides); target:
+    [...] the true distance, in ``[0, R)`` (the caller clamps it, e.g. to ``R - 0.01`` as GFL and YOLOv8 do).
+    With ``i = floor(y)``: ``-((i + 1 - y) log p_i + (y - i) log p_{i+1})``, the cross-entropy with the two-bin
+    distribution whose expectation is ``y``; it is smallest (the entropy of those two weights) exactly when
+    the softmax is that distribution. Returns [...] in float32.
+    """
+    logp = F.log_softmax(logits.float(), -1)
+    y = target.float()
+    left = y.floor().long().clamp(0, logits.shape[-1] - 2)
+    w_right = y - left.float()
+    lp = logp.gather(-1, left[..., None])[..., 0]
+    rp = logp.gather(-1, (left + 1)[..., None])[..., 0]
+    return -((1 - w_right) * lp + w_right * rp)
+
+
+def quality_focal_loss(logits: torch.Tensor, target: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
+    """Quality Focal Loss (GFL), elementwise: ``BCE(sigmoid(x), y) x |y - sigmoid(x)|^beta``.
+
+    logits, target: same shape (e.g. [B, P, C]); the target is the quality (IoU) in [0, 1] at a positive
+    cell's class and 0 elsewhere. Zero at the perfect prediction ``sigmoid(x) = y``; with ``y`` in {0, 1} it
+    is the focal loss (without its alpha). Returns float32 of the input shape (callers sum and normalise by
+    the number of positives).
+    """
+    x, y = logits.float(), target.float()
+    return F.binary_cross_entropy_with_logits(x, y, reduction="none") * (y - torch.sigmoid(x)).abs().pow(beta)
+
+
+def varifocal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.75,
+                   gamma: float = 2.0) -> torch.Tensor:
+    """Varifocal Loss (Zhang et al., "VarifocalNet", 2021), elementwise: ``BCE(sigmoid(x), q) x w`` with
+    ``w = q`` where ``q > 0`` (positives, weighted by their quality) and ``w = alpha sigmoid(x)^gamma`` where
+    ``q = 0`` (negatives, down-weighted like the focal loss).
+
+    logits, target: same shape; target ``q`` in [0, 1]. Minimal (zero gradient) at ``sigmoid(x) = q``; zero
+    there only for ``q`` in {0, 1}. Returns float32 of the input shape.
+    """
+    x, q = logits.float(), target.float()
+    weight = torch.where(q > 0, q, alpha * torch.sigmoid(x).pow(gamma))
+    return F.binary_cross_entropy_with_logits(x, q, reduction="none") * weight

@@ -15,21 +15,23 @@ from datasets.synthetic_detection import ensure_synthetic_detection_dataset
 from engine.tasks.base import Experiment
 from engine.tasks.detection.task import DetectionMeta, DetectionTask
 from models.box_codec import CenterNetCodec, MultiLevelCenterNetCodec
-from models.detector import DETECTION_STRIDE, CenterNetDetector, MultiLevelCenterNetDetector, build_detector
+from models.detector import DETECTION_STRIDE, CenterNetDetector, MultiLevelDetector, build_detector
 from models.errors import CheckpointError, ConfigError, DataError
+from models.ltrb import LtrbCodec, LtrbLoss
 
 log = logging.getLogger(__name__)
 
 
-HEADS = ("single", "multi_level")
+HEADS = ("single", "multi_level", "ltrb")
 
 
 def _head_strides(cfg) -> list[int] | None:
     """The multi-level head's strides, or None for the single-level head (checks ``model.head``)."""
     m = cfg.model
     if m.head not in HEADS:
-        raise ConfigError(f"model.head={m.head!r}: use 'single' (stride 4 only) or 'multi_level' "
-                          f"(one head on model.head_strides)")
+        raise ConfigError(f"model.head={m.head!r}: use 'single' (stride 4 only), 'multi_level' (one CenterNet "
+                          f"head on model.head_strides) or 'ltrb' (class scores and edge distances on "
+                          f"model.head_strides)")
     if m.head == "single":
         return None
     strides = [int(s) for s in m.head_strides]
@@ -39,8 +41,15 @@ def _head_strides(cfg) -> list[int] | None:
     return strides
 
 
-def build_codec(cfg, num_classes: int) -> CenterNetCodec | MultiLevelCenterNetCodec:
+def build_codec(cfg, num_classes: int) -> CenterNetCodec | MultiLevelCenterNetCodec | LtrbCodec:
     strides = _head_strides(cfg)
+    if cfg.model.head == "ltrb":
+        try:
+            return LtrbCodec(cfg.data.input_size, num_classes, strides, reg_max=cfg.model.reg_max,
+                             size_bounds=cfg.model.level_size_bounds, topk=cfg.eval.pre_nms_topk)
+        except ValueError as e:
+            raise ConfigError(f"model.head_strides={strides}, model.level_size_bounds={cfg.model.level_size_bounds}, "
+                              f"data.input_size={list(cfg.data.input_size)}: {e}") from e
     if strides is None:
         return CenterNetCodec(cfg.data.input_size, num_classes, stride=DETECTION_STRIDE,
                               min_overlap=cfg.data.min_overlap, topk=cfg.eval.topk)
@@ -52,7 +61,7 @@ def build_codec(cfg, num_classes: int) -> CenterNetCodec | MultiLevelCenterNetCo
                           f"data.input_size={list(cfg.data.input_size)}: {e}") from e
 
 
-def build_model(cfg, num_classes: int, pretrained: bool = True) -> CenterNetDetector | MultiLevelCenterNetDetector:
+def build_model(cfg, num_classes: int, pretrained: bool = True) -> CenterNetDetector | MultiLevelDetector:
     m = cfg.model
     strides = _head_strides(cfg)
     w, h = (int(v) for v in cfg.data.input_size)
@@ -63,7 +72,9 @@ def build_model(cfg, num_classes: int, pretrained: bool = True) -> CenterNetDete
         model = build_detector(num_classes, backbone=m.backbone, out_indices=m.out_indices,
                                pretrained_path=m.pretrained_path if pretrained else None, fpn_channels=m.fpn_channels,
                                head_channels=m.head_channels, normalization=m.normalization, strides=strides,
-                               shared_head=m.shared_head, pretrained=m.pretrained and pretrained)
+                               shared_head=m.shared_head, pretrained=m.pretrained and pretrained,
+                               head="ltrb" if m.head == "ltrb" else "centernet", reg_max=m.reg_max,
+                               head_convs=m.head_convs)
     except ValueError as e:
         if strides is None:
             raise
@@ -74,12 +85,29 @@ def build_model(cfg, num_classes: int, pretrained: bool = True) -> CenterNetDete
     return model
 
 
+def build_ltrb_loss(cfg, codec: LtrbCodec) -> LtrbLoss:
+    """The ltrb head's targets and losses from the ``loss`` section."""
+    lo = cfg.loss
+    try:
+        return LtrbLoss(codec, assigner=lo.assigner, centre_radius=lo.centre_radius, tal_topk=lo.tal_topk,
+                        tal_alpha=lo.tal_alpha, tal_beta=lo.tal_beta, quality=lo.quality, cls_loss=lo.cls_loss,
+                        cls_weight=lo.cls_weight, giou_weight=lo.ltrb_giou_weight, dfl_weight=lo.dfl_weight,
+                        qfl_beta=lo.qfl_beta, vfl_alpha=lo.vfl_alpha, vfl_gamma=lo.vfl_gamma)
+    except ValueError as e:
+        raise ConfigError(f"loss.assigner={lo.assigner!r}, loss.quality={lo.quality!r}, "
+                          f"loss.cls_loss={lo.cls_loss!r}: {e}") from e
+
+
 def build_task(cfg, meta: DetectionMeta, val_gt: dict | None = None, progress: bool = True) -> DetectionTask:
     lo, ev = cfg.loss, cfg.eval
-    return DetectionTask(build_codec(cfg, meta.num_classes), meta, val_gt=val_gt, heatmap_weight=lo.heatmap_weight,
+    codec = build_codec(cfg, meta.num_classes)
+    ltrb = isinstance(codec, LtrbCodec)
+    return DetectionTask(codec, meta, val_gt=val_gt, heatmap_weight=lo.heatmap_weight,
                          size_weight=lo.size_weight, offset_weight=lo.offset_weight, giou_weight=lo.giou_weight,
                          focal_alpha=lo.focal_alpha, focal_beta=lo.focal_beta, score_threshold=ev.score_threshold,
-                         nms=ev.nms, nms_iou=ev.nms_iou, progress=progress)
+                         nms=ev.nms, nms_iou=ev.nms_iou, progress=progress,
+                         ltrb_loss=build_ltrb_loss(cfg, codec) if ltrb else None,
+                         max_detections=ev.topk if ltrb else None)
 
 
 def prepare_data(cfg) -> None:
@@ -175,6 +203,6 @@ def check_checkpoint(state: dict, exp: Experiment, checkpoint: str) -> None:
                               f"{ann} gives {exp.meta.category_ids}; set data.category_ids to the checkpoint's")
 
 
-def build_inference_model(cfg, meta: dict) -> CenterNetDetector | MultiLevelCenterNetDetector:
+def build_inference_model(cfg, meta: dict) -> CenterNetDetector | MultiLevelDetector:
     """The untrained detector a detection checkpoint's weights load into (its config and ``meta``)."""
     return build_model(cfg, DetectionMeta.from_dict(meta).num_classes, pretrained=False)

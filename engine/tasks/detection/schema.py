@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from datasets.detection_transforms import DetectionAugment
 from datasets.synthetic_detection import SyntheticDetectionSpec
 from engine.config.sections import SplitConfig, TrainConfig, level_stride, range_checker
+from models.ltrb import ASSIGNERS, CLS_LOSSES, QUALITIES
 
 
 @dataclass
@@ -18,11 +20,15 @@ class DetectionModelConfig:
     normalization: str = "backbone"     # backbone (timm mean/std) | unit ([0, 1])
     fpn_channels: int = 128
     head_channels: int = 64             # hidden channels of each CenterNet branch
-    head: str = "single"                # single: stride 4 only | multi_level: one shared head on head_strides
-    head_strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32])   # multi_level levels, finest first
-    # multi_level: boundaries of max(w, h) (input pixels) between consecutive levels; 8 * stride when None
+    # single: stride 4 only | multi_level: one shared CenterNet head on head_strides | ltrb: class scores and
+    # edge-distance distributions on head_strides (GFL / YOLOv8; models/ltrb.py)
+    head: str = "single"
+    head_strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32])   # multi_level/ltrb levels, finest first
+    # multi_level, ltrb: boundaries of max(w, h) (input pixels) between consecutive levels; 8 * stride when None
     level_size_bounds: list[float] | None = None
-    shared_head: bool = True            # multi_level: one head for all levels (false: one head per level)
+    shared_head: bool = True            # multi_level, ltrb: one head for all levels (false: one head per level)
+    reg_max: int = 16                   # ltrb: each side a distribution over 0..reg_max strides; 0: one number
+    head_convs: int = 2                 # ltrb: 3x3 conv + GroupNorm + ReLU layers per branch
 
 
 @dataclass
@@ -50,12 +56,27 @@ class DetectionLossConfig:
     giou_weight: float = 0.0            # 1 - GIoU of the boxes decoded at the object cells; 0 disables
     focal_alpha: float = 2.0
     focal_beta: float = 4.0
+    # The ltrb head's terms (the keys above are the CenterNet heads'):
+    assigner: str = "task_aligned"      # task_aligned (TOOD/YOLOv8) | centre (FCOS centre sampling) | cell (one)
+    centre_radius: float = 2.5          # centre: cells within this many strides of the box centre (and inside it)
+    tal_topk: int = 10                  # task_aligned: positives per object at most
+    tal_alpha: float = 0.5              # task_aligned: metric score^alpha x IoU^beta
+    tal_beta: float = 6.0
+    quality: str = "iou"                # class target of a positive: iou | aligned (task_aligned only) | none (1)
+    cls_loss: str = "qfl"               # qfl (Quality Focal Loss) | vfl (VariFocal Loss)
+    cls_weight: float = 1.0
+    ltrb_giou_weight: float = 2.0       # 1 - GIoU of the decoded boxes at the positive cells
+    dfl_weight: float = 0.25            # Distribution Focal Loss; 0 leaves it out
+    qfl_beta: float = 2.0
+    vfl_alpha: float = 0.75
+    vfl_gamma: float = 2.0
 
 
 @dataclass
 class DetectionEvalConfig:
     topk: int = 100                     # detections per image before the score threshold
     score_threshold: float = 0.01
+    pre_nms_topk: int = 1000            # ltrb: candidates before NMS (topk is then the detections kept after it)
     nms: bool = True                    # class-wise NMS after the 3x3 peak extraction
     nms_iou: float = 0.6
     main_metric: str = "AP"
@@ -90,4 +111,27 @@ def check_ranges(cfg: DetectionConfig) -> list[str]:
     need("data.min_overlap", d.min_overlap, 0 < d.min_overlap < 1, "must be in (0, 1)")
     need("data.max_objects", d.max_objects, d.max_objects >= 1, "must be >= 1")
     need("data.augment.flip_prob", d.augment.flip_prob, 0 <= d.augment.flip_prob <= 1, "must be in [0, 1]")
+    m, lo = cfg.model, cfg.loss
+    need("model.reg_max", m.reg_max, 0 <= m.reg_max <= 64, "must be in [0, 64] (0: one number per side)")
+    need("model.head_convs", m.head_convs, 1 <= m.head_convs <= 8, "must be in [1, 8]")
+    need("eval.pre_nms_topk", e.pre_nms_topk, e.pre_nms_topk >= 1, "must be >= 1")
+    need("loss.assigner", lo.assigner, lo.assigner in ASSIGNERS, f"must be one of {', '.join(ASSIGNERS)}")
+    need("loss.quality", lo.quality, lo.quality in QUALITIES, f"must be one of {', '.join(QUALITIES)}")
+    need("loss.cls_loss", lo.cls_loss, lo.cls_loss in CLS_LOSSES, f"must be one of {', '.join(CLS_LOSSES)}")
+    need("loss.centre_radius", lo.centre_radius, 0 < lo.centre_radius <= 16, "must be in (0, 16] strides")
+    need("loss.tal_topk", lo.tal_topk, lo.tal_topk >= 1, "must be >= 1")
+    for key in ("tal_alpha", "tal_beta", "cls_weight", "ltrb_giou_weight", "dfl_weight", "qfl_beta", "vfl_gamma"):
+        value = getattr(lo, key)
+        need(f"loss.{key}", value, math.isfinite(value) and value >= 0, "must be a finite number >= 0")
+    need("loss.vfl_alpha", lo.vfl_alpha, math.isfinite(lo.vfl_alpha) and lo.vfl_alpha > 0,
+         "must be a finite number > 0")
+    if m.head == "ltrb":
+        need("loss.quality", lo.quality, lo.quality != "aligned" or lo.assigner == "task_aligned",
+             "'aligned' is the task-aligned assigner's metric: needs loss.assigner=task_aligned")
+        need("loss.dfl_weight", lo.dfl_weight, lo.dfl_weight == 0 or m.reg_max >= 1,
+             "needs model.reg_max >= 1 (a distribution per side); set it to 0 with model.reg_max=0")
+        need("loss.cls_weight", lo.cls_weight, lo.cls_weight > 0, "must be > 0 for the ltrb head (its only score)")
+        need("loss.ltrb_giou_weight", lo.ltrb_giou_weight,
+             lo.ltrb_giou_weight > 0 or (lo.dfl_weight > 0 and m.reg_max >= 1),
+             "and loss.dfl_weight are both 0: nothing would train the box distances")
     return out

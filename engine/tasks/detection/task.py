@@ -1,8 +1,10 @@
-"""The detection task (CenterNet-style): targets, loss, prediction (decode, back to the image) and COCO bbox AP.
+"""The detection task (CenterNet-style, or the ltrb head): targets, loss, prediction (decode, back to the image)
+and COCO bbox AP.
 
 Data flows one way, as for keypoints: the loader ships uint8 letterboxed images and raw padded boxes with a
 mask; here they move to the model's device, the codec builds the heatmap, size and offset targets there for
-the whole batch, the losses compare, and at prediction the codec decodes peaks into boxes that the
+the whole batch (for the ltrb head, :class:`models.ltrb.LtrbLoss` assigns cells and builds its targets there),
+the losses compare, and at prediction the codec decodes peaks (or the top cells) into boxes that the
 input -> image matrices map back to the image (through the boxes' pixel edges).
 """
 
@@ -22,6 +24,7 @@ from engine.tasks.detection.evaluator import DetectionEvaluator
 from models.bbox import affine_boxes, batched_nms, box_is_empty, clip_boxes, xyxy_to_coco_xywh
 from models.box_codec import BoxTargets, CenterNetCodec, MultiLevelCenterNetCodec
 from models.losses import centernet_focal_loss, giou_loss, masked_l1_loss
+from models.ltrb import LtrbCodec, LtrbLoss
 from models.utils import device_of
 
 log = logging.getLogger(__name__)
@@ -49,21 +52,27 @@ class DetectionMeta:
 class DetectionTask:
     """Args:
         codec: the CenterNet codec (input size, stride, classes, Gaussian radius, top-k); a
-            ``MultiLevelCenterNetCodec`` for a multi-level head (whose outputs are lists, one map per level).
+            ``MultiLevelCenterNetCodec`` for a multi-level head (whose outputs are lists, one map per level); an
+            :class:`models.ltrb.LtrbCodec` for the ltrb head (outputs ``cls`` and ``reg``, lists per level).
         meta: class names and COCO category ids.
         val_gt: COCO ground-truth dict of the validation images (for ``validate``).
         heatmap_weight, size_weight, offset_weight, giou_weight: loss weights (giou 0 disables it).
         focal_alpha, focal_beta: focal loss exponents.
         score_threshold: detections below this score are dropped at prediction.
         nms, nms_iou: class-wise NMS (+1 IoU through torchvision) after decoding.
+        ltrb_loss: the ltrb head's :class:`models.ltrb.LtrbLoss` (its defaults when None); unused otherwise.
+        max_detections: detections kept per image after NMS (the ltrb head decodes the codec's ``topk``
+            candidates, which NMS thins); None keeps every one (the CenterNet heads: ``topk`` peaks already).
     """
 
     name = "detection"
 
-    def __init__(self, codec: CenterNetCodec, meta: DetectionMeta, val_gt: dict | None = None,
+    def __init__(self, codec: CenterNetCodec | MultiLevelCenterNetCodec | LtrbCodec, meta: DetectionMeta,
+                 val_gt: dict | None = None,
                  heatmap_weight: float = 1.0, size_weight: float = 0.1, offset_weight: float = 1.0,
                  giou_weight: float = 0.0, focal_alpha: float = 2.0, focal_beta: float = 4.0,
-                 score_threshold: float = 0.01, nms: bool = True, nms_iou: float = 0.6, progress: bool = True):
+                 score_threshold: float = 0.01, nms: bool = True, nms_iou: float = 0.6, progress: bool = True,
+                 ltrb_loss: LtrbLoss | None = None, max_detections: int | None = None):
         if codec.num_classes != meta.num_classes:
             raise ValueError(f"codec has {codec.num_classes} classes but meta names {meta.num_classes}")
         self.codec = codec
@@ -77,6 +86,13 @@ class DetectionTask:
         self.nms_iou = nms_iou
         self.progress = progress
         self._warned_max_objects = False
+        if isinstance(codec, LtrbCodec):
+            self.ltrb_loss = ltrb_loss if ltrb_loss is not None else LtrbLoss(codec)
+            if self.ltrb_loss.codec is not codec:
+                raise ValueError("ltrb_loss was built for another codec than the task's")
+        else:
+            self.ltrb_loss = None
+        self.max_detections = max_detections
 
     # ------------------------------------------------------------------ training
     def losses(self, outputs: dict, boxes: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
@@ -84,7 +100,14 @@ class DetectionTask:
         """Loss terms of model ``outputs`` against padded boxes [B, N, 4] (input pixels), labels and mask.
 
         window_radii: :meth:`window_radii` of the same boxes, computed on the host before they moved to the
-        device (None: the codec computes them, one read-back per level on a GPU)."""
+        device (None: the codec computes them, one read-back per level on a GPU). The ltrb head needs none: its
+        targets are :class:`models.ltrb.LtrbLoss`'s (terms ``loss_cls``, ``loss_giou``, ``loss_dfl``,
+        ``num_positives`` and ``positive_iou``)."""
+        if self.ltrb_loss is not None:
+            if not isinstance(outputs.get("cls"), (list, tuple)) or not isinstance(outputs.get("reg"), (list, tuple)):
+                raise ValueError(f"the ltrb codec needs the ltrb head's outputs (per-level lists 'cls' and 'reg'), got "
+                                 f"keys {sorted(outputs)}: model.head and the codec disagree")
+            return self.ltrb_loss(outputs["cls"], outputs["reg"], boxes, labels, mask)
         codecs, maps, targets = self._levels(outputs, boxes, labels, mask, window_radii)
         # Every level's cells and objects are concatenated, so the focal loss is normalised by the positives
         # of all levels together and the L1 / GIoU terms average over all objects (one level: the same sums).
@@ -107,9 +130,12 @@ class DetectionTask:
         total = sum(self.weights[k[5:]] * v for k, v in terms.items())
         return {"loss": total, **terms, "num_objects": t_mask.sum()}
 
-    def window_radii(self, boxes: torch.Tensor, mask: torch.Tensor) -> list[int]:
+    def window_radii(self, boxes: torch.Tensor, mask: torch.Tensor) -> list[int] | None:
         """The Gaussian window half-width of every level for these boxes, where they live (the loader's CPU
-        tensors), so that target building on the device needs no read-back."""
+        tensors), so that target building on the device needs no read-back. None for the ltrb head (no
+        Gaussians)."""
+        if isinstance(self.codec, LtrbCodec):
+            return None
         if isinstance(self.codec, MultiLevelCenterNetCodec):
             return self.codec.window_radii(boxes, mask)
         return [self.codec.window_radius(boxes, mask)]
@@ -165,7 +191,9 @@ class DetectionTask:
         """
         device = device_of(model)
         out = model(batch["image"].to(device, non_blocking=True))
-        if isinstance(self.codec, MultiLevelCenterNetCodec):
+        if isinstance(self.codec, LtrbCodec):
+            boxes, scores, labels = self.codec.decode(out["cls"], out["reg"])
+        elif isinstance(self.codec, MultiLevelCenterNetCodec):
             boxes, scores, labels = self.codec.decode([torch.sigmoid(h.float()) for h in out["heatmap"]],
                                                       out["size"], out["offset"])
         else:
@@ -182,6 +210,8 @@ class DetectionTask:
             if self.nms and len(b):
                 kept = batched_nms(b, s, c, self.nms_iou)
                 b, s, c = b[kept], s[kept], c[kept]
+            if self.max_detections is not None:
+                b, s, c = b[:self.max_detections], s[:self.max_detections], c[:self.max_detections]
             c = c.cpu().numpy()
             results.append({"boxes": b.cpu().numpy().astype(np.float64), "scores": s.cpu().numpy().astype(np.float64),
                             "labels": c, "category_ids": category_ids[c]})
