@@ -11,7 +11,9 @@ import pytest
 
 from datasets.skeletons import COCO_KEYPOINT_NAMES, COCO_SIGMAS
 from engine.config.starter import (
+    DEFAULT_EPOCHS,
     UNIFORM_SIGMA,
+    choose_eval_interval,
     choose_flip,
     choose_input_size,
     choose_schedule,
@@ -22,6 +24,7 @@ from engine.config.starter import (
 )
 from engine.evaluation.keypoint_metrics import estimate_oks_sigmas
 from engine.tasks.registry import load_config
+from engine.train.estimate import TrainingSpeed
 from tools import convert as convert_tool
 from tools import make_config
 
@@ -36,10 +39,26 @@ def test_input_size_follows_the_aspect_in_stride_multiples():
 
 
 def test_schedule_from_the_data_size():
-    assert choose_schedule(18) == (2, 300)           # 9 steps an epoch: capped at 300 epochs
-    assert choose_schedule(100) == (8, 300)           # 13 steps: 308 capped
-    assert choose_schedule(1000) == (32, 125)        # 32 steps an epoch -> 4000 / 32
-    assert choose_schedule(200000) == (32, 30)       # at least 30 epochs
+    assert choose_schedule(18) == (2, DEFAULT_EPOCHS)         # 9 steps an epoch
+    assert choose_schedule(100) == (8, DEFAULT_EPOCHS)        # 13 steps
+    assert choose_schedule(1000) == (16, DEFAULT_EPOCHS)      # the batch stops at 16, as the shipped configs
+    assert DEFAULT_EPOCHS == 50
+
+
+def test_evaluation_interval_and_the_small_holdout_note():
+    assert choose_eval_interval(50, 121) == (5, None)                # about ten evaluations
+    assert choose_eval_interval(8, 500) == (1, None)
+    interval, note = choose_eval_interval(50, 16)                    # a 16-instance hold-out: half as often
+    assert interval == 10 and "16 instances" in note and "best.pt is chosen on noise" in note
+
+
+def test_expected_minutes_and_the_budget_by_hand():
+    speed = TrainingSpeed(seconds_per_step=0.5, seconds_per_validation=30.0, steps_per_epoch=12, precision="fp32")
+    # 10 epochs of 12 steps of 0.5 s = 60 s, and validations after epochs 5 and 10 = 60 s: 2 minutes
+    assert speed.minutes(10, 5) == pytest.approx(2.0)
+    assert speed.minutes(11, 5) == pytest.approx((66 + 90) / 60)      # epoch 11 is the last: validated too
+    assert speed.minutes(10, 5, ema=True) == pytest.approx(3.0)      # the EMA is validated alongside
+    assert speed.epochs_within(2.0, 5) == 10 and speed.epochs_within(1.99, 5) == 9
 
 
 def test_flip_and_sigmas():
@@ -85,7 +104,7 @@ def test_yolo_set_gets_its_own_splits(shared_data, tmp_path, capsys):
     conv = convert_tool.main(["yolo", os.path.join(shared_data, "raw_formats", "yolo_tiger", "data.yaml"),
                               "--output", str(out)])
     cfg_path = tmp_path / "cfg" / "tiger.yaml"
-    make_config.main([str(out), "--image-root", conv.image_root, "--output", str(cfg_path)])
+    make_config.main([str(out), "--image-root", conv.image_root, "--output", str(cfg_path), "--no-timing"])
     text = capsys.readouterr().out
     cfg = load_config(str(cfg_path))
     assert cfg.data.train.ann_file == str(tmp_path / "cfg" / "tiger.train.json") and cfg.data.val.subset == "all"
@@ -96,23 +115,65 @@ def test_yolo_set_gets_its_own_splits(shared_data, tmp_path, capsys):
     w, h = cfg.data.input_size
     assert w % 32 == 0 and h % 32 == 0 and w > h          # tigers are wide
     assert os.path.isfile(tmp_path / "cfg" / "tiger_data.png")
+    # The keys a starter config sets beyond the data: what the shipped configs use and were measured with.
+    assert cfg.train.precision == "auto" and cfg.train.channels_last is True
+    assert (cfg.model.fpn_channels, cfg.model.head_channels) == (64, 64)
+    assert cfg.train.epochs == DEFAULT_EPOCHS and cfg.train.eval_interval == 10   # 6 val images: half as often
+    assert "best.pt is chosen on noise" in text and "expected time" not in text
+
+
+def test_a_68_point_face_set_gets_its_flip_partners_nme_and_the_face_report(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i in range(40):
+        xy = rng.uniform(10, 90, (68, 2))
+        kp = np.concatenate([xy, np.full((68, 1), 2.0)], 1)
+        images.append({"id": i + 1, "file_name": f"f{i}.png", "width": 100, "height": 100})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "keypoints": kp.ravel().tolist(),
+                     "num_keypoints": 68, "bbox": [10, 10, 80, 80], "area": 6400.0})
+    ann = tmp_path / "faces.json"
+    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": [
+        {"id": 1, "name": "face", "keypoints": [f"p{i + 1}" for i in range(68)], "skeleton": []}]}))
+    cfg = make_config.main([str(ann), "--image-root", str(tmp_path), "--output", str(tmp_path / "faces.yaml"),
+                            "--no-timing", "--no-report"])
+    from datasets.formats.pts import FLIP_68
+
+    assert cfg["data"]["flip_index"] == list(FLIP_68) and cfg["data"]["nme_normalize"] == [36, 45]
+    assert cfg["eval"]["main_metric"] == "NME" and cfg["eval"]["face"]["normalize"] == "inter_ocular"
+    loaded = load_config(str(tmp_path / "faces.yaml"))
+    assert loaded.eval.face is not None and loaded.data.flip_index[36] == 45
+
+
+def test_minutes_is_a_positive_budget_without_epochs(tmp_path):
+    from models.errors import InputError
+
+    for extra in (["--minutes", "0"], ["--minutes", "5", "--epochs", "10"]):
+        with pytest.raises(InputError, match="--minutes"):
+            make_config.main([str(tmp_path / "x.json"), "--image-root", str(tmp_path), "--output",
+                              str(tmp_path / "x.yaml"), *extra])
 
 
 @pytest.mark.slow
-def test_a_converted_set_trains_with_its_generated_config(shared_data, tmp_path):
+def test_a_converted_set_trains_with_its_generated_config(shared_data, tmp_path, caplog):
     from tools import train as train_tool
 
     project = os.path.join(shared_data, "raw_formats", "dlc_openfield")
     out = tmp_path / "mouse.json"
     conv = convert_tool.main(["dlc", project, "--output", str(out)])
     cfg_path = tmp_path / "mouse.yaml"
-    make_config.main([str(out), "--image-root", conv.image_root, "--output", str(cfg_path), "--epochs", "1",
-                      "--batch-size", "4", "--input-pixels", "4096", "--no-report", "--set",
-                      "train.num_threads=1", "train.num_workers=0", "model.num_stacks=1", "model.fpn_channels=32",
-                      "model.head_channels=32", "data.val_batch_size=4", f"output_dir={tmp_path}/runs"])
+    made = make_config.main([str(out), "--image-root", conv.image_root, "--output", str(cfg_path), "--minutes",
+                             "0.2", "--batch-size", "4", "--input-pixels", "4096", "--no-report", "--set",
+                             "train.num_threads=1", "train.num_workers=0", "model.num_stacks=1",
+                             "model.fpn_channels=32", "model.head_channels=32", "data.val_batch_size=4",
+                             f"output_dir={tmp_path}/runs"])
+    # It said how long the run would take, before training, from a few timed steps, and sized the epochs to fit.
+    assert 0 < made["_expected_minutes"] <= 0.2 and "expected time on this machine" in cfg_path.read_text()
     cfg = load_config(str(cfg_path))
+    assert cfg.train.epochs == made["train"]["epochs"] >= 1
     assert cfg.data.input_size == [96, 64]   # median aspect 2.86 at ~4096 pixels, multiples of 32
     assert cfg.data.flip_index == [0, 2, 1, 3]
     result = train_tool.main(["--config", str(cfg_path), "--run-dir", str(tmp_path / "run"), "--no-progress"])
     assert os.path.isfile(tmp_path / "run" / "last.pt")
     assert "AP" in json.dumps(result)   # it evaluated on the held-out frames
+    # Two held-out frames: the run says that its best.pt is chosen on noise.
+    assert "best.pt is chosen on noise" in caplog.text

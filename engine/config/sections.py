@@ -17,6 +17,9 @@ from omegaconf import MISSING
 PRECISIONS = ("fp32", "bf16", "fp16")           # what autocast runs
 PRECISION_CHOICES = PRECISIONS + ("auto",)      # train.precision (auto: engine/train/precision.py)
 NONFINITE_POLICIES = ("stop", "skip")           # train.on_nonfinite: stop the run, or skip the step
+# Fewer validation samples than this, and the main metric moves by chance from one evaluation to the next: a
+# "best" checkpoint chosen on it is chosen on noise (the starter config evaluates less often; the run says so).
+SMALL_HOLDOUT = 30
 STOP_SIGNALS = ("TERM", "USR1", "USR2")         # train.stop_signals: what may stop training like Ctrl-C
 
 

@@ -9,7 +9,15 @@
   same images were labelled twice (repeated ``file_name``s, or a second file); else a uniform guess;
 - input size: the median box aspect (width / height; square when the boxes are both wide and tall, as for an
   animal seen from above), about ``input_pixels`` pixels, each side a multiple of the backbone's coarsest stride;
-- batch and epochs from the number of training instances (about ``TARGET_STEPS`` optimiser steps in all);
+- the model width, precision and memory layout of the hand-written configs that this choice was measured
+  against (FPN and head at 64 channels; ``precision: auto``, bf16 where the processor has it; channels_last);
+- batch from the number of training instances (at least ~8 steps per epoch), ``DEFAULT_EPOCHS`` epochs (the
+  measured sets: docs/results.md, "Starter configs"), or as many as fit a time budget (``tools.make_config
+  --minutes``, from a few timed steps);
+- evaluation about ``EVALUATIONS`` times per run; with a hold-out of fewer than ``SMALL_HOLDOUT`` instances,
+  half as often, and a note that ``best.pt`` is then chosen on noise;
+- a 68-point face layout (Multi-PIE / 300-W) gets its flip partners, NME (inter-ocular) as the main metric and
+  the face report;
 - validation: the source's own split when its images carry ``"split"`` (train + val/valid/validation/test),
   written as two files beside the config; else a seeded hold-out of the images (``subset: holdout`` / ``rest``).
 """
@@ -23,13 +31,19 @@ from collections import Counter
 import numpy as np
 
 from datasets.formats.names import flip_index_from_names, is_coco_body
+from datasets.formats.pts import FLIP_68
 from datasets.skeletons import COCO_SIGMAS, COCO_UPPER_BODY_IDS
+from engine.config.sections import SMALL_HOLDOUT
 from engine.evaluation.keypoint_metrics import estimate_oks_sigmas
 from models.errors import DataError
 
 UNIFORM_SIGMA = 0.05         # a guess between COCO's eyes (0.025) and hips (0.107)
-TARGET_STEPS = 4000          # optimiser steps a starter run aims at
-MIN_EPOCHS, MAX_EPOCHS = 30, 300
+# The hand-written configs of the shared sets (100 to 1086 training instances) train 50-60 epochs, and their
+# hold-out numbers stop moving well before the end (docs/results.md, "Starter configs"); so do a 55-frame
+# DeepLabCut project's at ~45 epochs. Epochs, not steps, is what transfers between data sizes here.
+DEFAULT_EPOCHS = 50
+EVALUATIONS = 10             # validations per run (and at the end)
+FACE68 = 68
 MIN_REPEATED_PAIRS = 5       # doubly labelled instances needed before estimated sigmas replace the guess
 TRAIN_NAMES = ("train", "training")
 VAL_NAMES = ("val", "valid", "validation", "test")
@@ -53,6 +67,8 @@ def choose_flip(category: dict) -> tuple[list[int], str]:
     flip, pairs = flip_index_from_names(names)
     if pairs:
         return flip, "flip_index: inferred from left/right names: " + ", ".join(f"{a}<->{b}" for a, b in pairs)
+    if len(names) == FACE68:
+        return list(FLIP_68), "flip_index: the 68-point face layout's partners (Multi-PIE / 300-W)"
     return flip, "flip_index: identity (no left/right pairs in the names); set it if the skeleton has sides"
 
 
@@ -124,11 +140,22 @@ def choose_input_size(median_aspect: float, max_stride: int, input_pixels: int) 
 
 
 def choose_schedule(num_train: int) -> tuple[int, int]:
-    """(batch size, epochs): a power of two up to 32 that gives at least ~8 steps per epoch, and about
-    ``TARGET_STEPS`` steps in all, within [MIN_EPOCHS, MAX_EPOCHS]."""
-    batch = 2 ** max(1, min(5, int(math.log2(max(2, num_train // 8)))))
-    steps = max(1, math.ceil(num_train / batch))
-    return batch, int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(TARGET_STEPS / steps))))
+    """(batch size, epochs): a power of two up to 16 that gives at least ~8 steps per epoch, and
+    ``DEFAULT_EPOCHS``."""
+    batch = 2 ** max(1, min(4, int(math.log2(max(2, num_train // 8)))))
+    return batch, DEFAULT_EPOCHS
+
+
+def choose_eval_interval(epochs: int, num_val: int) -> tuple[int, str | None]:
+    """(epochs between validations, a note or None): about ``EVALUATIONS`` validations; half as many on a
+    hold-out too small to choose a checkpoint on, with a note saying so."""
+    interval = max(1, round(epochs / EVALUATIONS))
+    if num_val >= SMALL_HOLDOUT:
+        return interval, None
+    return max(1, round(epochs / (EVALUATIONS // 2))), (
+        f"eval_interval: the hold-out has {num_val} instances (< {SMALL_HOLDOUT}): its metric moves by chance "
+        f"from one evaluation to the next, so it is evaluated every {max(1, round(epochs / (EVALUATIONS // 2)))} "
+        f"epochs and best.pt is chosen on noise; compare last.pt, or label more validation images")
 
 
 def source_splits(coco: dict) -> tuple[str, str] | None:
@@ -200,9 +227,11 @@ def starter_config(coco: dict, ann_file: str, image_root: str, output: str, back
         notes.append(f"validation: a seeded hold-out of about {n_val} of {len(coco['images'])} images "
                      f"(subset holdout/rest, fraction {val_fraction}, seed {seed}); the source names no val split")
 
+    count = sum(1 for a in coco["annotations"] if int(a.get("category_id", cid)) == cid)
     num_train = sum(1 for a in train_coco["annotations"] if int(a.get("category_id", cid)) == cid)
     if not splits:   # the hold-out takes its share of the images (and, roughly, of the instances)
         num_train = max(1, round(num_train * (1 - val_fraction)))
+    num_val = max(0, count - num_train)
     aspect, why = input_aspect(box_aspects(train_coco, cid))
     if input_size is None:
         input_size = choose_input_size(aspect, max_stride, input_pixels)
@@ -213,20 +242,30 @@ def starter_config(coco: dict, ann_file: str, image_root: str, output: str, back
     total_steps = epochs * max(1, math.ceil(num_train / batch_size))
     notes.append(f"batch_size {batch_size}, epochs {epochs}: {num_train} training instances, about {total_steps} "
                  f"steps")
+    eval_interval, holdout_note = choose_eval_interval(epochs, num_val)
+    notes.append(holdout_note or f"eval_interval: {eval_interval} (about {EVALUATIONS} evaluations of "
+                                 f"{num_val} validation instances)")
 
     data = {"train": parts["train"], "val": parts["val"], "category_id": cid, "input_size": list(input_size),
             "flip_index": flip, "oks_sigmas": sigmas}
-    if len(names) == 68:
+    evaluation = {}
+    if len(names) == FACE68:
         data["nme_normalize"] = [36, 45]    # outer eye corners of the 68-point layout
-        notes.append("nme_normalize: [36, 45] (outer eye corners of the 68-point layout)")
+        evaluation = {"main_metric": "NME", "face": {"normalize": "inter_ocular"}}
+        notes.append("68-point face layout: nme_normalize [36, 45] (outer eye corners), main metric NME and the "
+                     "face report (NME, FR, AUC, per region)")
     if is_coco_body(names):
         data["upper_body_ids"] = list(COCO_UPPER_BODY_IDS)
+    notes.append("precision: auto (bf16 where the processor runs it natively, else fp32) and channels_last")
     cfg = {
         "task": "keypoints",
         "name": name or os.path.splitext(os.path.basename(ann_file))[0],
-        "model": {"backbone": backbone},
+        "model": {"backbone": backbone, "fpn_channels": 64, "head_channels": 64},
         "data": data,
         "train": {"epochs": int(epochs), "batch_size": int(batch_size),
-                  "warmup_steps": int(min(100, max(1, total_steps // 20)))},
+                  "warmup_steps": int(min(100, max(1, total_steps // 20))), "eval_interval": int(eval_interval),
+                  "precision": "auto", "channels_last": True},
     }
+    if evaluation:
+        cfg["eval"] = evaluation
     return cfg, notes, files

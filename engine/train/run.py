@@ -22,6 +22,7 @@ import torch
 import engine.distributed as dist_utils
 from engine.checkpoint import load_checkpoint, load_weights_for_finetuning, remove_stale_temporaries
 from engine.config.loading import config_to_dict, save_config
+from engine.config.sections import SMALL_HOLDOUT
 from engine.tasks.registry import build_experiment
 from engine.train.ema import ModelEMA
 from engine.train.freeze import freeze_batchnorm, freeze_parameters, freeze_stages, trainable_summary
@@ -175,6 +176,11 @@ def _log_start(exp, t, run_dir: str, steps_per_epoch: int) -> None:
     log.info("run folder %s; %s parameters; %d optimiser steps per epoch (%d batches of %d%s)", run_dir,
              f"{n_params:,}", steps_per_epoch, len(exp.train_loader), t.batch_size,
              f" x {world} processes" if world > 1 else "")
+    num_val = len(exp.val_loader.dataset) if exp.val_loader is not None else 0
+    if 0 < num_val < SMALL_HOLDOUT:
+        log.warning("the validation split has %d samples (< %d): its metrics move by chance from one evaluation to "
+                    "the next, so best.pt is chosen on noise; compare last.pt, or label more validation images",
+                    num_val, SMALL_HOLDOUT)
 
 
 def _make_trainer(cfg, exp, run_dir: str, device: torch.device, optimizer, scheduler, ema, progress: bool,
