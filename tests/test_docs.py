@@ -55,6 +55,9 @@ def test_documented_command_is_valid(doc, command):
     if "-m" in argv and argv[argv.index("-m") + 1].startswith("tools."):
         module = argv[argv.index("-m") + 1]
         args = argv[argv.index("-m") + 2:]
+    elif prog.startswith("hgfpn-"):                     # the console script of tools/<name>.py (docs/install.md)
+        module = "tools." + prog[len("hgfpn-"):].replace("-", "_")
+        args = argv[1:]
     elif argv[1:2] == ["-c"]:
         code = argv[2]
         compile(code, f"{doc}: python -c", "exec")                 # a syntax error fails here
@@ -69,7 +72,8 @@ def test_documented_command_is_valid(doc, command):
     tool = importlib.import_module(module)
     parsed = tool.get_args_parser().parse_args(args)          # exits (SystemExit) on unknown flags
     config = getattr(parsed, "config", None)
-    if config and not config.startswith("<") and "/my" not in config and "X." not in config:
+    # The repository's own configs load; a user's (configs/my.yaml, ~/..., my_config.yaml) are placeholders.
+    if config and config.startswith("configs/") and "/my" not in config and "X." not in config:
         from engine.tasks.registry import load_config
 
         load_config(os.path.join(REPO, config), [o for o in getattr(parsed, "overrides", []) or [] if "=" in o])
