@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import torch
+
+from models.bbox import box_to_center_size
 
 
 def crop_matrix(center, size, output_size, rotation_deg: float = 0.0, flip: bool = False) -> np.ndarray:
@@ -61,3 +64,15 @@ def apply_affine(points, m):
         return points @ m[..., :2].transpose(-1, -2) + m[..., None, :, 2]
     m = np.asarray(m)
     return points @ np.swapaxes(m[..., :2], -1, -2) + m[..., None, :, 2]
+
+
+def crop_box(image: np.ndarray, box, output_size, padding: float) -> tuple[np.ndarray, np.ndarray]:
+    """The top-down crop of one inclusive-xyxy ``box`` of an RGB uint8 image [H, W, 3], as training and
+    evaluation take it: the box padded to the output's aspect (``models.bbox.box_to_center_size``), warped to
+    ``output_size`` (w, h) with zeros outside the image. Returns ``(crop [h, w, 3] uint8, crop_to_image [2, 3])``."""
+    w_out, h_out = int(output_size[0]), int(output_size[1])
+    center, size = box_to_center_size(box, w_out / h_out, padding)
+    m = crop_matrix(center, size, (w_out, h_out))
+    crop = cv2.warpAffine(image, m, (w_out, h_out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=(0, 0, 0))
+    return crop, invert_affine(m)

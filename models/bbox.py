@@ -270,3 +270,13 @@ def aligned_box_giou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> tor
                                  torch.maximum(a[..., 2], b[..., 2]), torch.maximum(a[..., 3], b[..., 3])], -1))
     iou = inter / union.clamp(min=eps)
     return iou - (hull - union) / hull.clamp(min=eps)
+
+
+def keypoints_tight_box(points: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Inclusive xyxy boxes [N, 4] of keypoints [N, K, 2]: the box whose COCO extent spans the points
+    (``x1 = min x``, ``w = max x - min x``, so ``x2 = max x - 1``; how landmark sets such as 300-W write their
+    boxes). Rows whose points span less than 2 pixels on a side, or are not finite, keep ``fallback`` [N, 4]."""
+    lo, hi = points.min(axis=1), points.max(axis=1)
+    boxes = np.concatenate([lo, hi - 1], axis=1)
+    ok = np.isfinite(boxes).all(axis=1) & ((hi - lo) >= 2).all(axis=1)
+    return np.where(ok[:, None], boxes, fallback)

@@ -235,3 +235,21 @@ def test_video_through_onnxruntime_matches_pytorch(exported, tmp_path):
     ox = json.load(open(b["videos"][0]["outputs"]["json"]))
     assert [r["track_id"] for r in pt] == [r["track_id"] for r in ox]
     _assert_same_results(pt, ox)
+
+
+@pytest.mark.parametrize("passes", [0, 2])
+def test_decoded_runner_on_boxes_matches_the_pytorch_predictor(exported, passes):
+    """The fast path (a --decode export on onnxruntime, crops and re-crops in numpy) gives the PyTorch
+    predictor's keypoints for the same boxes, re-crop passes included."""
+    from engine.export.runtime import DecodedKeypointRunner
+    from engine.inference.loading import load_keypoint_predictor
+
+    frames, _ = render_moving_figures(num_frames=1, size=(120, 100), num_figures=2, figure_height=60, seed=5)
+    boxes = np.array([[10.0, 20.0, 60.0, 90.0], [50.0, 5.0, 110.0, 95.0]])
+    predictor, _ = load_keypoint_predictor(exported["ckpt"], torch.device("cpu"))
+    predictor.recrop_passes = passes
+    ref = predictor.predict(frames[0], boxes)
+    got = DecodedKeypointRunner(exported["decoded"]).predict_boxes(frames[0], boxes, recrop_passes=passes)
+    # The network's float differences (onnxruntime vs PyTorch, 0.01 px) move each re-crop's box a little too.
+    np.testing.assert_allclose(got[..., :2], ref[..., :2], rtol=0, atol=0.01 * (1 + 2 * passes))
+    np.testing.assert_allclose(got[..., 2], ref[..., 2], rtol=0, atol=1e-3)

@@ -501,7 +501,7 @@ def test_boxes_of_several_categories_default_to_the_keypoint_models(shared_data,
 
 
 def test_keypoints_tight_box_hand_values_and_fallback():
-    from engine.inference.predictors import keypoints_tight_box
+    from models.bbox import keypoints_tight_box
 
     points = np.array([[[10.0, 20.0], [50.0, 80.0], [30.0, 25.0]],        # spans 40 x 60
                        [[5.0, 5.0], [5.5, 40.0], [5.0, 9.0]],             # 0.5 px wide: degenerate

@@ -13,20 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from datasets.affine import crop_matrix, invert_affine
+from datasets.affine import crop_box, invert_affine
 from datasets.detection_transforms import view_matrix
-from models.bbox import DEFAULT_CROP_PADDING, box_to_center_size
-
-
-def keypoints_tight_box(points: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-    """Inclusive xyxy boxes [N, 4] of keypoints [N, K, 2]: the box whose COCO extent spans the points
-    (``x1 = min x``, ``w = max x - min x``, so ``x2 = max x - 1``; how landmark sets such as 300-W write their
-    boxes). Rows whose points span less than 2 pixels on a side, or are not finite, keep ``fallback`` [N, 4]."""
-    lo, hi = points.min(axis=1), points.max(axis=1)
-    boxes = np.concatenate([lo, hi - 1], axis=1)
-    ok = np.isfinite(boxes).all(axis=1) & ((hi - lo) >= 2).all(axis=1)
-    return np.where(ok[:, None], boxes, fallback)
-
+from models.bbox import DEFAULT_CROP_PADDING, keypoints_tight_box
 
 
 class TopDownPredictor:
@@ -53,12 +42,7 @@ class TopDownPredictor:
 
     def crop(self, image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The model's crop of one inclusive-xyxy box: ``(crop [H, W, 3] uint8, crop_to_image [2, 3])``."""
-        aspect = self.input_size[0] / self.input_size[1]
-        center, size = box_to_center_size(box, aspect, self.bbox_padding)
-        m = crop_matrix(center, size, self.input_size)
-        crop = cv2.warpAffine(image, m, self.input_size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                              borderValue=(0, 0, 0))
-        return crop, invert_affine(m)
+        return crop_box(image, box, self.input_size, self.bbox_padding)
 
     @torch.no_grad()
     def predict(self, image: np.ndarray, boxes: np.ndarray, flip_test: bool | None = None) -> np.ndarray:
