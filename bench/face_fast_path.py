@@ -1,0 +1,186 @@
+"""Face landmarks per face on the CPU: our exported models on onnxruntime against dlib's shape predictor, same
+faces, same boxes, same run.
+
+    .venv/bin/python bench/face_fast_path.py --dlib-python /path/to/dlib-venv/bin/python \
+        --model fast=runs/fast/fast.onnx --model accurate=runs/acc/accurate.onnx [--threads 2] [--rounds 2]
+
+What is timed is the landmark stage only, as a video stream runs it: one face per image, batch 1, on a box
+that a face detector gave (dlib's HOG boxes, ``runs/dlib300w/dlib_boxes.json`` from ``bench/dlib_landmarks.py
+predict``), so the detector itself is left out for both. For ours: the crop, the graph (exported with
+``tools.export --decode``: flip test inside when the config has it), the mapping back and the config's re-crop
+passes (``DecodedKeypointRunner.predict_boxes``). For dlib: ``shape_predictor(image, box)``, in dlib's own
+python (a subprocess of this run, same faces, same boxes). Each face is timed ``--rounds`` times; the median
+over all timings is reported (the held-out split has 121 faces: two rounds give 242 timings).
+
+Accuracy is the face report of ``tools.eval`` (inter-ocular NME, FR, AUC) of the same predictions, so every
+point of the picture (NME against ms per face, ``--plot``) is one model on the same faces and boxes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a script: bench/ is on sys.path
+from datasets.coco_common import resolve_image_path, split_image_ids  # noqa: E402
+from datasets.image_io import read_image_rgb  # noqa: E402
+from engine.evaluation.face_metrics import FaceReportConfig, build_face_report, evaluate_detected  # noqa: E402
+from engine.export.runtime import DecodedKeypointRunner  # noqa: E402
+
+FACES = "../shared/data/faces300w_train"
+
+# Runs in dlib's python: times shape_predictor on the faces and boxes given as JSON on stdin.
+DLIB_TIMER = r"""
+import json, sys, time
+import dlib, face_recognition_models
+job = json.load(sys.stdin)
+predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+times, points = [], {}
+for r in range(job["rounds"]):
+    for face in job["faces"]:
+        image = dlib.load_rgb_image(face["path"])
+        x1, y1, x2, y2 = (int(round(v)) for v in face["box"])
+        start = time.perf_counter()
+        shape = predictor(image, dlib.rectangle(x1, y1, x2, y2))
+        times.append(time.perf_counter() - start)
+        points[str(face["index"])] = [[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)]
+print(json.dumps({"times": times, "points": points, "dlib": dlib.__version__}))
+"""
+
+
+class Instance:
+    """A ground-truth face as the face report pairs predictions with it."""
+
+    def __init__(self, image_id: int, bbox: np.ndarray, keypoints: np.ndarray):
+        self.image_id, self.bbox, self.keypoints = image_id, bbox, keypoints
+
+
+def held_out_faces(ann_file: str, image_root: str, boxes_file: str) -> tuple[list[dict], list[Instance]]:
+    """The held-out split of the faces config (10 %, seed 0): each face with its image path and dlib's box."""
+    data = json.load(open(ann_file))
+    keep = split_image_ids(sorted(int(im["id"]) for im in data["images"]), "holdout", 0.1, 0)
+    images = {int(im["id"]): im for im in data["images"] if int(im["id"]) in keep}
+    boxes = {}
+    for d in json.load(open(boxes_file)):
+        x, y, w, h = d["bbox"]
+        boxes.setdefault(int(d["image_id"]), []).append([x, y, x + w - 1, y + h - 1])
+    faces, truth = [], []
+    for ann in data["annotations"]:
+        image_id = int(ann["image_id"])
+        if image_id not in images or not boxes.get(image_id):
+            continue
+        x, y, w, h = ann["bbox"]
+        gt_box = np.array([x, y, x + w - 1, y + h - 1], float)
+        # dlib_boxes.json holds one box per annotated face, in annotation order.
+        box = np.asarray(boxes[image_id][sum(1 for f in faces if f["image_id"] == image_id)], float)
+        path = resolve_image_path(image_root, images[image_id]["file_name"], ann_file)
+        faces.append({"index": len(faces), "image_id": image_id, "path": os.path.abspath(path), "box": box.tolist()})
+        truth.append(Instance(image_id, gt_box, np.asarray(ann["keypoints"], float).reshape(-1, 3)))
+    return faces, truth
+
+
+def time_ours(path: str, faces: list[dict], rounds: int, threads: int) -> tuple[list[float], np.ndarray]:
+    runner = DecodedKeypointRunner(path, threads=threads)
+    images = [read_image_rgb(f["path"]) for f in faces]
+    for image, face in zip(images[:5], faces[:5]):          # warm-up: onnxruntime allocates on the first runs
+        runner.predict_boxes(image, [face["box"]])
+    times, points = [], []
+    for r in range(rounds):
+        for image, face in zip(images, faces):
+            start = time.perf_counter()
+            pred = runner.predict_boxes(image, [face["box"]])
+            times.append(time.perf_counter() - start)
+            if r == 0:
+                points.append(pred[0, :, :2])
+    return times, np.stack(points)
+
+
+def time_dlib(python: str, faces: list[dict], rounds: int) -> tuple[list[float], np.ndarray, str]:
+    job = json.dumps({"faces": faces, "rounds": rounds})
+    out = subprocess.run([python, "-c", DLIB_TIMER], input=job, capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout)
+    points = np.stack([np.asarray(res["points"][str(f["index"])], float) for f in faces])
+    return res["times"], points, res["dlib"]
+
+
+def score(points: np.ndarray, faces: list[dict], truth: list[Instance]) -> dict:
+    report = build_face_report(FaceReportConfig(), points.shape[1])
+    records = [{"image_id": f["image_id"], "bbox": np.asarray(f["box"]), "keypoints": p} for f, p in zip(faces, points)]
+    return evaluate_detected(report, records, truth, sorted({f["image_id"] for f in faces}))
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=100)
+    for row in rows:
+        peer = row["label"] == "dlib"
+        ax.scatter(row["ms/face"], 100 * row["NME"], marker="s" if peer else "o", s=50,
+                   color="tab:gray" if peer else "tab:blue")
+        ax.annotate(row["label"], (row["ms/face"], 100 * row["NME"]), textcoords="offset points", xytext=(6, 4),
+                    fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per face (median, batch 1, landmark stage only)")
+    ax.set_ylabel("NME (%), inter-ocular, dlib's boxes")
+    ax.set_title("300-W held-out faces: accuracy against time per face", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", default=[], metavar="LABEL=FILE.onnx",
+                   help="a keypoint model exported with tools.export --decode; repeat to compare")
+    p.add_argument("--dlib-python", help="dlib's python (pip install dlib-bin face-recognition-models)")
+    p.add_argument("--ann-file", default=f"{FACES}/annotations.json")
+    p.add_argument("--image-root", default=f"{FACES}/images")
+    p.add_argument("--boxes", default="runs/dlib300w/dlib_boxes.json", help="bench/dlib_landmarks.py predict's")
+    p.add_argument("--rounds", type=int, default=2, help="timings per face (median over all)")
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    p.add_argument("--plot", default="docs/images/face_nme_vs_ms.png")
+    p.add_argument("--json", help="write the table here too")
+    args = p.parse_args(argv)
+    faces, truth = held_out_faces(args.ann_file, args.image_root, args.boxes)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    flags = open("/proc/cpuinfo").read()
+    print(f"{len(faces)} faces x {args.rounds} rounds; {cpu}; {os.cpu_count()} cores; avx512_bf16 "
+          f"{'avx512_bf16' in flags}, amx {'amx_tile' in flags}; onnxruntime threads {args.threads}")
+    rows = []
+    for spec in args.model:
+        label, _, path = spec.partition("=")
+        times, points = time_ours(path, faces, args.rounds, args.threads)
+        rows.append({"label": label, "ms/face": 1000 * statistics.median(times), "timings": len(times),
+                     **score(points, faces, truth)})
+    if args.dlib_python:
+        times, points, version = time_dlib(args.dlib_python, faces, args.rounds)
+        rows.append({"label": "dlib", "ms/face": 1000 * statistics.median(times), "timings": len(times),
+                     "dlib": version, **score(points, faces, truth)})
+    keys = ["ms/face", "NME", "FR@0.08", "AUC@0.08", "NME/jaw", "timings"]
+    print(f"{'':<14}" + "".join(f"{k:>11}" for k in keys))
+    for row in rows:
+        print(f"{row['label']:<14}" + "".join(f"{row.get(k, 0):>11.4f}" for k in keys))
+    if args.plot and rows:
+        plot(rows, args.plot)
+        print(f"wrote {args.plot}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
