@@ -379,3 +379,25 @@ def test_coco_to_yolo_command_copies_images(shared_data, tmp_path):
     b = _by_stem(back.coco)
     for stem in a:
         np.testing.assert_allclose(b[stem]["kp"], a[stem]["kp"], atol=1e-9)
+
+
+def test_coco_to_yolo_writes_detection_labels_for_a_box_file(tmp_path):
+    """A COCO detection file (no keypoints) becomes a YOLO detection set: one ``class cx cy w h`` line per box,
+    normalised by the image; the +1 box [x, y, w, h] spans pixel edges x - 0.5 .. x + w - 0.5, i.e. x / W to
+    (x + w) / W in YOLO's normalised edge coordinates."""
+    import yaml
+
+    image = tmp_path / "src" / "a.png"
+    image.parent.mkdir()
+    cv2.imwrite(str(image), np.zeros((200, 100, 3), np.uint8))
+    coco = {"images": [{"id": 7, "file_name": "a.png", "width": 100, "height": 200, "split": "val"}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 5, "bbox": [10, 20, 30, 40], "area": 1200},
+                            {"id": 2, "image_id": 7, "category_id": 3, "bbox": [0, 0, 100, 200], "area": 2e4},
+                            {"id": 3, "image_id": 7, "category_id": 3, "bbox": [1, 1, 5, 5], "iscrowd": 1}],
+            "categories": [{"id": 5, "name": "fig"}, {"id": 3, "name": "date"}]}
+    data_yaml = coco_to_yolo(coco, str(tmp_path / "src"), str(tmp_path / "yolo"))
+    data = yaml.safe_load(open(data_yaml))
+    assert data["names"] == {0: "date", 1: "fig"} and "kpt_shape" not in data and data["val"] == "images/val"
+    lines = [[float(v) for v in line.split()] for line in open(tmp_path / "yolo" / "labels" / "val" / "a.txt")]
+    # fig (class 1): centre (10 + 15, 20 + 20) / (100, 200), size (30 / 100, 40 / 200); the whole image: 0.5s, 1s.
+    assert lines == [[1, 0.25, 0.2, 0.3, 0.2], [0, 0.5, 0.5, 1.0, 1.0]]

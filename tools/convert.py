@@ -5,7 +5,7 @@
     python -m tools.convert labelme LABELME_FOLDER      --output data/x.json [--keypoints nose,l_eye,r_eye]
     python -m tools.convert cvat    annotations.xml     --output data/x.json [--image-root DIR] [--skeleton NAME]
     python -m tools.convert pts     IMAGES_WITH_PTS     --output data/faces.json     # 300-W / iBUG .pts
-    python -m tools.convert coco-to-yolo data/x.json --image-root DIR --output yolo_set/   # the reverse
+    python -m tools.convert coco-to-yolo data/x.json --image-root DIR --output yolo_set/   # the reverse (pose or boxes)
 
 It prints the image root that the json's ``file_name``s resolve against: pass it to ``tools.make_config
 --image-root``. Where the labelling tool showed a picture that is not a file of the source as stored (LabelMe's
@@ -46,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("format", choices=FORMATS + ("coco-to-yolo",), help="the source's format")
     p.add_argument("source", help="DeepLabCut project folder | YOLO data.yaml | LabelMe folder | CVAT xml | "
-                                  "folder of images with .pts | (coco-to-yolo) a COCO keypoint json")
+                                  "folder of images with .pts | (coco-to-yolo) a COCO keypoint or detection json")
     p.add_argument("--output", required=True, help="the COCO json to write (coco-to-yolo: the folder to write)")
     p.add_argument("--skip-bad", action="store_true", help="leave bad items out (counted) instead of stopping")
     p.add_argument("--keypoints", help="labelme: the keypoint names in order, comma-separated")

@@ -201,24 +201,33 @@ def _read_points(pts: np.ndarray, where: str, width: int, height: int, problems:
 
 def coco_to_yolo(coco: dict, image_root: str, output_dir: str, copy_images: bool = False,
                  default_split: str = "train") -> str:
-    """Write a COCO keypoint dict as a YOLO-pose set under ``output_dir``; returns the data.yaml's path.
+    """Write a COCO dict as a YOLO set under ``output_dir``; returns the data.yaml's path.
+
+    A COCO keypoint file gives a YOLO-pose set; a COCO detection file (no category with ``keypoints``) gives
+    a YOLO detection set (``class cx cy w h`` per object, normalised by the image's size; the +1 box
+    ``[x, y, w, h]`` spans the pixel edges ``x - 0.5`` to ``x + w - 0.5``, which are ``x / W`` to
+    ``(x + w) / W`` in YOLO's normalised edge coordinates).
 
     ``images/<split>/<file>`` link to the originals (copies with ``copy_images``; a file with an EXIF orientation
     gets a copy of its stored grid without it, as Ultralytics would turn it), ``labels/<split>/<stem>.txt``
     hold the instances (3 values per point, so visibility survives), and ``data.yaml`` names the splits,
-    ``kpt_shape``, ``flip_idx`` (the category's, else inferred from the names), ``names`` and ``kpt_names``.
-    Each image goes to its ``"split"`` (``default_split`` when it has none). Crowd annotations are left out.
-    Reading the result back with :func:`convert_yolo` gives the same keypoints and boxes to float precision.
+    the classes (``names``) and for pose ``kpt_shape``, ``flip_idx`` (the category's, else inferred from the
+    names) and ``kpt_names``. Each image goes to its ``"split"`` (``default_split`` when it has none). Crowd
+    annotations are left out. Reading a pose result back with :func:`convert_yolo` gives the same keypoints and
+    boxes to float precision.
     """
     cats = [c for c in coco.get("categories", []) if c.get("keypoints")]
-    if not cats:
-        raise DataError("the COCO file has no category with keypoints; YOLO-pose needs one")
-    names = list(cats[0]["keypoints"])
-    if any(list(c["keypoints"]) != names for c in cats):
+    pose = bool(cats)
+    if not pose:            # a detection file: every category is a class, in id order
+        cats = sorted(coco.get("categories", []), key=lambda c: int(c["id"]))
+        if not cats:
+            raise DataError("the COCO file has no categories; YOLO needs the classes")
+    names = list(cats[0]["keypoints"]) if pose else []
+    if pose and any(list(c["keypoints"]) != names for c in cats):
         raise DataError("the COCO file's keypoint categories have different keypoint lists; YOLO-pose has one "
                         "kpt_shape for all classes")
     class_of = {int(c["id"]): i for i, c in enumerate(cats)}
-    flip = cats[0].get("flip_index") or flip_index_from_names(names)[0]
+    flip = (cats[0].get("flip_index") or flip_index_from_names(names)[0]) if pose else []
     lines: dict[int, list[str]] = {}
     sizes = {int(img["id"]): (int(img["width"]), int(img["height"])) for img in coco["images"]}
     for ann in coco["annotations"]:
@@ -227,7 +236,7 @@ def coco_to_yolo(coco: dict, image_root: str, output_dir: str, copy_images: bool
         width, height = sizes[int(ann["image_id"])]
         x, y, w, h = (float(v) for v in ann["bbox"])
         values = [class_of[int(ann["category_id"])], (x + w / 2) / width, (y + h / 2) / height, w / width, h / height]
-        kp = np.asarray(ann["keypoints"], dtype=float).reshape(-1, 3)
+        kp = np.asarray(ann["keypoints"], dtype=float).reshape(-1, 3) if pose else np.zeros((0, 3))
         for px, py, v in kp:
             values += [(px + 0.5) / width, (py + 0.5) / height, int(v)] if v > 0 else [0.0, 0.0, 0]
         # repr of a Python float is the shortest text that reads back to the same float: an exact round trip
@@ -262,9 +271,12 @@ def coco_to_yolo(coco: dict, image_root: str, output_dir: str, copy_images: bool
         os.makedirs(os.path.dirname(label), exist_ok=True)
         with open(label, "w") as f:
             f.write("".join(line + "\n" for line in lines.get(int(img["id"]), [])))
-    data = {"path": os.path.abspath(output_dir), **{s: f"images/{s}" for s in sorted(splits)},
-            "kpt_shape": [len(names), 3], "flip_idx": [int(i) for i in flip],
-            "names": {i: c["name"] for i, c in enumerate(cats)}, "kpt_names": {0: names}}
+    data = {"path": os.path.abspath(output_dir), **{s: f"images/{s}" for s in sorted(splits)}}
+    if pose:
+        data.update({"kpt_shape": [len(names), 3], "flip_idx": [int(i) for i in flip]})
+    data["names"] = {i: c["name"] for i, c in enumerate(cats)}
+    if pose:
+        data["kpt_names"] = {0: names}
     path = os.path.join(output_dir, "data.yaml")
     with open(path + ".tmp", "w") as f:   # last, and atomically: a data.yaml means a complete set
         yaml.safe_dump(data, f, sort_keys=False)
