@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch.utils.data import DataLoader
 
 from datasets.coco_detection import DetectionDataset, coco_detection_subset, load_coco_detection
-from datasets.detection_transforms import DetectionTransformDataset, detection_collate_fn
-from datasets.sampler import seeded_loader
+from datasets.detection_transforms import DetectionTransformDataset, EpochSeededSampler, detection_collate_fn
 from datasets.synthetic_detection import ensure_synthetic_detection_dataset
 from engine.tasks.base import Experiment
 from engine.tasks.detection.task import DetectionMeta, DetectionTask
@@ -128,17 +128,22 @@ def make_dataset(cfg, data: DetectionDataset, train: bool) -> DetectionTransform
         raise DataError(f"{data.ann_file}: no images in the {'train' if train else 'val'} split; nothing to "
                          f"{'train on' if train else 'evaluate'}")
     return DetectionTransformDataset(data.images, cfg.data.input_size, train=train, augment=cfg.data.augment,
-                                     on_bad_image=cfg.data.on_bad_image)
+                                     on_bad_image=cfg.data.on_bad_image, epochs=cfg.train.epochs)
 
 
 def make_loader(dataset, *, batch_size: int, shuffle: bool, seed: int, num_workers: int,
                 max_objects: int | None = None, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
                 pad: bool = True):
-    """A seeded loader (:func:`datasets.sampler.seeded_loader`, its own generator, so that a resumed detection
-    run continues bit-identically too) batching with ``detection_collate_fn(max_objects)``."""
-    return seeded_loader(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers,
-                         collate_fn=detection_collate_fn(max_objects), rank=rank, world_size=world_size,
-                         pin_memory=pin_memory, pad=pad)
+    """A seeded loader made as :func:`datasets.sampler.seeded_loader` makes one (its own generator, so that a
+    resumed detection run continues bit-identically too), batching with ``detection_collate_fn(max_objects)``,
+    but whose sampler also hands each sample its epoch (:class:`EpochSeededSampler`, same order and seeds):
+    the workers' copies of the dataset learn it no other way, and ``augment.close_mosaic`` needs it."""
+    sampler = EpochSeededSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, num_replicas=world_size,
+                                 pad=pad)
+    # As in seeded_loader: without its own generator, creating an iterator would draw from the global torch RNG.
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed), collate_fn=detection_collate_fn(max_objects),
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0, drop_last=False)
 
 
 def make_val_loader(cfg, val_set, device: torch.device, rank: int = 0, world_size: int = 1):

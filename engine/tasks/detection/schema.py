@@ -111,6 +111,10 @@ def check_ranges(cfg: DetectionConfig) -> list[str]:
     need("data.min_overlap", d.min_overlap, 0 < d.min_overlap < 1, "must be in (0, 1)")
     need("data.max_objects", d.max_objects, d.max_objects >= 1, "must be >= 1")
     need("data.augment.flip_prob", d.augment.flip_prob, 0 <= d.augment.flip_prob <= 1, "must be in [0, 1]")
+    for key in ("mosaic_prob", "mixup_prob"):
+        need(f"data.augment.{key}", getattr(d.augment, key), 0 <= getattr(d.augment, key) <= 1, "must be in [0, 1]")
+    need("data.augment.close_mosaic", d.augment.close_mosaic, 0 <= d.augment.close_mosaic <= 1,
+         "must be in [0, 1] (a fraction of train.epochs)")
     m, lo = cfg.model, cfg.loss
     need("model.reg_max", m.reg_max, 0 <= m.reg_max <= 64, "must be in [0, 64] (0: one number per side)")
     need("model.head_convs", m.head_convs, 1 <= m.head_convs <= 8, "must be in [1, 8]")
