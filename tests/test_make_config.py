@@ -122,7 +122,7 @@ def test_yolo_set_gets_its_own_splits(shared_data, tmp_path, capsys):
     assert "best.pt is chosen on noise" in text and "expected time" not in text
 
 
-def test_a_68_point_face_set_gets_its_flip_partners_nme_and_the_face_report(tmp_path, capsys):
+def test_a_68_point_face_set_gets_its_flip_partners_nme_the_face_report_and_the_300w_recipe(tmp_path, capsys):
     rng = np.random.default_rng(0)
     images, anns = [], []
     for i in range(40):
@@ -142,6 +142,9 @@ def test_a_68_point_face_set_gets_its_flip_partners_nme_and_the_face_report(tmp_
     assert cfg["eval"]["main_metric"] == "NME" and cfg["eval"]["face"]["normalize"] == "inter_ocular"
     loaded = load_config(str(tmp_path / "faces.yaml"))
     assert loaded.eval.face is not None and loaded.data.flip_index[36] == 45
+    # the 300-W recipe's measured levers travel with the layout
+    assert (loaded.loss.heatmap, loaded.data.sigma, loaded.eval.recrop_passes) == ("awing", 1.5, 2)
+    assert "Adaptive Wing" in capsys.readouterr().out
 
 
 def test_minutes_is_a_positive_budget_without_epochs(tmp_path):
