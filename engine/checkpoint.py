@@ -95,6 +95,23 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     return state
 
 
+WEIGHT_CHOICES = ("model", "ema")
+
+
+def checkpoint_weights(state: dict, path: str, which: str = "model") -> dict:
+    """The state dict to load from a ``tools.train`` checkpoint: ``"model"``, the trained weights, or ``"ema"``,
+    the exponential moving average kept when ``train.ema_decay`` was set (``engine/train/ema.py``)."""
+    if which == "model":
+        return state["model"]
+    if which != "ema":
+        raise CheckpointError(f"unknown weights {which!r} for {path}; choose one of {', '.join(WEIGHT_CHOICES)}")
+    ema = state.get("ema")
+    if not ema or "model" not in ema:
+        raise CheckpointError(f"{path} carries no EMA weights (it was trained without train.ema_decay); "
+                              f"evaluate its trained weights with --weights model")
+    return ema["model"]
+
+
 def check_checkpoint_task(state: dict, path: str, task: str, against: str) -> None:
     """Refuse a checkpoint of another task than ``task`` (the config's, or what a flag expects), saying which
     task each is. ``against`` names what asked for ``task`` (e.g. ``"configs/x.yaml"``, ``"--det-checkpoint"``)."""

@@ -84,6 +84,29 @@ def test_eval_refuses_a_checkpoint_of_another_model(trained, tmp_path):
                         "--output-dir", str(tmp_path), "--no-progress", *TINY_MODEL, "model.head_channels=24"])
 
 
+def test_eval_weights_ema_loads_the_average_and_refuses_a_run_without_one(trained, tmp_path):
+    import torch
+
+    from tools import eval as eval_tool
+
+    last = os.path.join(trained["run_dir"], "last.pt")
+    common = ["--config", trained["cfg"], "--no-progress", *TINY_MODEL]
+    with pytest.raises(ValueError, match="carries no EMA weights"):
+        eval_tool.main([*common, "--checkpoint", last, "--weights", "ema", "--output-dir", str(tmp_path / "x")])
+    # a checkpoint whose EMA holds the trained weights and whose 'model' holds noise: --weights ema must score
+    # exactly as the original's trained weights do
+    state = torch.load(last, weights_only=True)
+    state["ema"] = {"model": state["model"], "updates": torch.tensor(1), "decay": 0.999}
+    state["model"] = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in state["model"].items()}
+    swapped = str(tmp_path / "swapped.pt")
+    torch.save(state, swapped)
+    reference = eval_tool.main([*common, "--checkpoint", last, "--output-dir", str(tmp_path / "ref")])
+    ema = eval_tool.main([*common, "--checkpoint", swapped, "--weights", "ema", "--output-dir", str(tmp_path / "e")])
+    noise = eval_tool.main([*common, "--checkpoint", swapped, "--output-dir", str(tmp_path / "n")])
+    assert ema["weights"] == "ema" and ema["metrics"] == reference["metrics"]
+    assert noise["metrics"]["NME"] != reference["metrics"]["NME"]
+
+
 def test_infer_whole_images_and_boxes(trained, tmp_path, tiny_synthetic):
     from tools import infer
 

@@ -5,6 +5,7 @@
     python -m tools.eval --config configs/X.yaml --checkpoint runs/X/best.pt --det-checkpoint runs/D/best.pt
     python -m tools.eval --config configs/centernet-X.yaml --checkpoint runs/D/best.pt      # a detector
     python -m tools.eval --config configs/cls_X.yaml --checkpoint runs/C/best.pt            # a classifier
+    python -m tools.eval --config configs/X.yaml --checkpoint runs/X/last.pt --weights ema  # its EMA weights
 
 Every task is scored by its own evaluator (engine/tasks/<task>/, the contract in
 engine/evaluation/evaluator.py), the same object that scores training-time validation; this tool only
@@ -40,8 +41,16 @@ import logging
 import os
 import time
 
+import torch
+
 from datasets.coco_common import resolve_image_path
-from engine.checkpoint import check_checkpoint_task, load_checkpoint, load_model_state
+from engine.checkpoint import (
+    WEIGHT_CHOICES,
+    check_checkpoint_task,
+    checkpoint_weights,
+    load_checkpoint,
+    load_model_state,
+)
 from engine.distributed import resolve_device
 from engine.evaluation.evaluator import WritesOutputs, evaluate_model
 from engine.inference.box_sources import DetectionFileBoxes
@@ -63,6 +72,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. eval.flip_test=false")
     p.add_argument("--output-dir", help="where to write results and metrics (default: next to the checkpoint)")
     p.add_argument("--device", help="auto | cpu | cuda (default: train.device from the config)")
+    p.add_argument("--weights", choices=WEIGHT_CHOICES, default="model",
+                   help="the checkpoint's trained weights (default) or their EMA, kept when train.ema_decay was set")
     p.add_argument("--compare-flip", action="store_true",
                    help="keypoints: also evaluate without flip testing and report the gain")
     add_box_source_flags(
@@ -87,13 +98,16 @@ def main(argv: list[str] | None = None) -> dict:
         raise InputError(f"tools.eval: --boxes/--det-checkpoint give a top-down keypoint model its boxes; this "
                          f"config is a {cfg.task!r} model: leave them out")
     device = resolve_device(args.device or cfg.train.device)
+    if cfg.train.num_threads:          # the same thread budget as the training it evaluates
+        torch.set_num_threads(cfg.train.num_threads)
     out_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
     state = load_checkpoint(args.checkpoint, map_location=device)
     check_checkpoint_task(state, args.checkpoint, cfg.task, args.config)   # before reading data for the wrong task
     exp = build_evaluation(cfg, device, progress=not args.no_progress)
     if entry.check_checkpoint is not None:
         entry.check_checkpoint(state, exp, args.checkpoint)
-    load_model_state(exp.model, state["model"], source=args.checkpoint)
+    weights = checkpoint_weights(state, args.checkpoint, args.weights)
+    load_model_state(exp.model, weights, source=f"{args.checkpoint} ({args.weights} weights)")
     exp.model.eval()
     if detected:
         report, evaluator = evaluate_on_detections(args, cfg, device, exp)
@@ -120,7 +134,8 @@ def evaluate_on_loader(args, cfg, exp) -> tuple[dict, object]:
              len(exp.val_loader.dataset), f", flip test {'on' if exp.task.flip_test else 'off'}"
              if hasattr(exp.task, "flip_test") else "")
     metrics, evaluator = evaluate_model(exp.task, exp.model, exp.val_loader)
-    report = {"checkpoint": args.checkpoint, "ann_file": ann_file, **evaluator.describe(), "metrics": metrics}
+    report = {"checkpoint": args.checkpoint, "weights": args.weights, "ann_file": ann_file, **evaluator.describe(),
+              "metrics": metrics}
     if args.compare_flip:
         if not hasattr(exp.task, "with_flip_test"):
             raise InputError(f"tools.eval: --compare-flip compares flip testing of keypoint models; this config is "
@@ -157,7 +172,8 @@ def evaluate_on_detections(args, cfg, device, exp) -> tuple[dict, object]:
     run = run_on_images(images, source, pipeline, progress=not args.no_progress)
     evaluator.process(run.records, seconds=time.perf_counter() - start)
     metrics = evaluator.evaluate()
-    report = {"checkpoint": args.checkpoint, "ann_file": cfg.data.val.ann_file, **evaluator.describe(),
+    report = {"checkpoint": args.checkpoint, "weights": args.weights, "ann_file": cfg.data.val.ann_file,
+              **evaluator.describe(),
               "boxes_used": run.num_boxes, "box_stats": run.box_stats, "oks_nms_threshold": args.oks_nms_threshold,
               "metrics": metrics}
     return report, evaluator
