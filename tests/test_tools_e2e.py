@@ -107,6 +107,16 @@ def test_eval_weights_ema_loads_the_average_and_refuses_a_run_without_one(traine
     assert noise["metrics"]["NME"] != reference["metrics"]["NME"]
 
 
+def test_export_weights_ema_refuses_a_run_without_one(trained, tmp_path):
+    pytest.importorskip("onnx")
+    from tools import export
+
+    with pytest.raises(ValueError, match="carries no EMA weights"):
+        export.main(["--checkpoint", os.path.join(trained["run_dir"], "last.pt"), "--output",
+                     str(tmp_path / "m.onnx"), "--weights", "ema"])
+    assert not os.path.exists(tmp_path / "m.onnx")
+
+
 def test_infer_whole_images_and_boxes(trained, tmp_path, tiny_synthetic):
     from tools import infer
 

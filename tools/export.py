@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 
+from engine.checkpoint import WEIGHT_CHOICES
 from engine.export.exporter import export_onnx
 from tools._common import add_debug_flag, run_cli, setup_logging
 
@@ -29,6 +30,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="the .onnx file to write")
     p.add_argument("--decode", action="store_true",
                    help="keypoint models: flip test, argmax and refinement inside the graph (keypoints out)")
+    p.add_argument("--weights", choices=WEIGHT_CHOICES, default="model",
+                   help="the checkpoint's trained weights (default) or their EMA, kept when train.ema_decay was set")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check")
     return p
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = add_debug_flag(get_args_parser()).parse_args(argv)
     setup_logging()
     summary = export_onnx(args.checkpoint, args.output, decode=args.decode, opset=args.opset,
-                          verify=not args.no_verify)
+                          verify=not args.no_verify, weights=args.weights)
     log.info("%s", json.dumps(summary))
     return summary
 

@@ -39,18 +39,19 @@ def inference_metadata(cfg, state: dict, model: nn.Module, outputs: str, flip_in
 
 
 def export_onnx(checkpoint: str, output: str, decode: bool = False, opset: int | None = None,
-                verify: bool = True) -> dict:
+                verify: bool = True, weights: str = "model") -> dict:
     """Write ``checkpoint`` (a checkpoint of tools.train whose task declares an ONNX export) as an ONNX model at
     ``output``.
 
     Returns a summary (kind, outputs, path, size, and with ``verify`` the largest difference between
-    onnxruntime and PyTorch on a random batch of 3).
+    onnxruntime and PyTorch on a random batch of 3). ``weights``: the checkpoint's trained weights (``"model"``)
+    or their EMA (``"ema"``).
     """
     import onnx  # an optional dependency (the [onnx] extra): only exporting needs it
 
     if checkpoint.endswith(".onnx"):
         raise InputError(f"--checkpoint {checkpoint} is already an ONNX model; pass the .pt checkpoint it came from")
-    cfg, model, state = load_trained_model(checkpoint, torch.device("cpu"))
+    cfg, model, state = load_trained_model(checkpoint, torch.device("cpu"), weights)
     spec = get_task(cfg.task).onnx
     if spec is None:
         exportable = sorted(name for name, entry in TASKS.items() if entry.onnx is not None)

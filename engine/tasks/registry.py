@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from engine.checkpoint import load_checkpoint, load_model_state
+from engine.checkpoint import checkpoint_weights, load_checkpoint, load_model_state
 from engine.config.loading import config_from_containers, parse_overrides, read_yaml
 from engine.config.sections import check_common_ranges
 from engine.tasks import classification, detection, keypoints
@@ -85,9 +85,10 @@ def build_evaluation(cfg, device: torch.device, progress: bool = True) -> Experi
     return entry.build_evaluation(cfg, device, progress=progress)
 
 
-def load_trained_model(checkpoint: str, device: torch.device) -> tuple[Any, nn.Module, dict]:
+def load_trained_model(checkpoint: str, device: torch.device, weights: str = "model") -> tuple[Any, nn.Module, dict]:
     """``(cfg, model in eval mode on device, checkpoint dict)`` from a checkpoint of ``tools.train`` alone: its
-    config says the task, whose entry builds the model its weights load into."""
+    config says the task, whose entry builds the model its weights load into. ``weights``: ``"model"`` (the
+    trained weights) or ``"ema"`` (their moving average, when the run kept one)."""
     state = load_checkpoint(checkpoint, map_location=device)
     if "config" not in state:
         raise CheckpointError(f"{checkpoint} carries no config; it was not written by tools.train")
@@ -97,7 +98,7 @@ def load_trained_model(checkpoint: str, device: torch.device) -> tuple[Any, nn.M
         raise CheckpointError(f"{checkpoint}: task {cfg.task!r} declares no inference model "
                               f"(TaskEntry.build_inference_model), so it cannot be loaded for inference")
     model = entry.build_inference_model(cfg, state.get("meta") or {})
-    load_model_state(model, state["model"], source=checkpoint)
+    load_model_state(model, checkpoint_weights(state, checkpoint, weights), source=checkpoint)
     return cfg, model.to(device).eval(), state
 
 
