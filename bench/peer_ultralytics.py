@@ -77,14 +77,22 @@ def merged_split_file(cfg, out_dir: str) -> tuple[dict, str]:
     if cfg.data.train.image_root != cfg.data.val.image_root:
         raise SystemExit("train and val image roots differ; this script expects one image folder")
     merged = {"images": [], "annotations": [], "categories": None}
+    image_offset = annotation_offset = 0
     for split, data, split_cfg in (("train", train, cfg.data.train), ("val", val, cfg.data.val)):
         coco = load_json(split_cfg.ann_file, "detection")
         keep = set(data.image_ids)
-        merged["images"] += [{**im, "split": split} for im in coco["images"] if int(im["id"]) in keep]
-        merged["annotations"] += [a for a in coco["annotations"] if int(a["image_id"]) in keep]
+        images = [im for im in coco["images"] if int(im["id"]) in keep]
+        annotations = [a for a in coco["annotations"] if int(a["image_id"]) in keep]
+        if split_cfg.ann_file != cfg.data.train.ann_file:
+            # two files number their images from 1 each (the synthetic sets): shift the second file's ids
+            image_offset = max((int(im["id"]) for im in merged["images"]), default=0)
+            annotation_offset = max((int(a["id"]) for a in merged["annotations"]), default=0)
+        merged["images"] += [{**im, "id": int(im["id"]) + image_offset, "split": split} for im in images]
+        merged["annotations"] += [{**a, "id": int(a["id"]) + annotation_offset,
+                                   "image_id": int(a["image_id"]) + image_offset} for a in annotations]
         merged["categories"] = coco["categories"]
-    ids = [im["id"] for im in merged["images"]]
-    if len(ids) != len(set(ids)):
+    names = [im["file_name"] for im in merged["images"]]
+    if len(names) != len(set(names)):
         raise SystemExit("the train and val splits share images; give the peer disjoint splits")
     return merged, cfg.data.train.image_root
 
