@@ -56,12 +56,12 @@ model.train(data=job["data"], epochs=job["epochs"], imgsz=job["imgsz"], batch=jo
 train_seconds = time.perf_counter() - start
 best = os.path.join(job["project"], "train", "weights", "last.pt")
 model = YOLO(best)
-images = sorted(glob.glob(os.path.join(job["val_images"], "*")))
+images = sorted(f for f in glob.glob(os.path.join(job["val_images"], "**", "*"), recursive=True) if os.path.isfile(f))
 preds = {}
 start = time.perf_counter()
 for path in images:
     r = model.predict(path, imgsz=job["imgsz"], conf=0.001, iou=0.7, max_det=100, device="cpu", verbose=False)[0]
-    preds[os.path.basename(path)] = {"boxes": r.boxes.xyxy.tolist(), "scores": r.boxes.conf.tolist(),
+    preds[os.path.relpath(path, job["val_images"])] = {"boxes": r.boxes.xyxy.tolist(), "scores": r.boxes.conf.tolist(),
                                      "classes": [int(c) for c in r.boxes.cls.tolist()]}
 infer_seconds = time.perf_counter() - start
 import ultralytics
@@ -143,7 +143,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"the Ultralytics job failed (exit {proc.returncode}); see {out}/yolo_log.txt:\n"
                          + proc.stderr[-2000:])
     res = json.loads(line[len("JOB-RESULT "):])
-    by_name = {im["file_name"].split("/")[-1]: im for im in merged["images"] if im["split"] == "val"}
+    # the converter writes images/val/<file_name> (less a leading "images/val/"): the job's keys are those paths
+    by_name = {im["file_name"].removeprefix("images/val/"): im for im in merged["images"] if im["split"] == "val"}
     cats = sorted(merged["categories"], key=lambda c: int(c["id"]))
     results = []
     for name, pred in res["predictions"].items():
