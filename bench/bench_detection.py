@@ -8,7 +8,7 @@
     loop picks each object's level and draws it on that level's map.
 (b) Inference: the detector of the given config (random init, it does not matter for speed) on letterboxed
     images, forward + decode + NMS, images/s at batch 1 and at ``--batch``; ``--override model.head=multi_level``
-    measures the multi-level head.
+    measures the multi-level head, ``model.head=ltrb`` the ltrb head.
 
 Run from the repository root: ``.venv/bin/python bench/bench_detection.py``. Times are medians of
 ``--repeats`` timeit repeats; ratios are baseline / ours (> 1 means ours is faster). The baseline is single
@@ -226,7 +226,8 @@ def bench_inference(args) -> None:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (int(h * 1.2), int(w * 1.1), 3), dtype=np.uint8) for _ in range(args.infer_batch)]
     n_params = sum(p.numel() for p in model.parameters())
-    head = "CenterNet head" if cfg.model.head == "single" else f"multi-level head {cfg.model.head_strides}"
+    head = ("CenterNet head" if cfg.model.head == "single"
+            else f"{'ltrb' if cfg.model.head == 'ltrb' else 'multi-level CenterNet'} head {cfg.model.head_strides}")
     print(f"(b) detector inference: {cfg.model.backbone} -> FPN {cfg.model.fpn_channels} -> {head}, "
           f"{n_params / 1e6:.1f} M parameters, input {w}x{h}, {torch.get_num_threads()} threads; letterbox + "
           f"forward + decode (top-{cfg.eval.topk}) + NMS")
