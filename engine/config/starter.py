@@ -253,10 +253,11 @@ def starter_config(coco: dict, ann_file: str, image_root: str, output: str, back
 
     data = {"train": parts["train"], "val": parts["val"], "category_id": cid, "input_size": list(input_size),
             "flip_index": flip, "oks_sigmas": sigmas}
-    evaluation = {}
+    evaluation, loss = {}, {}
     if len(names) == FACE68:
         data["nme_normalize"] = [36, 45]    # outer eye corners of the 68-point layout
         data["sigma"] = FACE68_RECIPE["data"]["sigma"]
+        loss = dict(FACE68_RECIPE["loss"])
         evaluation = {"main_metric": "NME", "face": {"normalize": "inter_ocular"}, **FACE68_RECIPE["eval"]}
         notes.append("68-point face layout: nme_normalize [36, 45] (outer eye corners), main metric NME and the "
                      "face report (NME, FR, AUC, per region); the 300-W recipe's measured choices: Adaptive Wing "
@@ -275,6 +276,6 @@ def starter_config(coco: dict, ann_file: str, image_root: str, output: str, back
     }
     if evaluation:
         cfg["eval"] = evaluation
-    if len(names) == FACE68:
-        cfg["loss"] = dict(FACE68_RECIPE["loss"])
+    if loss:
+        cfg["loss"] = loss
     return cfg, notes, files
