@@ -36,7 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a script: bench/ is on sys.path
 from datasets.coco_common import load_json  # noqa: E402
-from datasets.formats.yolo import coco_to_yolo  # noqa: E402
+from datasets.formats.yolo import coco_to_yolo, path_within_split  # noqa: E402
 from engine.evaluation.coco import coco_eval  # noqa: E402
 from engine.tasks.detection import load_split  # noqa: E402
 from engine.tasks.registry import load_config  # noqa: E402
@@ -143,8 +143,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"the Ultralytics job failed (exit {proc.returncode}); see {out}/yolo_log.txt:\n"
                          + proc.stderr[-2000:])
     res = json.loads(line[len("JOB-RESULT "):])
-    # the converter writes images/val/<file_name> (less a leading "images/val/"): the job's keys are those paths
-    by_name = {im["file_name"].removeprefix("images/val/"): im for im in merged["images"] if im["split"] == "val"}
+    # the job's keys are the paths under images/val/ where the converter put each image
+    by_name = {path_within_split(im["file_name"], "val"): im for im in merged["images"] if im["split"] == "val"}
     cats = sorted(merged["categories"], key=lambda c: int(c["id"]))
     results = []
     for name, pred in res["predictions"].items():

@@ -246,7 +246,7 @@ def coco_to_yolo(coco: dict, image_root: str, output_dir: str, copy_images: bool
     for img in coco["images"]:
         split = str(img.get("split") or default_split)
         splits.add(split)
-        rel = _strip_split_prefix(img["file_name"], split)
+        rel = path_within_split(img["file_name"], split)
         src = os.path.join(image_root, img["file_name"])
         if not os.path.isfile(src):
             raise InputError(f"image {src} not found (file_name {img['file_name']!r} under --image-root "
@@ -284,7 +284,9 @@ def coco_to_yolo(coco: dict, image_root: str, output_dir: str, copy_images: bool
     return path
 
 
-def _strip_split_prefix(file_name: str, split: str) -> str:
+def path_within_split(file_name: str, split: str) -> str:
+    """Where ``coco_to_yolo`` puts an image under ``images/<split>/``: its ``file_name`` less a leading
+    ``images/<split>/``."""
     prefix = f"images/{split}/"
     return file_name[len(prefix):] if file_name.startswith(prefix) else file_name
 
