@@ -81,11 +81,15 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}; check the path (tools.train writes last.pt and best.pt "
                               f"into the run folder)")
+    if path.lower().endswith(".onnx"):
+        raise CheckpointError(f"{path} is an ONNX model, not a tools.train checkpoint; pass the .pt checkpoint it "
+                              f"was exported from (ONNX models run with tools.infer --backend onnxruntime)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); it may be truncated "
-                         f"or not written by this repository") from err
+        first_line = (str(err).strip().splitlines() or [""])[0]   # torch's own message runs to several lines
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first_line}); it may be "
+                              f"truncated or not written by this repository") from err
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} holds no 'model' state dict; is it a checkpoint of this repository?")
     version = state.get("format_version", 0)
@@ -108,7 +112,7 @@ def checkpoint_weights(state: dict, path: str, which: str = "model") -> dict:
     ema = state.get("ema")
     if not ema or "model" not in ema:
         raise CheckpointError(f"{path} carries no EMA weights (it was trained without train.ema_decay); "
-                              f"evaluate its trained weights with --weights model")
+                              f"use its trained weights (--weights model)")
     return ema["model"]
 
 

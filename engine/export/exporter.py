@@ -19,7 +19,7 @@ from torch import nn
 from engine.config.loading import config_to_dict
 from engine.export.format import FORMAT_VERSION, metadata_props
 from engine.tasks.registry import TASKS, get_task, load_trained_model
-from models.errors import CheckpointError, InputError
+from models.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,6 @@ def export_onnx(checkpoint: str, output: str, decode: bool = False, opset: int |
     """
     import onnx  # an optional dependency (the [onnx] extra): only exporting needs it
 
-    if checkpoint.endswith(".onnx"):
-        raise InputError(f"--checkpoint {checkpoint} is already an ONNX model; pass the .pt checkpoint it came from")
     cfg, model, state = load_trained_model(checkpoint, torch.device("cpu"), weights)
     spec = get_task(cfg.task).onnx
     if spec is None:
