@@ -14,6 +14,7 @@ import tempfile
 import torch
 from torch import nn
 
+from engine.config.sections import WEIGHT_CHOICES
 from models.errors import CheckpointError
 
 # 1: model, optimizer, scheduler, epoch, global_step, best metric, torch/cuda RNG, config, provenance.
@@ -99,9 +100,6 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     return state
 
 
-WEIGHT_CHOICES = ("model", "ema")
-
-
 def checkpoint_weights(state: dict, path: str, which: str = "model") -> dict:
     """The state dict to load from a ``tools.train`` checkpoint: ``"model"``, the trained weights, or ``"ema"``,
     the exponential moving average kept when ``train.ema_decay`` was set (``engine/train/ema.py``)."""
@@ -112,7 +110,7 @@ def checkpoint_weights(state: dict, path: str, which: str = "model") -> dict:
     ema = state.get("ema")
     if not ema or "model" not in ema:
         raise CheckpointError(f"{path} carries no EMA weights (it was trained without train.ema_decay); "
-                              f"use its trained weights (--weights model)")
+                              f"use its trained weights (--weights model, or train.init_weights_from=model)")
     return ema["model"]
 
 
@@ -150,12 +148,13 @@ def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoi
     return missing, unexpected
 
 
-def load_weights_for_finetuning(model: nn.Module, path: str) -> dict:
+def load_weights_for_finetuning(model: nn.Module, path: str, which: str = "model") -> dict:
     """Initialise ``model`` from the weights in ``path`` only (no optimiser, schedule, epoch): fine-tuning.
 
-    ``path`` is a checkpoint of this repository (its ``model`` entry) or a plain state dict (also under
-    ``state_dict``). Tensors whose shape differs (a classifier head for another number of classes) are left at
-    their initial values, like missing ones. Returns ``{"loaded", "missing", "unexpected", "shape_mismatch"}``
+    ``path`` is a checkpoint of this repository (its ``model`` entry, or with ``which="ema"`` its EMA weights:
+    ``train.init_weights_from``) or a plain state dict (also under ``state_dict``). Tensors whose shape differs
+    (a classifier head for another number of classes) are left at their initial values, like missing ones.
+    Returns ``{"loaded", "missing", "unexpected", "shape_mismatch"}``
     name lists; raises when nothing at all matches (a file for another model).
     """
     if not os.path.isfile(path):
@@ -164,6 +163,11 @@ def load_weights_for_finetuning(model: nn.Module, path: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"{path} is not a readable weights file ({type(err).__name__}: {err})") from err
+    if which != "model":
+        if not (isinstance(state, dict) and isinstance(state.get("model"), dict)):
+            raise CheckpointError(f"{path} is not a checkpoint of this repository, so it has no {which} weights "
+                                  f"(train.init_weights_from={which}); use train.init_weights_from=model")
+        state = {"model": checkpoint_weights(state, path, which)}
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

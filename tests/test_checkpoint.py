@@ -125,3 +125,25 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
     assert state["epoch"] == 1 and torch.equal(state["model"]["w"], torch.ones(1000))
     removed = ckpt.remove_stale_temporaries(str(tmp_path))
     assert removed == partial and not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+def test_fine_tuning_from_the_ema_weights(tmp_path):
+    """``train.init_weights_from=ema`` starts from a run's EMA weights, which a long run's best model often is;
+    a file without them is refused in one line naming the setting."""
+    model = nn.Linear(2, 2)
+    trained = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    averaged = {k: torch.ones_like(v) for k, v in model.state_dict().items()}
+    path = str(tmp_path / "run.pt")
+    ckpt.save_checkpoint({"model": trained, "ema": {"model": averaged, "updates": 3}}, path)
+    report = ckpt.load_weights_for_finetuning(model, path, "ema")
+    assert report["loaded"] == ["bias", "weight"] and torch.equal(model.weight, torch.ones(2, 2))
+    ckpt.load_weights_for_finetuning(model, path)              # the default: the trained weights
+    assert torch.equal(model.weight, torch.zeros(2, 2))
+
+    ckpt.save_checkpoint({"model": trained, "ema": None}, str(tmp_path / "no_ema.pt"))
+    with pytest.raises(CheckpointError, match=r"no_ema\.pt carries no EMA weights .*init_weights_from=model"):
+        ckpt.load_weights_for_finetuning(model, str(tmp_path / "no_ema.pt"), "ema")
+    ckpt.save_checkpoint(trained, str(tmp_path / "plain.pt"))
+    with pytest.raises(CheckpointError, match=r"plain\.pt is not a checkpoint of this repository, so it has no ema "
+                                              r"weights \(train\.init_weights_from=ema\)"):
+        ckpt.load_weights_for_finetuning(model, str(tmp_path / "plain.pt"), "ema")

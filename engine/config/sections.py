@@ -21,6 +21,7 @@ NONFINITE_POLICIES = ("stop", "skip")           # train.on_nonfinite: stop the r
 # "best" checkpoint chosen on it is chosen on noise (the starter config evaluates less often; the run says so).
 SMALL_HOLDOUT = 30
 STOP_SIGNALS = ("TERM", "USR1", "USR2")         # train.stop_signals: what may stop training like Ctrl-C
+WEIGHT_CHOICES = ("model", "ema")               # a checkpoint's trained weights, or its EMA of them
 
 
 @dataclass
@@ -66,6 +67,7 @@ class TrainConfig:
     freeze_stages: int = 0              # freeze the first N feature levels of the timm trunk (0: the stem)
     freeze_bn: str = "none"             # none | frozen (BN layers whose params are frozen) | all: use running stats
     init_weights: str | None = None     # fine-tuning: load model weights only from this file (reports keys)
+    init_weights_from: str = "model"    # which weights of a checkpoint of this repository: model | ema (its EMA)
     on_nonfinite: str = "stop"          # stop | skip: what a NaN/Inf loss or gradient does after its report
     max_nonfinite_skips: int = 20       # with skip: stop anyway after this many skipped steps
     check_inputs: bool = False          # also check the batch's float inputs every step (one more sync)
@@ -134,6 +136,8 @@ def check_common_ranges(cfg: Any) -> list[str]:
     stops = stop_signal_names(t.stop_signals)
     need("train.stop_signals", list(t.stop_signals), set(stops) <= set(STOP_SIGNALS) and len(set(stops)) == len(stops),
          f"each of {', '.join(STOP_SIGNALS)} at most once ([] keeps every signal's default action)")
+    need("train.init_weights_from", t.init_weights_from, t.init_weights_from in WEIGHT_CHOICES,
+         f"must be one of {', '.join(WEIGHT_CHOICES)}")
     if t.ema_decay is not None:
         need("train.ema_decay", t.ema_decay, 0 < t.ema_decay < 1, "must be in (0, 1) or null")
     d = cfg.data

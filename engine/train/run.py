@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # Train settings that may change on resume without notice, that change the state's meaning (warned), and
 # that make the saved optimiser state unusable (refused).
 RESUME_FREE = ("epochs", "log_interval", "eval_interval", "num_workers", "device", "num_threads", "init_weights",
-               "stop_signals")
+               "init_weights_from", "stop_signals")
 RESUME_STRICT = ("optimizer", "freeze", "freeze_stages", "decay_norm_and_bias")
 
 
@@ -117,9 +117,10 @@ def _prepare_model(model: torch.nn.Module, t, fine_tune: bool) -> None:
     if t.channels_last:     # in place: the same Parameter objects, so optimiser and EMA see NHWC weights
         model.to(memory_format=torch.channels_last)
     if t.init_weights and fine_tune:
-        report = load_weights_for_finetuning(model, t.init_weights)
-        log.info("fine-tuning from %s: %d tensors loaded; %d missing (left at init): %s; %d unexpected (ignored): "
-                 "%s; %d of another shape (left at init): %s", t.init_weights, len(report["loaded"]),
+        report = load_weights_for_finetuning(model, t.init_weights, t.init_weights_from)
+        log.info("fine-tuning from %s (%s weights): %d tensors loaded; %d missing (left at init): %s; "
+                 "%d unexpected (ignored): %s; %d of another shape (left at init): %s", t.init_weights,
+                 t.init_weights_from, len(report["loaded"]),
                  len(report["missing"]), first_n(report["missing"], empty="-"), len(report["unexpected"]),
                  first_n(report["unexpected"], empty="-"), len(report["shape_mismatch"]),
                  first_n(report["shape_mismatch"], empty="-"))
