@@ -1,4 +1,4 @@
-"""How detected boxes miss their labels, edge by edge, and how well the labels agree with themselves.
+r"""How detected boxes miss their labels, edge by edge, and how well the labels agree with themselves.
 
     .venv/bin/python bench/box_fit.py --ann ../shared/data/tiger_pose/val.json \
         --results runs/<run>/eval/detection_results.json \
