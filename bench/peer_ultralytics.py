@@ -17,7 +17,8 @@ through a ``.pth`` line), invoked as a subprocess. Steps, all in one run:
    evaluated by us, not by Ultralytics: it predicts the val images at ``conf=0.001`` (every box, as COCO AP
    wants) and our ``engine.evaluation.coco.coco_eval`` scores the boxes against the config's val ground truth;
 3. it reports training images/s (images seen / the training's wall seconds) and inference images/s, beside
-   the COCO numbers, in ``metrics.json``.
+   the COCO numbers, in ``metrics.json``; the scored boxes and labels go to ``detection_results.json`` and
+   ``val_labels.json`` (``bench/box_fit.py`` reads them).
 
 A YOLO box ``[x1, y1, x2, y2]`` is in edge coordinates of pixels (0 at the first pixel's left edge); our
 converter wrote label edges ``x / W`` for a +1 box starting at pixel ``x``, so the prediction's COCO box is
@@ -166,6 +167,10 @@ def main(argv=None) -> dict:
               "metrics": metrics}
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(report, f, indent=2)
+    # What was scored, for bench/box_fit.py (--ann val_labels.json --results detection_results.json).
+    for name, content in (("detection_results.json", results), ("val_labels.json", gt)):
+        with open(os.path.join(out, name), "w") as f:
+            json.dump(content, f)
     print(json.dumps({k: v for k, v in report.items() if k != "metrics"}))
     print("  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     return report
