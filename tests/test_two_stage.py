@@ -413,10 +413,11 @@ data:
 
 
 def test_detection_configs_load():
-    for name in ("centernet-fpn_resnet18_synthetic-det_128x128.yaml",
-                 "centernet-fpn_resnet18_fruits-nuts_320x240.yaml", "centernet-fpn_resnet18_tiger-box_320x192.yaml"):
-        cfg = load_config(os.path.join("configs", name))
-        assert cfg.task == "detection" and cfg.data.input_size[0] % 16 == 0 and cfg.data.input_size[1] % 16 == 0
+    for head in ("centernet", "ltrb"):
+        for data in ("synthetic-det_128x128", "fruits-nuts_320x240", "tiger-box_320x192"):
+            cfg = load_config(os.path.join("configs", f"{head}-fpn_resnet18_{data}.yaml"))
+            assert cfg.task == "detection" and cfg.data.input_size[0] % 16 == 0 and cfg.data.input_size[1] % 16 == 0
+            assert (cfg.model.head == "ltrb") == (head == "ltrb")
 
 
 # ---------------------------------------------------------------------------------------------- CLI checks
