@@ -14,7 +14,6 @@ import tempfile
 import torch
 from torch import nn
 
-from engine.config.sections import WEIGHT_CHOICES
 from models.errors import CheckpointError
 
 # 1: model, optimizer, scheduler, epoch, global_step, best metric, torch/cuda RNG, config, provenance.
@@ -98,6 +97,9 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
         raise CheckpointError(f"{path} has checkpoint format {version}, newer than this code's {FORMAT_VERSION}; "
                          f"update the repository")
     return state
+
+
+WEIGHT_CHOICES = ("model", "ema")       # a checkpoint's trained weights, or its EMA of them
 
 
 def checkpoint_weights(state: dict, path: str, which: str = "model") -> dict:

@@ -17,7 +17,7 @@ import argparse
 import json
 import logging
 
-from engine.config.sections import WEIGHT_CHOICES
+from engine.checkpoint import WEIGHT_CHOICES
 from engine.export.exporter import export_onnx
 from tools._common import add_debug_flag, run_cli, setup_logging
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from engine.checkpoint import WEIGHT_CHOICES
+
 PRECISIONS = ("fp32", "bf16", "fp16")           # what autocast runs
 PRECISION_CHOICES = PRECISIONS + ("auto",)      # train.precision (auto: engine/train/precision.py)
 NONFINITE_POLICIES = ("stop", "skip")           # train.on_nonfinite: stop the run, or skip the step
@@ -21,7 +23,6 @@ NONFINITE_POLICIES = ("stop", "skip")           # train.on_nonfinite: stop the r
 # "best" checkpoint chosen on it is chosen on noise (the starter config evaluates less often; the run says so).
 SMALL_HOLDOUT = 30
 STOP_SIGNALS = ("TERM", "USR1", "USR2")         # train.stop_signals: what may stop training like Ctrl-C
-WEIGHT_CHOICES = ("model", "ema")               # a checkpoint's trained weights, or its EMA of them
 
 
 @dataclass
