@@ -216,6 +216,9 @@ TRAIN_ROWS = [
      2, ["train.precision = 'fp8': must be one of fp32, bf16, fp16, auto",
          "train.on_nonfinite = 'ignore': must be 'stop' or 'skip'",
          "train.init_weights_from = 'best': must be one of model, ema"]),
+    ("continuation-without-its-weights", "kpt", None, None, ["train.init_weights_from=ema"], 2,
+     ["train.init_weights_from = 'ema' but no weights file: this config continues another run; give its "
+      "checkpoint with --weights FILE"]),
     ("bad-annotation-policy", "kpt", None, None, ["data.on_bad_annotation=ignore"], 2,
      ["data.on_bad_annotation = 'ignore'"]),
     ("run-folder-holds-a-run", "kpt", _fake_finished_run, None, [], 2,

@@ -31,7 +31,7 @@ from engine.train.optim import build_optimizer, build_scheduler
 from engine.train.provenance import provenance
 from engine.train.run_folder import claim_run_dir, interrupted_error, stopped_error
 from engine.train.stop import StopFlag, StopRequested, shield_workers, signal_name, stop_signals
-from models.errors import CheckpointError, DataError
+from models.errors import CheckpointError, ConfigError, DataError
 from models.utils import first_n, write_json
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,12 @@ def train(cfg, run_dir: str, device: torch.device, resume: str | None = None, pr
         if resume:   # refuse a checkpoint of another set-up before building anything or writing into run_dir
             state = load_checkpoint(resume, map_location=device)
             check_resume_config(state.get("config", {}), config_dict, resume)
+        elif cfg.train.init_weights_from != "model" and not cfg.train.init_weights:
+            # a continuation config (e.g. a stage 2) started without the run it continues would train from
+            # scratch at its small learning rate: a waste of hours that looks like a bad result
+            raise ConfigError(f"train.init_weights_from = {cfg.train.init_weights_from!r} but no weights file: "
+                              f"this config continues another run; give its checkpoint with --weights FILE "
+                              f"(train.init_weights), or set train.init_weights_from=model to start from scratch")
         claim_run_dir(run_dir, resume, overwrite, is_main=dist_utils.rank() == 0)
         summary = _train(cfg, run_dir, device, state, resume, progress, epoch_hooks, config_dict, stop)
         if dist_utils.is_main_process():
