@@ -54,7 +54,9 @@ class HeatmapCodec:
         input_size: model input ``(width, height)`` in pixels.
         heatmap_size: heatmap ``(width, height)``; ``input_size`` must be the same integer or float
             multiple of it along both axes (the stride).
-        sigma: Gaussian standard deviation in heatmap cells.
+        sigma: Gaussian standard deviation in heatmap cells: one for every keypoint, or a sequence of ``K``
+            (one per keypoint: e.g. a wider target for points that the image fixes only along one direction,
+            like a face's contour).
         refine: sub-pixel refinement at decode: ``"dark"`` (Taylor step on the log of the blurred heatmap,
             Zhang et al. 2020), ``"quarter"`` (a quarter cell towards the higher neighbour, as in
             SimpleBaseline/HRNet) or ``"none"`` (integer argmax).
@@ -62,7 +64,7 @@ class HeatmapCodec:
             follows OpenCV's rule for the size); ``2 * floor(sigma) + 1`` when None, 1 for no blur.
     """
 
-    def __init__(self, input_size: Sequence[int], heatmap_size: Sequence[int], sigma: float = 2.0,
+    def __init__(self, input_size: Sequence[int], heatmap_size: Sequence[int], sigma: float | Sequence[float] = 2.0,
                  refine: str = "dark", blur_kernel_size: int | None = None):
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.heatmap_size = (int(heatmap_size[0]), int(heatmap_size[1]))
@@ -73,12 +75,17 @@ class HeatmapCodec:
                              f"strides along x ({sx}) and y ({sy}); use the same stride on both axes")
         if refine not in REFINE_MODES:
             raise ValueError(f"refine={refine!r} is not one of {REFINE_MODES}")
-        if sigma <= 0:
-            raise ValueError(f"sigma must be > 0, got {sigma}")
+        per_keypoint = not isinstance(sigma, (int, float))
+        sigmas = [float(v) for v in sigma] if per_keypoint else [float(sigma)]
+        if not sigmas or not all(v > 0 and math.isfinite(v) for v in sigmas):
+            raise ValueError(f"sigma must be > 0 (one value or one per keypoint), got {sigma}")
         self.stride = sx
-        self.sigma = float(sigma)
+        self.sigma: float | list[float] = sigmas if per_keypoint else sigmas[0]
+        self._sigmas = torch.tensor(sigmas, dtype=torch.float32)     # [K] or [1]
         self.refine = refine
-        self.blur_kernel_size = default_blur_kernel_size(sigma) if blur_kernel_size is None else blur_kernel_size
+        # DARK's blur follows the widest target: a kernel wider than a peak would flatten it.
+        self.blur_kernel_size = (default_blur_kernel_size(max(sigmas)) if blur_kernel_size is None
+                                 else blur_kernel_size)
         if self.blur_kernel_size < 1 or self.blur_kernel_size % 2 == 0:
             raise ValueError(f"blur_kernel_size must be odd and >= 1, got {self.blur_kernel_size}")
 
@@ -105,7 +112,8 @@ class HeatmapCodec:
                 labelled (COCO ``v`` 1 or 2).
             keypoint_weights: optional [K] per-keypoint loss weights.
         Returns:
-            heatmaps: [B, K, h, w] float32, a Gaussian of ``sigma`` cells at the exact float centre
+            heatmaps: [B, K, h, w] float32, a Gaussian of ``sigma`` cells (keypoint k's own with a sequence)
+                at the exact float centre
                 (peak 1 when the centre is on a cell), zero for keypoints that get no weight.
             weights: [B, K] float32; zero for unlabelled keypoints and for keypoints whose centre lies
                 outside the heatmap (beyond its cells' outer edges).
@@ -118,8 +126,11 @@ class HeatmapCodec:
         u, v = uv[..., 0], uv[..., 1]
         inside = (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
         valid = inside & (kpts[..., 2] > 0) & torch.isfinite(uv).all(-1)
+        if self._sigmas.numel() not in (1, kpts.shape[1]):
+            raise ValueError(f"the codec has {self._sigmas.numel()} sigmas (one per keypoint) but keypoints has "
+                             f"{kpts.shape[1]} keypoints")
         # Separable Gaussian: exp(-(dx^2 + dy^2) / 2s^2) = exp(-dx^2 / 2s^2) * exp(-dy^2 / 2s^2).
-        denom = 2 * self.sigma ** 2
+        denom = (2 * self._sigmas.to(kpts.device) ** 2)[:, None]       # [K or 1, 1], against [B, K, w]
         xs = torch.arange(w, device=kpts.device, dtype=torch.float32)
         ys = torch.arange(h, device=kpts.device, dtype=torch.float32)
         # nan_to_num keeps invalid (e.g. NaN) keypoints from poisoning the product; they are masked anyway.

@@ -216,6 +216,10 @@ TRAIN_ROWS = [
      2, ["train.precision = 'fp8': must be one of fp32, bf16, fp16, auto",
          "train.on_nonfinite = 'ignore': must be 'stop' or 'skip'",
          "train.init_weights_from = 'best': must be one of model, ema"]),
+    ("target-sigmas-for-another-keypoint-count", "kpt", None, None, ["data.target_sigmas=[1.5,1.0]"], 2,
+     ["data.target_sigmas has 2 values for 4 keypoints; give one per keypoint"]),
+    ("target-sigmas-differ-between-flip-partners", "kpt", None, None, ["data.target_sigmas=[1.5,1.0,2.0,1.0]"], 2,
+     ["data.target_sigmas differ between flip partners 1 and 2 (1.0 vs 2.0)"]),
     ("continuation-without-its-weights", "kpt", None, None, ["train.init_weights_from=ema"], 2,
      ["train.init_weights_from = 'ema' but no weights file: this config continues another run; give its "
       "checkpoint with --weights FILE"]),

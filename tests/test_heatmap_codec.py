@@ -74,6 +74,21 @@ def test_encode_hand_values_on_a_cell_centre(device):
         torch.testing.assert_close(hm[r, c], torch.tensor(math.exp(-d2 / 8)))
 
 
+def test_encode_per_keypoint_sigmas_give_each_keypoint_its_own_gaussian(device):
+    # data.target_sigmas: keypoint k gets the closed-form Gaussian of its own sigma, one cell away exp(-1/2s^2).
+    pts, sigmas = [(17.3, 29.6), (21.5, 29.5), (40.9, 8.1)], [1.0, 2.0, 3.0]
+    codec = HeatmapCodec((W_HM * STRIDE, H_HM * STRIDE), (W_HM, H_HM), sigma=sigmas)
+    heat, weights = codec.encode(torch.tensor([[[x, y, 2.0] for x, y in pts]], device=device))
+    expected = np.stack([_closed_form(x, y, s) for (x, y), s in zip(pts, sigmas)])[None]
+    torch.testing.assert_close(heat.cpu(), torch.from_numpy(expected).float(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(heat[0, 1, 7, 6].cpu(), torch.tensor(math.exp(-1 / 8)))
+    assert codec.sigma == sigmas and codec.blur_kernel_size == 7          # DARK's blur follows the widest (3)
+    with pytest.raises(ValueError, match="3 sigmas .* but keypoints has 2 keypoints"):
+        codec.encode(torch.zeros(1, 2, 3, device=device))
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        HeatmapCodec((64, 64), (16, 16), sigma=[1.0, 0.0])
+
+
 def test_encode_peak_is_at_the_float_centre_not_a_rounded_cell(device):
     # u = 4.5 exactly between cells 4 and 5: both must be equal (a rounding encoder would favour one).
     x = (4.5 + 0.5) * STRIDE - 0.5

@@ -41,6 +41,15 @@ def resolve_meta(cfg, data: KeypointDataset) -> KeypointMeta:
         if abs(sigmas[i] - sigmas[j]) > 1e-9:
             raise ConfigError(f"data.oks_sigmas differ between flip partners {i} and {j} "
                              f"({sigmas[i]} vs {sigmas[j]}); a keypoint and its mirror image share one sigma")
+    targets = cfg.data.target_sigmas
+    if targets is not None:
+        if len(targets) != num_k:
+            raise ConfigError(f"data.target_sigmas has {len(targets)} values for {num_k} keypoints; give one per "
+                              f"keypoint, or null for data.sigma everywhere")
+        for i, j in enumerate(flip_index):
+            if abs(targets[i] - targets[j]) > 1e-9:
+                raise ConfigError(f"data.target_sigmas differ between flip partners {i} and {j} ({targets[i]} vs "
+                                  f"{targets[j]}); a flipped crop swaps their targets, so they share one sigma")
     nme_pair = None
     if cfg.data.nme_normalize:
         if len(cfg.data.nme_normalize) != 2:
@@ -75,7 +84,8 @@ def check_input_size(input_size: Sequence[int], max_stride: int,
 def build_codec(cfg) -> HeatmapCodec:
     w, h = int(cfg.data.input_size[0]), int(cfg.data.input_size[1])
     stride = cfg.model.heatmap_stride
-    return HeatmapCodec((w, h), (w // stride, h // stride), sigma=cfg.data.sigma,
+    sigma = cfg.data.sigma if cfg.data.target_sigmas is None else [float(v) for v in cfg.data.target_sigmas]
+    return HeatmapCodec((w, h), (w // stride, h // stride), sigma=sigma,
                         refine=cfg.eval.refine, blur_kernel_size=cfg.eval.blur_kernel_size)
 
 

@@ -40,6 +40,7 @@ class KeypointDataConfig:
     category_id: int | None = None
     input_size: list[int] = field(default_factory=lambda: [192, 256])   # (width, height)
     sigma: float = 2.0                  # Gaussian sigma in heatmap cells
+    target_sigmas: list[float] | None = None   # or one per keypoint (overrides sigma; flip partners equal)
     flip_index: list[int] = MISSING     # flip_index[i]: the keypoint i becomes under a horizontal flip
     oks_sigmas: list[float] | None = None   # per keypoint; COCO's 17 when None (requires K = 17)
     keypoint_weights: list[float] | None = None   # per-keypoint loss weights
@@ -103,6 +104,9 @@ def check_ranges(cfg: KeypointConfig) -> list[str]:
          f"each side must be a multiple of {hs} and >= {least} (heatmap stride {hs} x 2**model.depth "
          f"{cfg.model.depth}, and the coarsest backbone level)")
     need("data.sigma", d.sigma, d.sigma > 0, "must be > 0")
+    if d.target_sigmas is not None:
+        need("data.target_sigmas", list(d.target_sigmas), len(d.target_sigmas) > 0 and all(v > 0 for v in
+             d.target_sigmas), "one value > 0 per keypoint, or null for data.sigma everywhere")
     need("data.bbox_padding", d.bbox_padding, d.bbox_padding > 0, "must be > 0")
     need("eval.rescore_threshold", e.rescore_threshold, 0 <= e.rescore_threshold <= 1, "must be in [0, 1]")
     need("eval.recrop_passes", e.recrop_passes, 0 <= e.recrop_passes <= 5, "must be 0 (off) to 5")
