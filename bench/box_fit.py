@@ -124,6 +124,18 @@ def report(errors: np.ndarray, ious: np.ndarray) -> str:
     return "\n".join(lines)
 
 
+def read_json(path: str, needs: str | None) -> dict | list:
+    """A json file, or one line naming the file and what is wrong (missing, not json, no ``needs`` key)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: cannot read {path}: {err}") from None
+    if needs and not (isinstance(data, dict) and needs in data):
+        raise SystemExit(f"error: {path} has no '{needs}': give a COCO json with boxes")
+    return data
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ann", required=True, help="the labels: a COCO json with boxes")
@@ -131,12 +143,16 @@ def main(argv=None) -> dict:
     p.add_argument("--neighbour-frames", help="another split of the same video: score its neighbouring frames' "
                                               "boxes as a detector")
     args = p.parse_args(argv)
-    data = json.load(open(args.ann))
+    data = read_json(args.ann, "annotations")
     out = {}
     for name, path in (("results", args.results), ("neighbour-frames", args.neighbour_frames)):
         if not path:
             continue
-        results = json.load(open(path)) if name == "results" else neighbour_results(data, json.load(open(path)))
+        other = read_json(path, "annotations" if name == "neighbour-frames" else None)
+        results = other if name == "results" else neighbour_results(data, other)
+        if name == "results" and not all(isinstance(r, dict) and "bbox" in r for r in results):
+            raise SystemExit(f"error: {path} is not a COCO detection-results list (each entry needs 'bbox', "
+                             f"'score', 'image_id', 'category_id'); tools.eval writes detection_results.json")
         if not results:
             print(f"{name}: no detection to score ({path})")
             continue

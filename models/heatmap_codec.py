@@ -82,6 +82,7 @@ class HeatmapCodec:
         self.stride = sx
         self.sigma: float | list[float] = sigmas if per_keypoint else sigmas[0]
         self._sigmas = torch.tensor(sigmas, dtype=torch.float32)     # [K] or [1]
+        self._denominators: dict[torch.device, torch.Tensor] = {}    # 2 sigma^2 per device, copied once
         self.refine = refine
         # DARK's blur follows the widest target: a kernel wider than a peak would flatten it.
         self.blur_kernel_size = (default_blur_kernel_size(max(sigmas)) if blur_kernel_size is None
@@ -130,7 +131,9 @@ class HeatmapCodec:
             raise ValueError(f"the codec has {self._sigmas.numel()} sigmas (one per keypoint) but keypoints has "
                              f"{kpts.shape[1]} keypoints")
         # Separable Gaussian: exp(-(dx^2 + dy^2) / 2s^2) = exp(-dx^2 / 2s^2) * exp(-dy^2 / 2s^2).
-        denom = (2 * self._sigmas.to(kpts.device) ** 2)[:, None]       # [K or 1, 1], against [B, K, w]
+        denom = self._denominators.get(kpts.device)     # [K or 1, 1], against [B, K, w]
+        if denom is None:   # once per device: no host-to-device copy in every training step
+            denom = self._denominators[kpts.device] = (2 * self._sigmas ** 2)[:, None].to(kpts.device)
         xs = torch.arange(w, device=kpts.device, dtype=torch.float32)
         ys = torch.arange(h, device=kpts.device, dtype=torch.float32)
         # nan_to_num keeps invalid (e.g. NaN) keypoints from poisoning the product; they are masked anyway.

@@ -45,3 +45,14 @@ def test_neighbour_frames_average_the_boxes_of_frames_before_and_after(tmp_path)
     out = main(["--ann", str(tmp_path / "val.json"), "--neighbour-frames", str(tmp_path / "train.json")])
     assert np.allclose(out["neighbour-frames"]["errors"], [[0, 1, 0, 1]])
     assert out["neighbour-frames"]["AR100"] == pytest.approx(1.0)      # IoU 0.99 >= every threshold
+
+
+def test_bad_files_stop_with_one_line(tmp_path):
+    (tmp_path / "val.json").write_text(json.dumps(_coco({5: [100, 50, 200, 100]})))
+    (tmp_path / "kpts.json").write_text(json.dumps([{"image_id": 1, "keypoints": [1, 2, 2], "score": 1}]))
+    with pytest.raises(SystemExit, match=r"cannot read .*missing\.json"):
+        main(["--ann", str(tmp_path / "missing.json")])
+    with pytest.raises(SystemExit, match=r"kpts\.json is not a COCO detection-results list"):
+        main(["--ann", str(tmp_path / "val.json"), "--results", str(tmp_path / "kpts.json")])
+    with pytest.raises(SystemExit, match=r"kpts\.json has no 'annotations'"):
+        main(["--ann", str(tmp_path / "kpts.json")])
