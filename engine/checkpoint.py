@@ -169,7 +169,7 @@ def load_weights_for_finetuning(model: nn.Module, path: str, which: str = "model
         if not (isinstance(state, dict) and isinstance(state.get("model"), dict)):
             raise CheckpointError(f"{path} is not a checkpoint of this repository, so it has no {which} weights "
                                   f"(train.init_weights_from={which}); use train.init_weights_from=model")
-        state = {"model": checkpoint_weights(state, path, which)}
+        state = checkpoint_weights(state, path, which)     # a state dict: the loop below leaves it as it is
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
