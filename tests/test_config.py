@@ -10,6 +10,8 @@ import pytest
 from engine.config.loading import config_to_dict, save_config
 from engine.tasks.registry import config_from_dict, load_config
 from models.errors import ConfigError
+from tools import eval as eval_tool
+from tools import train as train_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "configs", "hg-fpn_resnet18_synthetic-kpt_64x96.yaml")
@@ -65,3 +67,16 @@ def test_round_trip_dict_and_yaml(tmp_path):
     out = tmp_path / "resolved.yaml"
     save_config(cfg, str(out))
     assert load_config(str(out)) == cfg
+
+
+
+@pytest.mark.parametrize("tool", [train_tool, eval_tool], ids=["train", "eval"])
+def test_overrides_may_sit_between_options(tool, tmp_path):
+    """``--config c.yaml train.lr=0.1 --run-dir d data.sigma=1`` reaches the config (plain parse_args stops at
+    the first option after a positional and refuses the second override as an unrecognized argument, exit 2)."""
+    missing = str(tmp_path / "missing.yaml")
+    argv = ["--config", missing, "train.lr=0.1", "--run-dir" if tool is train_tool else "--checkpoint",
+            str(tmp_path / "x"), "data.sigma=1.0"]
+    with pytest.raises(Exception, match="missing.yaml") as raised:
+        tool.main(argv)
+    assert not isinstance(raised.value, SystemExit)

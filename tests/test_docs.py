@@ -70,7 +70,7 @@ def test_documented_command_is_valid(doc, command):
     else:
         pytest.skip(f"not a repository command: {command}")
     tool = importlib.import_module(module)
-    parsed = tool.get_args_parser().parse_args(args)          # exits (SystemExit) on unknown flags
+    parsed = tool.get_args_parser().parse_intermixed_args(args)  # exits (SystemExit) on unknown flags
     config = getattr(parsed, "config", None)
     # The repository's own configs load; a user's (configs/my.yaml, ~/..., my_config.yaml) are placeholders.
     if config and config.startswith("configs/") and "/my" not in config and "X." not in config:

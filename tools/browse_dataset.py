@@ -66,7 +66,7 @@ def render_sample(sample: dict, meta: kp.KeypointMeta, codec, scale: int) -> np.
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    args = add_debug_flag(get_args_parser()).parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_intermixed_args(argv)
     setup_logging()
     cfg = load_config(args.config, args.overrides)
     split_cfg = cfg.data.train if args.split == "train" else cfg.data.val

@@ -98,7 +98,7 @@ def _run(stage: str, tool, argv: list[str], timings: dict):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = add_debug_flag(get_args_parser()).parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_intermixed_args(argv)
     setup_logging()
     t0 = time.time()
     out = args.output_dir

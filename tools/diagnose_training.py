@@ -53,7 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = add_debug_flag(get_args_parser()).parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_intermixed_args(argv)
     setup_logging()
     if args.overfit_steps < 0 or args.lr_range_steps < 0 or args.overfit_samples < 1:
         raise InputError("--overfit-steps and --lr-range-steps must be >= 0 and --overfit-samples >= 1")

@@ -88,7 +88,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = add_debug_flag(get_args_parser()).parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_intermixed_args(argv)
     setup_logging()
     check_box_source_flags(args, "tools.eval")
     cfg = load_config(args.config, args.overrides)

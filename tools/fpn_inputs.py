@@ -98,7 +98,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     """Returns the :func:`fpn_inputs` dict of ``--config``."""
-    args = add_debug_flag(get_args_parser()).parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_intermixed_args(argv)
     result = fpn_inputs(load_config(args.config, args.overrides))
     print(format_fpn_table(result, args.config), flush=True)
     return result

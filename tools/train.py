@@ -50,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = add_debug_flag(get_args_parser()).parse_args(argv)
+    args = add_debug_flag(get_args_parser()).parse_intermixed_args(argv)
     setup_logging()
     overrides = list(args.overrides) + ([f"train.init_weights={args.weights}"] if args.weights else [])
     cfg = load_config(args.config, overrides)
