@@ -184,8 +184,8 @@ def score(args) -> dict:
     plot_ced(curves, os.path.join(out_dir, "ced.png"), max(report.thresholds), title="CED, 300-W held-out split")
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(out, f, indent=2)
-    keys = ["NME", "FR@0.08", "FR@0.1", "AUC@0.08", "AUC@0.1", *[f"NME/{r}" for r in report.regions], "AP",
-            "faces", "faces_missed", "ms/face"]
+    keys = ["NME", "FR@0.08", "FR@0.1", "AUC@0.08", "AUC@0.1", *[f"NME/{r}" for r in report.regions], "offset/x",
+            "offset/y", "AP", "faces", "faces_missed", "ms/face"]
     print(f"{'':<8}" + "".join(f"{k:>13}" for k in keys))
     for label, m in out["models"].items():
         print(f"{label:<8}" + "".join(f"{m.get(k, 0.0):>13.4f}" for k in keys))

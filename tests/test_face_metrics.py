@@ -45,6 +45,21 @@ def test_nme_fr_auc_by_hand():
     assert m["AUC@0.1"] == pytest.approx((0.01 + 0.1) / 2 / 0.1)          # = 0.55
     assert m["NME/top"] == pytest.approx(0.045) and m["NME/bottom"] == pytest.approx(0.045)
     assert m["faces"] == 2
+    assert m["offset/x"] == pytest.approx(0.045) and m["offset/y"] == 0.0
+
+
+def test_offset_is_signed_and_skips_unlabelled_points():
+    # Face of pair distance 10: point 0 is 1 px right and 2 px down, point 1 is 1 px left (errors that cancel
+    # in x), point 3 is unlabelled and 50 px off (ignored), point 2 exact.
+    gt = square_face(1)[None].copy()
+    gt[0, 3, 2] = 0
+    pred = gt[..., :2].copy()
+    pred[0, 0] += (1.0, 2.0)
+    pred[0, 1, 0] -= 1.0
+    pred[0, 3] += 50.0
+    m = FaceReport("inter_ocular", pair=(0, 1), pupils=None).evaluate(pred, gt)
+    assert m["offset/x"] == pytest.approx(0.0) and m["offset/y"] == pytest.approx(0.2 / 3)
+    assert m["NME"] > 0.05
 
 
 def test_regions_unlabelled_points_and_misses():

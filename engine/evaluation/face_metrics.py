@@ -89,6 +89,18 @@ def normalised_errors(pred: np.ndarray, gt: np.ndarray, norm: np.ndarray) -> np.
     return np.where(gt[..., 2] > 0, err, np.nan)
 
 
+def mean_offset(pred: np.ndarray, gt: np.ndarray, norm: np.ndarray) -> tuple[float, float]:
+    """The systematic shift ``(x, y)``: the mean signed ``(pred - gt) / d`` over labelled points and faces.
+
+    A model with no bias has both near 0 whatever its NME. A constant offset means a convention differs between
+    the labels and the model; a left-right one survives only in x, e.g. labels that sit a pixel right of where a
+    mirror-symmetric model puts them (flip augmentation averages such an offset away; docs/keypoints.md).
+    """
+    d = (np.asarray(pred, float) - np.asarray(gt, float)[..., :2]) / np.asarray(norm, float)[:, None, None]
+    d = np.where((np.asarray(gt)[..., 2] > 0)[..., None], d, np.nan)
+    return float(_nanmean(d[..., 0])), float(_nanmean(d[..., 1]))
+
+
 def _nanmean(x: np.ndarray, axis=None):
     """Mean ignoring NaN; NaN (without numpy's warning) where nothing is left."""
     x = np.asarray(x, float)
@@ -197,6 +209,7 @@ class FaceReport:
         self.last_face_nme = face
         metrics = summarize(face, self.thresholds)
         metrics.update(region_nme(errors, self.regions))
+        metrics["offset/x"], metrics["offset/y"] = mean_offset(pred, gt, norm)
         metrics["faces"] = float(len(face))
         if missed:
             metrics["faces_missed"] = float(missed)
