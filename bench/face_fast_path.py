@@ -127,11 +127,15 @@ def plot(rows: list[dict], path: str, budget_ms: float = 5.0) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     for row in rows:
-        peer = row["label"] == "dlib"
+        peer, before = row["label"] == "dlib", row.get("before", False)
         ms, nme = row["ms/face"], 100 * row["NME"]
-        ax.scatter(ms, nme, marker="s" if peer else "o", s=50, color="tab:gray" if peer else "tab:blue", zorder=3)
+        colour = "tab:gray" if peer else "tab:blue"
+        ax.scatter(ms, nme, marker="s" if peer else "o", s=50, zorder=3, edgecolors=colour,
+                   facecolors="none" if before else colour)
+        # Earlier models (hollow, usually the worse of a pair) are labelled above their point, the others below.
         ax.annotate(f"{row['label']}\n{ms:.1f} ms, {nme:.2f} %", (ms, nme), textcoords="offset points",
-                    xytext=(-8, 8), ha="right" if ms == max(r["ms/face"] for r in rows) else "left", fontsize=8)
+                    xytext=(-8, 8 if before else -22), fontsize=8, color="dimgray" if before else "black",
+                    ha="right" if ms == max(r["ms/face"] for r in rows) else "left")
     ax.axvline(budget_ms, color="tab:green", linestyle="--", linewidth=1)
     ax.text(budget_ms * 1.05, ax.get_ylim()[0], f"{budget_ms:g} ms", color="tab:green", fontsize=8, va="bottom")
     ax.set_xscale("log")
@@ -154,6 +158,8 @@ def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=[], metavar="LABEL=FILE.onnx",
                    help="a keypoint model exported with tools.export --decode; repeat to compare")
+    p.add_argument("--before", action="append", default=[], metavar="LABEL=FILE.onnx",
+                   help="an earlier model to show beside them (drawn hollow in the plot); repeat")
     p.add_argument("--dlib-python", help="dlib's python (pip install dlib-bin face-recognition-models)")
     p.add_argument("--ann-file", default=f"{FACES}/annotations.json")
     p.add_argument("--image-root", default=f"{FACES}/images")
@@ -170,19 +176,19 @@ def main(argv=None) -> list[dict]:
     print(f"{len(faces)} faces x {args.rounds} rounds; {cpu}; {os.cpu_count()} cores; avx512_bf16 "
           f"{'avx512_bf16' in flags}, amx {'amx_tile' in flags}; onnxruntime threads {args.threads}")
     rows = []
-    for spec in args.model:
+    for spec, before in [(m, False) for m in args.model] + [(m, True) for m in args.before]:
         label, _, path = spec.partition("=")
         times, points = time_ours(path, faces, args.rounds, args.threads)
         rows.append({"label": label, "ms/face": 1000 * statistics.median(times), "timings": len(times),
-                     **score(points, faces, truth)})
+                     **score(points, faces, truth), **({"before": True} if before else {})})
     if args.dlib_python:
         times, points, version = time_dlib(args.dlib_python, faces, args.rounds)
         rows.append({"label": "dlib", "ms/face": 1000 * statistics.median(times), "timings": len(times),
                      "dlib": version, **score(points, faces, truth)})
     keys = ["ms/face", "NME", "FR@0.08", "AUC@0.08", "NME/jaw", "timings"]
-    print(f"{'':<14}" + "".join(f"{k:>11}" for k in keys))
+    print(f"{'':<20}" + "".join(f"{k:>11}" for k in keys))
     for row in rows:
-        print(f"{row['label']:<14}" + "".join(f"{row.get(k, 0):>11.4f}" for k in keys))
+        print(f"{row['label']:<20}" + "".join(f"{row.get(k, 0):>11.4f}" for k in keys))
     if args.plot and rows:
         plot(rows, args.plot)
         print(f"wrote {args.plot}")
