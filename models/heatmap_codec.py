@@ -287,6 +287,26 @@ class HeatmapCodec:
         return heatmaps.flip(-1).index_select(1, index)
 
     @staticmethod
+    def shift_heatmaps_x(heatmaps: torch.Tensor, cells: float) -> torch.Tensor:
+        """Heatmaps [B, K, h, w] moved right by ``cells`` (a float; negative: left), zeros coming in.
+
+        ``out[..., x] = heatmaps[..., x - cells]``, linear between the two whole-cell shifts around it. Used on
+        the mirrored pass of a flip test for a model that learnt a left-right label offset (``eval.flip_test_shift``).
+        """
+        if cells == 0:
+            return heatmaps
+        whole = math.floor(cells)
+        frac = float(cells - whole)
+
+        def moved(n: int) -> torch.Tensor:
+            w = heatmaps.shape[-1]
+            if n >= 0:
+                return F.pad(heatmaps, (n, 0))[..., :w]
+            return F.pad(heatmaps, (0, -n))[..., -n:]
+
+        return moved(whole) if frac == 0 else (1.0 - frac) * moved(whole) + frac * moved(whole + 1)
+
+    @staticmethod
     def flip_keypoints(keypoints: torch.Tensor, flip_index: Sequence[int] | torch.Tensor,
                        image_width: int) -> torch.Tensor:
         """Keypoints [B, K, >=2] of an image mirrored horizontally: ``x -> W - 1 - x``, left/right swapped."""

@@ -80,3 +80,9 @@ def test_overrides_may_sit_between_options(tool, tmp_path):
     with pytest.raises(Exception, match="missing.yaml") as raised:
         tool.main(argv)
     assert not isinstance(raised.value, SystemExit)
+
+
+@pytest.mark.parametrize("value", ["nan", "40.0"])
+def test_flip_test_shift_out_of_range_is_named(value):
+    with pytest.raises(ConfigError, match="eval.flip_test_shift"):
+        load_config(DEMO, [f"eval.flip_test_shift={value}"])

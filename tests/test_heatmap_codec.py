@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.tasks.keypoints.task import flip_tested_heatmaps
 from models.heatmap_codec import HeatmapCodec
 
 STRIDE = 4
@@ -324,3 +325,43 @@ def test_blurred_window_equals_the_full_blur_at_the_peak(kernel):
         for k in range(5):
             expected = full[b, k, cv[b, k] - 1:cv[b, k] + 2, cu[b, k] - 1:cu[b, k] + 2]
             torch.testing.assert_close(window[b, k], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_shift_heatmaps_x_by_hand():
+    h = torch.zeros(1, 1, 1, 8)
+    h[..., 3] = 1.0
+    out = HeatmapCodec.shift_heatmaps_x(h, 1.25)[0, 0, 0]
+    assert torch.allclose(out, torch.tensor([0, 0, 0, 0, 0.75, 0.25, 0, 0.0]))
+    assert torch.equal(HeatmapCodec.shift_heatmaps_x(h, -2)[0, 0, 0], torch.tensor([0, 1.0, 0, 0, 0, 0, 0, 0]))
+    assert HeatmapCodec.shift_heatmaps_x(h, 0.0) is h
+    assert HeatmapCodec.shift_heatmaps_x(h, 9.0).abs().sum() == 0          # moved out entirely, zeros came in
+
+
+class _OffsetModel(torch.nn.Module):
+    """A mirror-consistent 'model' that learnt a label offset: one keypoint at the brightest column + ``b`` cells
+    (stride 4), a Gaussian along x; no flips in its training, so a mirrored crop gets the same +b."""
+
+    def __init__(self, b_cells: float):
+        super().__init__()
+        self.b = b_cells
+
+    def forward(self, images):
+        col = (images[:, 0].float().sum(1).argmax(-1).float() + 0.5) / 4.0 - 0.5   # bright column, in cells [B]
+        x = torch.arange(16, dtype=torch.float32)
+        row = torch.exp(-((x[None] - (col[:, None] + self.b)) ** 2) / (2 * 1.5 ** 2))
+        y = torch.exp(-((x - 7.5) ** 2) / (2 * 1.5 ** 2))
+        return [y[None, None, :, None] * row[:, None, None, :]]
+
+
+def test_flip_test_shift_keeps_a_learnt_label_offset():
+    codec = HeatmapCodec((64, 64), (16, 16), sigma=1.5)
+    images = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
+    images[..., 25] = 255                         # the feature: column 25 (input pixels)
+    model = _OffsetModel(b_cells=0.75)            # the labels sit 0.75 cells = 3 px right of the bright column
+    direct, _ = codec.decode(model(images)[-1])
+    plain, _ = codec.decode(flip_tested_heatmaps(model, images, codec, [0], True))
+    shifted, _ = codec.decode(flip_tested_heatmaps(model, images, codec, [0], True, shift=6.0))
+    # The plain average lands between the two passes (the symmetric position); shifting the mirrored pass by
+    # twice the offset (6 px) lands where the direct pass does.
+    assert abs(float(shifted[0, 0, 0] - direct[0, 0, 0])) < 0.05
+    assert abs(float(plain[0, 0, 0] - direct[0, 0, 0])) > 2.5

@@ -158,7 +158,8 @@ def build_task(cfg, meta: KeypointMeta, val_gt: dict | None = None, progress: bo
                         keypoint_weights=cfg.data.keypoint_weights, val_gt=val_gt,
                         rescore_threshold=ev.rescore_threshold, pck_thresholds=ev.pck_thresholds, progress=progress,
                         face=build_face_report(ev.face, len(meta.keypoint_names), meta.nme_pair),
-                        loss=cfg.loss.heatmap, ohkm_topk=cfg.loss.ohkm_topk if cfg.loss.heatmap == "ohkm" else None)
+                        loss=cfg.loss.heatmap, ohkm_topk=cfg.loss.ohkm_topk if cfg.loss.heatmap == "ohkm" else None,
+                        flip_test_shift=ev.flip_test_shift)
 
 
 def make_val_loader(cfg, val_set, device: torch.device, rank: int = 0, world_size: int = 1):

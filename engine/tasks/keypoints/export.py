@@ -33,13 +33,14 @@ class HeatmapGraph(nn.Module):
 class DecodedKeypointGraph(nn.Module):
     """images uint8 [B, 3, H, W] -> (keypoints [B, K, 2] crop pixels, scores [B, K]): flip test and decode inside."""
 
-    def __init__(self, model: nn.Module, codec, flip_index, flip_test: bool):
+    def __init__(self, model: nn.Module, codec, flip_index, flip_test: bool, flip_test_shift: float = 0.0):
         super().__init__()
-        self.model, self.codec, self.flip_test = model, codec, flip_test
+        self.model, self.codec, self.flip_test, self.flip_test_shift = model, codec, flip_test, flip_test_shift
         self.register_buffer("flip_index", torch.as_tensor(flip_index, dtype=torch.long), persistent=False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        heatmaps = flip_tested_heatmaps(self.model, images, self.codec, self.flip_index, self.flip_test)
+        heatmaps = flip_tested_heatmaps(self.model, images, self.codec, self.flip_index, self.flip_test,
+                                        self.flip_test_shift)
         return self.codec.decode(heatmaps)
 
 
@@ -48,7 +49,8 @@ class KeypointOnnx:
 
     def graph(self, model: nn.Module, cfg, meta: dict, decode: bool) -> tuple[nn.Module, list[str], str]:
         if decode:
-            graph = DecodedKeypointGraph(model, build_codec(cfg), meta["flip_index"], cfg.eval.flip_test)
+            graph = DecodedKeypointGraph(model, build_codec(cfg), meta["flip_index"], cfg.eval.flip_test,
+                                         cfg.eval.flip_test_shift)
             return graph, ["keypoints", "scores"], "keypoints"
         return HeatmapGraph(model), ["heatmaps"], "heatmaps"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,10 @@ class KeypointDataConfig:
 @dataclass
 class KeypointEvalConfig:
     flip_test: bool = True
+    # Input pixels by which the mirrored pass moves right before the flip test's average: 0 for labels that are
+    # mirror-symmetric; for a model trained without flips on labels with a left-right offset, twice the offset it
+    # learnt (bench/flip_shift.py measures it on the training images; docs/keypoints.md, "Mirrors").
+    flip_test_shift: float = 0.0
     refine: str = "dark"                # dark | quarter | none
     blur_kernel_size: int | None = None  # smoothing before DARK's log; None: 2*floor(sigma)+1 (5 for 2); 1: none
     main_metric: str = "AP"             # the metric that picks the `best` checkpoint
@@ -110,6 +115,8 @@ def check_ranges(cfg: KeypointConfig) -> list[str]:
     need("data.bbox_padding", d.bbox_padding, d.bbox_padding > 0, "must be > 0")
     need("eval.rescore_threshold", e.rescore_threshold, 0 <= e.rescore_threshold <= 1, "must be in [0, 1]")
     need("eval.recrop_passes", e.recrop_passes, 0 <= e.recrop_passes <= 5, "must be 0 (off) to 5")
+    need("eval.flip_test_shift", e.flip_test_shift, math.isfinite(e.flip_test_shift)
+         and abs(e.flip_test_shift) < 0.25 * min(d.input_size), "must be finite and under a quarter of the input")
     bad = [v for v in e.pck_thresholds if not 0 < v <= 1]
     need("eval.pck_thresholds", list(e.pck_thresholds), not bad, "each must be in (0, 1]")
     if d.oks_sigmas is not None:

@@ -58,6 +58,8 @@ class KeypointTask:
         codec: the heatmap codec (input size, stride, sigma, refinement).
         meta: skeleton description (flip map, OKS sigmas, NME pair).
         flip_test: average the heatmaps of the crop and its mirror at prediction.
+        flip_test_shift: input pixels by which the mirror's heatmaps move right before the average (0 for
+            labels that are mirror-symmetric; ``eval.flip_test_shift``).
         ohkm_topk: use OHKM with this many keypoints per sample instead of plain MSE.
         loss: the heatmap loss, ``mse`` | ``ohkm`` | ``awing`` (``models.losses.stacked_heatmap_loss``).
         keypoint_weights: optional [K] loss weights.
@@ -72,13 +74,15 @@ class KeypointTask:
     def __init__(self, codec: HeatmapCodec, meta: KeypointMeta, flip_test: bool = True, ohkm_topk: int | None = None,
                  keypoint_weights: Sequence[float] | None = None, val_gt: dict | None = None,
                  rescore_threshold: float = 0.2, pck_thresholds: Sequence[float] = (0.05, 0.1, 0.2),
-                 progress: bool = True, face: FaceReport | None = None, loss: str = "mse"):
+                 progress: bool = True, face: FaceReport | None = None, loss: str = "mse",
+                 flip_test_shift: float = 0.0):
         if loss not in HEATMAP_LOSSES:
             raise ConfigError(f"loss.heatmap={loss!r} is not one of {list(HEATMAP_LOSSES)}")
         self.codec = codec
         self.loss = loss
         self.meta = meta
         self.flip_test = flip_test
+        self.flip_test_shift = float(flip_test_shift)
         self.ohkm_topk = ohkm_topk
         self.keypoint_weights = torch.tensor(keypoint_weights, dtype=torch.float32) if keypoint_weights else None
         self.val_gt = val_gt
@@ -110,7 +114,7 @@ class KeypointTask:
     def predict_heatmaps(self, model: nn.Module, images: torch.Tensor, flip_test: bool | None = None) -> torch.Tensor:
         """Final-stack heatmaps [B, K, h, w], averaged with the mirrored crop's when flip testing."""
         flip_test = self.flip_test if flip_test is None else flip_test
-        return flip_tested_heatmaps(model, images, self.codec, self.meta.flip_index, flip_test)
+        return flip_tested_heatmaps(model, images, self.codec, self.meta.flip_index, flip_test, self.flip_test_shift)
 
     @torch.no_grad()
     def predict_batch(self, model: nn.Module, batch: dict, flip_test: bool | None = None) -> dict:
@@ -197,12 +201,20 @@ class KeypointTask:
 
 
 def flip_tested_heatmaps(model: nn.Module, images: torch.Tensor, codec: HeatmapCodec, flip_index,
-                         flip_test: bool) -> torch.Tensor:
+                         flip_test: bool, shift: float = 0.0) -> torch.Tensor:
     """The model's final-stack heatmaps [B, K, h, w] of uint8 crops [B, 3, H, W]; with ``flip_test`` averaged
     with those of the mirrored crops, mirrored back (``codec.flip_heatmaps``, keypoints swapped by
-    ``flip_index``). The one flip-test merge of PyTorch inference, evaluation and the ONNX graph."""
+    ``flip_index``). The one flip-test merge of PyTorch inference, evaluation and the ONNX graph.
+
+    ``shift`` (input pixels, ``eval.flip_test_shift``) moves the mirrored-back heatmaps right before the
+    average. A model trained without flips on labels that sit ``b`` px right of a mirror-symmetric position
+    learns ``+b``; on the mirrored crop it predicts the mirror of that, ``-b`` once mirrored back, so the plain
+    average would land on the symmetric position again. ``shift = 2 b`` puts both passes on the labels'.
+    """
     heatmaps = model(images)[-1]
     if flip_test:
-        flipped = model(images.flip(-1))[-1]
-        heatmaps = 0.5 * (heatmaps + codec.flip_heatmaps(flipped, flip_index))
+        back = codec.flip_heatmaps(model(images.flip(-1))[-1], flip_index)
+        if shift:
+            back = codec.shift_heatmaps_x(back, shift * codec.heatmap_size[0] / codec.input_size[0])
+        heatmaps = 0.5 * (heatmaps + back)
     return heatmaps
