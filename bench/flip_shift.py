@@ -43,17 +43,20 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--config", required=True)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--weights", choices=("model", "ema"), default="model")
-    p.add_argument("--split", default="rest", help="data.val.subset to read (rest: the training images)")
+    p.add_argument("--split", choices=("train", "val"), default="train",
+                   help="the crops to read: data.train's images (default) or data.val's, without augmentation")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, [f"data.val.subset={args.split}"])
+    cfg = load_config(args.config)
+    if args.split == "train":
+        cfg.data.val = cfg.data.train        # the evaluation loader (no augmentation) over the training images
     exp = build_evaluation(cfg, torch.device("cpu"), progress=False)
     state = load_checkpoint(args.checkpoint, map_location="cpu")
     load_model_state(exp.model, checkpoint_weights(state, args.checkpoint, args.weights), source=args.checkpoint)
     exp.model.eval()
     mean, std, n = mirror_offset(exp.task, exp.model, exp.val_loader)
-    print(f"{n} crops of split {args.split!r}: direct - mirrored back = {mean:+.3f} px (std over crops {std:.3f}); "
+    print(f"{n} crops of the {args.split} split: direct - mirrored back = {mean:+.3f} px (std over crops {std:.3f}); "
           f"eval.flip_test_shift: {mean:.2f}")
     return mean
 
