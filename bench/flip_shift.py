@@ -20,8 +20,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.checkpoint import checkpoint_weights, load_checkpoint, load_model_state  # noqa: E402
+from engine.checkpoint import (  # noqa: E402
+    check_checkpoint_task,
+    checkpoint_weights,
+    load_checkpoint,
+    load_model_state,
+)
 from engine.tasks.registry import build_evaluation, load_config  # noqa: E402
+from models.errors import ConfigError  # noqa: E402
+from tools._common import add_debug_flag, run_cli  # noqa: E402
 
 
 @torch.no_grad()
@@ -46,13 +53,16 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--split", choices=("train", "val"), default="train",
                    help="the crops to read: data.train's images (default) or data.val's, without augmentation")
     p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args(argv)
+    args = add_debug_flag(p).parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
+    if cfg.task != "keypoints":
+        raise ConfigError(f"{args.config} is a {cfg.task!r} config; the flip shift is a keypoint model's setting")
     if args.split == "train":
         cfg.data.val = cfg.data.train        # the evaluation loader (no augmentation) over the training images
-    exp = build_evaluation(cfg, torch.device("cpu"), progress=False)
     state = load_checkpoint(args.checkpoint, map_location="cpu")
+    check_checkpoint_task(state, args.checkpoint, cfg.task, args.config)
+    exp = build_evaluation(cfg, torch.device("cpu"), progress=False)
     load_model_state(exp.model, checkpoint_weights(state, args.checkpoint, args.weights), source=args.checkpoint)
     exp.model.eval()
     mean, std, n = mirror_offset(exp.task, exp.model, exp.val_loader)
@@ -62,4 +72,4 @@ def main(argv: list[str] | None = None) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
