@@ -1,4 +1,5 @@
-"""Helpers for the inference tests: a tiny untrained keypoint checkpoint saved like tools.train saves one."""
+"""Helpers for the inference tests: a tiny untrained keypoint checkpoint saved like tools.train saves one, and a
+fake model that learnt a label offset (for the flip test's shift)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,19 @@ def tiny_keypoint_checkpoint(path: str, input_size=(32, 48), seed: int = 0, refi
                            COCO_SIGMAS, category_id=1)
     save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg), "meta": meta.to_dict()}, path)
     return path
+
+
+class OffsetModel(torch.nn.Module):
+    """A mirror-consistent 'model' that learnt a label offset: one keypoint at the brightest column + ``b`` cells
+    (stride 4), a Gaussian along x; no flips in its training, so a mirrored crop gets the same +b."""
+
+    def __init__(self, b_cells: float):
+        super().__init__()
+        self.b = b_cells
+
+    def forward(self, images):
+        col = (images[:, 0].float().sum(1).argmax(-1).float() + 0.5) / 4.0 - 0.5   # bright column, in cells [B]
+        x = torch.arange(16, dtype=torch.float32)
+        row = torch.exp(-((x[None] - (col[:, None] + self.b)) ** 2) / (2 * 1.5 ** 2))
+        y = torch.exp(-((x - 7.5) ** 2) / (2 * 1.5 ** 2))
+        return [y[None, None, :, None] * row[:, None, None, :]]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models.heatmap_codec import HeatmapCodec
-from tests.test_heatmap_codec import _OffsetModel
+from tests.inference_utils import OffsetModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +30,7 @@ def test_mirror_offset_is_twice_the_learnt_offset(b_cells):
     for i, col in enumerate((20, 25, 31, 40)):
         images[i, ..., col] = 255
     loader = [{"image": images[:2]}, {"image": images[2:]}]
-    mean, std, n = _bench().mirror_offset(task, _OffsetModel(b_cells), loader)
+    mean, std, n = _bench().mirror_offset(task, OffsetModel(b_cells), loader)
     assert n == 4
     assert mean == pytest.approx(2 * b_cells * 4, abs=0.05)       # 2 b, in input pixels (stride 4)
     assert std < 0.05

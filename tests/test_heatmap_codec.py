@@ -10,6 +10,7 @@ import torch
 
 from engine.tasks.keypoints.task import flip_tested_heatmaps
 from models.heatmap_codec import HeatmapCodec
+from tests.inference_utils import OffsetModel
 
 STRIDE = 4
 W_HM, H_HM = 12, 16                      # heatmap (w, h): non-square so that x/y mix-ups show
@@ -337,27 +338,11 @@ def test_shift_heatmaps_x_by_hand():
     assert HeatmapCodec.shift_heatmaps_x(h, 9.0).abs().sum() == 0          # moved out entirely, zeros came in
 
 
-class _OffsetModel(torch.nn.Module):
-    """A mirror-consistent 'model' that learnt a label offset: one keypoint at the brightest column + ``b`` cells
-    (stride 4), a Gaussian along x; no flips in its training, so a mirrored crop gets the same +b."""
-
-    def __init__(self, b_cells: float):
-        super().__init__()
-        self.b = b_cells
-
-    def forward(self, images):
-        col = (images[:, 0].float().sum(1).argmax(-1).float() + 0.5) / 4.0 - 0.5   # bright column, in cells [B]
-        x = torch.arange(16, dtype=torch.float32)
-        row = torch.exp(-((x[None] - (col[:, None] + self.b)) ** 2) / (2 * 1.5 ** 2))
-        y = torch.exp(-((x - 7.5) ** 2) / (2 * 1.5 ** 2))
-        return [y[None, None, :, None] * row[:, None, None, :]]
-
-
 def test_flip_test_shift_keeps_a_learnt_label_offset():
     codec = HeatmapCodec((64, 64), (16, 16), sigma=1.5)
     images = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
     images[..., 25] = 255                         # the feature: column 25 (input pixels)
-    model = _OffsetModel(b_cells=0.75)            # the labels sit 0.75 cells = 3 px right of the bright column
+    model = OffsetModel(b_cells=0.75)            # the labels sit 0.75 cells = 3 px right of the bright column
     direct, _ = codec.decode(model(images)[-1])
     plain, _ = codec.decode(flip_tested_heatmaps(model, images, codec, [0], True))
     shifted, _ = codec.decode(flip_tested_heatmaps(model, images, codec, [0], True, shift=6.0))
