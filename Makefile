@@ -7,9 +7,9 @@ PY := $(VENV)/bin/python
 
 $(VENV)/.installed: requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --no-cache-dir --upgrade pip
+	$(PY) -m pip install --quiet --no-cache-dir -r requirements.txt
+	$(PY) -m pip install --quiet --no-cache-dir --no-deps --no-build-isolation -e .
 	touch $@
 
 demo: $(VENV)/.installed  ## synthetic data -> train -> evaluate -> infer -> pictures, under outputs/demo
