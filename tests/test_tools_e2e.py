@@ -171,6 +171,33 @@ def test_resume_continues_and_refuses_another_model(trained, tmp_path):
                     "--resume", os.path.join(run, "last.pt"), "train.epochs=3", *TINY_MODEL, "model.fpn_channels=24"])
 
 
+def test_distillation_trains_a_student_on_a_teachers_heatmaps(trained, tmp_path):
+    import csv
+
+    from tools import train
+
+    teacher = os.path.join(trained["run_dir"], "last.pt")
+    run = tmp_path / "student"
+    # The student at another input size than the teacher's 32 x 48: the crops go up to the teacher's size.
+    summary = train.main(["--config", trained["cfg"], "--run-dir", str(run), "--no-progress", "train.epochs=1",
+                          *TINY_MODEL, "data.input_size=[48,64]", "model.num_stacks=1",
+                          f"loss.distill_teacher={teacher}", "loss.distill_weight=0.5"])
+    assert summary["epochs"] == 1
+    rows = list(csv.DictReader(open(run / "steps.csv")))
+    assert rows and all(float(r["loss_teacher"]) > 0 and float(r["loss_labels"]) > 0 for r in rows)
+    for r in rows:      # the logged loss is the documented mix of the two
+        mixed = 0.5 * float(r["loss_labels"]) + 0.5 * float(r["loss_teacher"])
+        assert float(r["loss"]) == pytest.approx(mixed, rel=1e-3)
+    student = load_checkpoint(str(run / "last.pt"))
+    assert not any(k.startswith("teacher") for k in student["model"])     # the teacher is not saved with it
+    with pytest.raises(ConfigError, match=r"loss\.distill_weight"):
+        train.main(["--config", trained["cfg"], "--run-dir", str(tmp_path / "bad"), *TINY_MODEL,
+                    f"loss.distill_teacher={teacher}", "loss.distill_weight=1.5"])
+    with pytest.raises(ValueError, match=r"checkpoint not found: .*nope\.pt"):
+        train.main(["--config", trained["cfg"], "--run-dir", str(tmp_path / "bad2"), *TINY_MODEL,
+                    f"loss.distill_teacher={tmp_path / 'nope.pt'}"])
+
+
 def test_bad_inputs_stop_before_training(tmp_path, tiny_synthetic):
     from tools import train
 

@@ -2,7 +2,8 @@
 the face report, the two-stage pipeline's second stage, ONNX export. Its registry entry is :data:`ENTRY`.
 
 Modules: ``schema`` (config sections and ranges), ``task`` (:class:`KeypointTask`: loss, prediction),
-``evaluator`` (scoring), ``build`` (parts from a config), ``export`` (the ONNX graphs).
+``evaluator`` (scoring), ``build`` (parts from a config), ``export`` (the ONNX graphs), ``distill`` (a trained
+model's heatmaps as a second target).
 """
 
 from engine.tasks.base import TaskEntry

@@ -17,6 +17,7 @@ from datasets.synthetic import ensure_synthetic_dataset
 from datasets.topdown import TopDownKeypointDataset, check_flip_index, collate_skipping_none
 from engine.evaluation.face_metrics import build_face_report
 from engine.tasks.base import Experiment
+from engine.tasks.keypoints.distill import HeatmapTeacher, load_heatmap_teacher
 from engine.tasks.keypoints.task import KeypointMeta, KeypointTask
 from models.errors import CheckpointError, ConfigError, DataError
 from models.heatmap_codec import HeatmapCodec
@@ -150,16 +151,17 @@ def coco_subset(ann_file: str, image_ids, category_id: int, on_bad_annotation: s
 
 
 def build_task(cfg, meta: KeypointMeta, val_gt: dict | None = None, progress: bool = True,
-               flip_test: bool | None = None) -> KeypointTask:
+               flip_test: bool | None = None, teacher: HeatmapTeacher | None = None) -> KeypointTask:
     """The keypoint task of ``cfg`` (codec, flip testing, loss weights, rescoring, PCK); ``flip_test``
-    overrides ``eval.flip_test``."""
+    overrides ``eval.flip_test``; ``teacher``: the heatmap teacher of ``loss.distill_teacher``, for training."""
     ev = cfg.eval
     return KeypointTask(build_codec(cfg), meta, flip_test=ev.flip_test if flip_test is None else flip_test,
                         keypoint_weights=cfg.data.keypoint_weights, val_gt=val_gt,
                         rescore_threshold=ev.rescore_threshold, pck_thresholds=ev.pck_thresholds, progress=progress,
                         face=build_face_report(ev.face, len(meta.keypoint_names), meta.nme_pair),
                         loss=cfg.loss.heatmap, ohkm_topk=cfg.loss.ohkm_topk if cfg.loss.heatmap == "ohkm" else None,
-                        flip_test_shift=ev.flip_test_shift)
+                        flip_test_shift=ev.flip_test_shift, teacher=teacher,
+                        distill_weight=cfg.loss.distill_weight)
 
 
 def make_val_loader(cfg, val_set, device: torch.device, rank: int = 0, world_size: int = 1):
@@ -195,7 +197,13 @@ def build_experiment(cfg, device: torch.device, progress: bool = True, rank: int
     val_set = make_topdown_dataset(cfg, val_data, meta, train=False)
     model = build_model(cfg, len(meta.keypoint_names)).to(device)
     val_gt = coco_subset(cfg.data.val.ann_file, val_data.image_ids, meta.category_id, cfg.data.on_bad_annotation)
-    task = build_task(cfg, meta, val_gt=val_gt, progress=progress)
+    teacher = None
+    if cfg.loss.distill_teacher:
+        teacher = load_heatmap_teacher(cfg.loss.distill_teacher, meta, build_model,
+                                       cfg.loss.distill_teacher_weights).to(device)
+        log.info("distilling %s (input %s) into this model, loss.distill_weight=%s", cfg.loss.distill_teacher,
+                 list(teacher.input_size), cfg.loss.distill_weight)
+    task = build_task(cfg, meta, val_gt=val_gt, progress=progress, teacher=teacher)
     train_loader = make_loader(train_set, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
                                num_workers=cfg.train.num_workers, rank=rank, world_size=world_size,
                                pin_memory=device.type == "cuda")

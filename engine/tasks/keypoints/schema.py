@@ -77,6 +77,12 @@ class KeypointEvalConfig:
 class KeypointLossConfig:
     heatmap: str = "mse"                # mse | ohkm | awing (Adaptive Wing with its weighted loss map)
     ohkm_topk: int = 8                  # ohkm: the hardest keypoints per sample that enter the loss
+    # Heatmap distillation: a trained keypoints checkpoint (same keypoints) whose heatmaps of each training crop
+    # are a second target, mixed as (1 - distill_weight) * loss(labels) + distill_weight * loss(teacher). The
+    # teacher sees the crop resized to its own input size (engine/tasks/keypoints/distill.py).
+    distill_teacher: str | None = None
+    distill_weight: float = 0.5
+    distill_teacher_weights: str = "model"   # model | ema: which of the teacher checkpoint's weights
 
 
 @dataclass
@@ -121,5 +127,9 @@ def check_ranges(cfg: KeypointConfig) -> list[str]:
     need("eval.pck_thresholds", list(e.pck_thresholds), not bad, "each must be in (0, 1]")
     if d.oks_sigmas is not None:
         need("data.oks_sigmas", list(d.oks_sigmas), all(v > 0 for v in d.oks_sigmas), "each must be > 0")
+    lo = cfg.loss
+    need("loss.distill_weight", lo.distill_weight, 0 <= lo.distill_weight <= 1, "must be in [0, 1]")
+    need("loss.distill_teacher_weights", lo.distill_teacher_weights, lo.distill_teacher_weights in ("model", "ema"),
+         "must be model or ema")
     need("data.augment.flip_prob", d.augment.flip_prob, 0 <= d.augment.flip_prob <= 1, "must be in [0, 1]")
     return out

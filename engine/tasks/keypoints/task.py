@@ -67,6 +67,9 @@ class KeypointTask:
         rescore_threshold: keypoints above this confidence enter the instance score.
         pck_thresholds: PCK alphas.
         face: the face-alignment report added to the metrics (``engine.evaluation.face_metrics``).
+        teacher: heatmap distillation (``engine.tasks.keypoints.distill.HeatmapTeacher``): a frozen model whose
+            heatmaps of the same crops are a second target for every stack, mixed with the labels' as
+            ``(1 - distill_weight) * loss(labels) + distill_weight * loss(teacher)``.
     """
 
     name = "keypoints"
@@ -75,7 +78,7 @@ class KeypointTask:
                  keypoint_weights: Sequence[float] | None = None, val_gt: dict | None = None,
                  rescore_threshold: float = 0.2, pck_thresholds: Sequence[float] = (0.05, 0.1, 0.2),
                  progress: bool = True, face: FaceReport | None = None, loss: str = "mse",
-                 flip_test_shift: float = 0.0):
+                 flip_test_shift: float = 0.0, teacher: nn.Module | None = None, distill_weight: float = 0.5):
         if loss not in HEATMAP_LOSSES:
             raise ConfigError(f"loss.heatmap={loss!r} is not one of {list(HEATMAP_LOSSES)}")
         self.codec = codec
@@ -90,6 +93,8 @@ class KeypointTask:
         self.pck_thresholds = tuple(pck_thresholds)
         self.progress = progress
         self.face = face            # the face-alignment report (NME/FR/AUC per face), landmark sets only
+        self.teacher = teacher
+        self.distill_weight = float(distill_weight)
 
     # ------------------------------------------------------------------ training
     def training_step(self, model: nn.Module, batch: dict) -> dict:
@@ -100,7 +105,17 @@ class KeypointTask:
         targets, target_weights = self.codec.encode(keypoints, weights)
         preds = model(images)
         total, per_stack = stacked_heatmap_loss(preds, targets, target_weights, self.ohkm_topk, self.loss)
-        out = {"loss": total, "batch_size": images.shape[0]}
+        out = {"batch_size": images.shape[0]}
+        if self.teacher is not None:
+            # The labels' weights also gate the teacher's heatmaps: an unlabelled keypoint teaches nothing.
+            taught = self.teacher(images, tuple(targets.shape[-2:]))
+            distill, distill_per_stack = stacked_heatmap_loss(preds, taught, target_weights, self.ohkm_topk,
+                                                              self.loss)
+            out.update(loss_labels=total.detach(), loss_teacher=distill.detach())
+            w = self.distill_weight
+            total = (1.0 - w) * total + w * distill
+            per_stack = [(1.0 - w) * a + w * b for a, b in zip(per_stack, distill_per_stack)]
+        out["loss"] = total
         if len(per_stack) > 1:
             out.update({f"loss_stack{i}": loss for i, loss in enumerate(per_stack)})
         return out
