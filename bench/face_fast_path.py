@@ -10,7 +10,9 @@ predict``), so the detector itself is left out for both. For ours: the crop, the
 ``tools.export --decode``: flip test inside when the config has it), the mapping back and the config's re-crop
 passes (``DecodedKeypointRunner.predict_boxes``). For dlib: ``shape_predictor(image, box)``, in dlib's own
 python (a subprocess of this run, same faces, same boxes). Each face is timed ``--rounds`` times; the median
-over all timings is reported (the held-out split has 121 faces: two rounds give 242 timings).
+over all timings is reported (the held-out split has 121 faces: two rounds give 242 timings). The models'
+order rotates from round to round and each round of ours is followed by one of dlib's, so that the machine's
+slow minutes fall on every model alike: compare the rows of one run, not of two.
 
 Accuracy is the face report of ``tools.eval`` (inter-ocular NME, FR, AUC) of the same predictions, so every
 point of the picture (NME against ms per face, ``--plot``) is one model on the same faces and boxes.
@@ -87,20 +89,32 @@ def held_out_faces(ann_file: str, image_root: str, boxes_file: str) -> tuple[lis
     return faces, truth
 
 
-def time_ours(path: str, faces: list[dict], rounds: int, threads: int) -> tuple[list[float], np.ndarray]:
-    runner = DecodedKeypointRunner(path, threads=threads)
+def time_ours(paths: list[str], faces: list[dict], rounds: int, threads: int,
+              between_rounds=None) -> tuple[list[list[float]], list[np.ndarray]]:
+    """Times every model on every face, ``rounds`` times. In each round each model runs on all faces in one
+    block, as a video stream would run it (interleaving models face by face is slower for all of them: the
+    previous model's onnxruntime threads still spin for work while the next one runs), and the models' order
+    rotates from round to round, so that a slow minute of the machine does not fall on one model only.
+    ``between_rounds(r)`` runs after each round (dlib's round, in its own process).
+    Returns one list of timings (seconds) and one [faces, K, 2] array of points (first round) per model."""
+    runners = [DecodedKeypointRunner(path, threads=threads) for path in paths]
     images = [read_image_rgb(f["path"]) for f in faces]
-    for image, face in zip(images[:5], faces[:5]):          # warm-up: onnxruntime allocates on the first runs
-        runner.predict_boxes(image, [face["box"]])
-    times, points = [], []
+    times = [[] for _ in runners]
+    points = [[] for _ in runners]
     for r in range(rounds):
-        for image, face in zip(images, faces):
-            start = time.perf_counter()
-            pred = runner.predict_boxes(image, [face["box"]])
-            times.append(time.perf_counter() - start)
-            if r == 0:
-                points.append(pred[0, :, :2])
-    return times, np.stack(points)
+        for k in range(len(runners)):
+            m = (r + k) % len(runners)
+            for image, face in zip(images[:5], faces[:5]):      # warm-up: caches, onnxruntime's first runs
+                runners[m].predict_boxes(image, [face["box"]])
+            for image, face in zip(images, faces):
+                start = time.perf_counter()
+                pred = runners[m].predict_boxes(image, [face["box"]])
+                times[m].append(time.perf_counter() - start)
+                if r == 0:
+                    points[m].append(pred[0, :, :2])
+        if between_rounds is not None:
+            between_rounds(r)
+    return times, [np.stack(p) for p in points]
 
 
 def time_dlib(python: str, faces: list[dict], rounds: int) -> tuple[list[float], np.ndarray, str]:
@@ -175,16 +189,26 @@ def main(argv=None) -> list[dict]:
     flags = open("/proc/cpuinfo").read()
     print(f"{len(faces)} faces x {args.rounds} rounds; {cpu}; {os.cpu_count()} cores; avx512_bf16 "
           f"{'avx512_bf16' in flags}, amx {'amx_tile' in flags}; onnxruntime threads {args.threads}")
+    specs = [(m, False) for m in args.model] + [(m, True) for m in args.before]
+    labels, paths = zip(*(spec.partition("=")[::2] for spec, _ in specs)) if specs else ((), ())
+    dlib_runs = []
+
+    def dlib_round(r: int) -> None:     # one round of dlib after each round of ours, same faces, same boxes
+        if args.dlib_python:
+            dlib_runs.append(time_dlib(args.dlib_python, faces, 1))
+
+    times, points = time_ours(list(paths), faces, args.rounds, args.threads, between_rounds=dlib_round)
+    if not specs:
+        for r in range(args.rounds):
+            dlib_round(r)
     rows = []
-    for spec, before in [(m, False) for m in args.model] + [(m, True) for m in args.before]:
-        label, _, path = spec.partition("=")
-        times, points = time_ours(path, faces, args.rounds, args.threads)
-        rows.append({"label": label, "ms/face": 1000 * statistics.median(times), "timings": len(times),
-                     **score(points, faces, truth), **({"before": True} if before else {})})
-    if args.dlib_python:
-        times, points, version = time_dlib(args.dlib_python, faces, args.rounds)
-        rows.append({"label": "dlib", "ms/face": 1000 * statistics.median(times), "timings": len(times),
-                     "dlib": version, **score(points, faces, truth)})
+    for label, (_, before), t, pts in zip(labels, specs, times, points):
+        rows.append({"label": label, "ms/face": 1000 * statistics.median(t), "timings": len(t),
+                     **score(pts, faces, truth), **({"before": True} if before else {})})
+    if dlib_runs:
+        dlib_times = [t for run in dlib_runs for t in run[0]]
+        rows.append({"label": "dlib", "ms/face": 1000 * statistics.median(dlib_times), "timings": len(dlib_times),
+                     "dlib": dlib_runs[0][2], **score(dlib_runs[0][1], faces, truth)})
     keys = ["ms/face", "NME", "FR@0.08", "AUC@0.08", "NME/jaw", "timings"]
     print(f"{'':<20}" + "".join(f"{k:>11}" for k in keys))
     for row in rows:
