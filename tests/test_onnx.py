@@ -253,3 +253,31 @@ def test_decoded_runner_on_boxes_matches_the_pytorch_predictor(exported, passes)
     # The network's float differences (onnxruntime vs PyTorch, 0.01 px) move each re-crop's box a little too.
     np.testing.assert_allclose(got[..., :2], ref[..., :2], rtol=0, atol=0.01 * (1 + 2 * passes))
     np.testing.assert_allclose(got[..., 2], ref[..., 2], rtol=0, atol=1e-3)
+
+
+def test_face_bench_times_every_model_on_every_face_each_round(exported, tmp_path):
+    import importlib.util
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("face_fast_path", os.path.join(repo, "bench", "face_fast_path.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from engine.export.runtime import DecodedKeypointRunner
+
+    frames, _ = render_moving_figures(num_frames=3, size=(96, 80), num_figures=1, figure_height=60, seed=2)
+    faces = []
+    for i, frame in enumerate(frames):
+        path = str(tmp_path / f"f{i}.png")
+        cv2.imwrite(path, cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        faces.append({"index": i, "path": path, "box": [10.0 + i, 8.0, 60.0, 70.0 - i]})
+    rounds_seen = []
+    times, points = bench.time_ours([exported["decoded"], exported["decoded"]], faces, rounds=2, threads=1,
+                                    between_rounds=rounds_seen.append)
+    assert rounds_seen == [0, 1]
+    assert [len(t) for t in times] == [6, 6] and all(v > 0 for t in times for v in t)
+    runner = DecodedKeypointRunner(exported["decoded"], threads=1)
+    for face, got in zip(faces, points[1]):
+        image = cv2.cvtColor(cv2.imread(face["path"]), cv2.COLOR_BGR2RGB)
+        expected = runner.predict_boxes(image, [face["box"]])[0, :, :2]
+        assert np.allclose(got, expected, atol=1e-4)
+    assert points[0].shape == (3, 17, 2)
