@@ -194,13 +194,11 @@ def main(argv=None) -> list[dict]:
     dlib_runs = []
 
     def dlib_round(r: int) -> None:     # one round of dlib after each round of ours, same faces, same boxes
-        if args.dlib_python:
-            dlib_runs.append(time_dlib(args.dlib_python, faces, 1))
+        dlib_runs.append(time_dlib(args.dlib_python, faces, 1))
 
-    times, points = time_ours(list(paths), faces, args.rounds, args.threads, between_rounds=dlib_round)
-    if not specs:
-        for r in range(args.rounds):
-            dlib_round(r)
+    # With no model of ours, time_ours still runs the rounds, dlib's alone.
+    times, points = time_ours(list(paths), faces, args.rounds, args.threads,
+                              between_rounds=dlib_round if args.dlib_python else None)
     rows = []
     for label, (_, before), t, pts in zip(labels, specs, times, points):
         rows.append({"label": label, "ms/face": 1000 * statistics.median(t), "timings": len(t),
