@@ -8,7 +8,8 @@ What is timed is the landmark stage only, as a video stream runs it: one face pe
 that a face detector gave (dlib's HOG boxes, ``runs/dlib300w/dlib_boxes.json`` from ``bench/dlib_landmarks.py
 predict``), so the detector itself is left out for both. For ours: the crop, the graph (exported with
 ``tools.export --decode``: flip test inside when the config has it), the mapping back and the config's re-crop
-passes (``DecodedKeypointRunner.predict_boxes``). For dlib: ``shape_predictor(image, box)``, in dlib's own
+passes (``DecodedKeypointRunner.predict_boxes``; ``FIRST.onnx+SECOND.onnx`` times a cascade, the first
+model's single pass placing the second's re-crops). For dlib: ``shape_predictor(image, box)``, in dlib's own
 python (a subprocess of this run, same faces, same boxes). Each face is timed ``--rounds`` times; the median
 over all timings is reported (the held-out split has 121 faces: two rounds give 242 timings). The models'
 order rotates from round to round and each round of ours is followed by one of dlib's, so that the machine's
@@ -89,6 +90,16 @@ def held_out_faces(ann_file: str, image_root: str, boxes_file: str) -> tuple[lis
     return faces, truth
 
 
+def cascade_runner(spec: str, threads: int) -> DecodedKeypointRunner:
+    """``A.onnx`` or ``FIRST.onnx+SECOND.onnx``: a cascade, where the first model's single pass places the
+    second's crops and the second runs its config's re-crop passes on them."""
+    *first, last = spec.split("+")
+    if len(first) > 1:
+        raise SystemExit(f"--model {spec}: a cascade is FIRST.onnx+SECOND.onnx, two models")
+    first_pass = DecodedKeypointRunner(first[0], threads=threads) if first else None
+    return DecodedKeypointRunner(last, threads=threads, first_pass=first_pass)
+
+
 def time_ours(paths: list[str], faces: list[dict], rounds: int, threads: int,
               between_rounds=None) -> tuple[list[list[float]], list[np.ndarray]]:
     """Times every model on every face, ``rounds`` times. In each round each model runs on all faces in one
@@ -97,7 +108,7 @@ def time_ours(paths: list[str], faces: list[dict], rounds: int, threads: int,
     rotates from round to round, so that a slow minute of the machine does not fall on one model only.
     ``between_rounds(r)`` runs after each round (dlib's round, in its own process).
     Returns one list of timings (seconds) and one [faces, K, 2] array of points (first round) per model."""
-    runners = [DecodedKeypointRunner(path, threads=threads) for path in paths]
+    runners = [cascade_runner(path, threads) for path in paths]
     images = [read_image_rgb(f["path"]) for f in faces]
     times = [[] for _ in runners]
     points = [[] for _ in runners]
@@ -171,7 +182,8 @@ def plot(rows: list[dict], path: str, budget_ms: float = 5.0) -> None:
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=[], metavar="LABEL=FILE.onnx",
-                   help="a keypoint model exported with tools.export --decode; repeat to compare")
+                   help="a keypoint model exported with tools.export --decode; repeat to compare. FIRST.onnx+"
+                        "SECOND.onnx: a cascade (the first model's points place the second's re-crops)")
     p.add_argument("--before", action="append", default=[], metavar="LABEL=FILE.onnx",
                    help="an earlier model to show beside them (drawn hollow in the plot); repeat")
     p.add_argument("--dlib-python", help="dlib's python (pip install dlib-bin face-recognition-models)")

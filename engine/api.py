@@ -123,7 +123,7 @@ class Detector:
 
 def load(path: str, device: str | torch.device = "auto", detector: str | None = None,
          flip_test: bool | None = None, score_threshold: float = 0.3, categories: Sequence[str] | None = None,
-         oks_nms_threshold: float | None = 0.9) -> KeypointModel | Detector:
+         oks_nms_threshold: float | None = 0.9, first_pass: str | None = None) -> KeypointModel | Detector:
     """A keypoint model or a detector from a checkpoint of ``tools.train`` or a model of ``tools.export``.
 
     Args:
@@ -134,6 +134,9 @@ def load(path: str, device: str | torch.device = "auto", detector: str | None = 
         score_threshold: the detector's lowest score.
         categories: the detector's classes to keep (names or ids; all when None).
         oks_nms_threshold: duplicate-pose removal between detections (None: keep all).
+        first_pass: with a keypoint model, a cheaper one of the same keypoints (checkpoint or ``.onnx``) that
+            makes the first prediction; this model runs its ``eval.recrop_passes`` on that prediction's tight
+            boxes (a cascade: the small model places the crop, the large one reads it).
     """
     dev = resolve_device(device) if isinstance(device, str) else device
     loaded = load_for_inference(path, dev)          # once: the task is read from what it loads
@@ -142,9 +145,9 @@ def load(path: str, device: str | torch.device = "auto", detector: str | None = 
         raise CheckpointError(f"{path}: a {task!r} checkpoint; engine.api loads keypoint models and detectors")
     cats = ",".join(str(c) for c in categories) if categories else None
     if task == "detection":
-        if detector:
+        if detector or first_pass:
             raise InputError(f"{path} is a detector itself; pass a keypoint model as the first argument")
         return Detector(detector_boxes(path, dev, cats, score_threshold, loaded=loaded))
-    predictor, _ = load_keypoint_predictor(path, dev, flip_test, loaded=loaded)
+    predictor, _ = load_keypoint_predictor(path, dev, flip_test, loaded=loaded, first_pass=first_pass)
     boxes = detector_boxes(detector, dev, cats, score_threshold) if detector else None
     return KeypointModel(predictor, boxes, oks_nms_threshold)

@@ -523,9 +523,9 @@ def test_recrop_passes_crop_again_on_the_predicted_keypoints_box():
     predictor = TopDownPredictor(model=None, task=None, input_size=(64, 64), recrop_passes=2)
     predictor.task = type("T", (), {"meta": type("M", (), {"keypoint_names": ["a", "b"]})})()
 
-    def once(image, boxes, flip_test):
-        seen.append(boxes.copy())
-        return next(answers)
+    def once(images, boxes, flip_test):
+        seen.append(boxes[0].copy())
+        return [next(answers)]
 
     predictor._predict_once = once
     out = predictor.predict(np.zeros((100, 100, 3), np.uint8), np.array([[0.0, 0.0, 99.0, 99.0]]))

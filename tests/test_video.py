@@ -129,18 +129,22 @@ def test_dlc_csv_layout_with_and_without_individuals(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
-def test_batched_frames_give_the_per_image_poses(checkpoint, clip):
+@pytest.mark.parametrize("passes", [0, 1])
+def test_batched_frames_give_the_per_image_poses(checkpoint, clip, passes):
+    """Frames batched together (videos) get what each frame gets alone, the config's re-crop passes included."""
     from engine.inference.loading import load_keypoint_predictor
-    from engine.video.runner import predict_crops
 
-    predictor, _ = load_keypoint_predictor(checkpoint, torch.device("cpu"), batch_size=3)
+    predictor, _ = load_keypoint_predictor(checkpoint, torch.device("cpu"), batch_size=3, recrop_passes=passes)
     rng = np.random.default_rng(0)
     frames = clip["frames"][:3]
     boxes = [np.array([[5, 5, 60, 90], [40, 10, 120, 80]], float)[: n] + rng.uniform(0, 3, (n, 4))
              for n in (2, 1, 2)]
-    batched = predict_crops(predictor, frames, boxes)
+    batched = predictor.predict_many(frames, boxes)
     for f, b, got in zip(frames, boxes, batched):
         np.testing.assert_allclose(got, predictor.predict(f, b), rtol=0, atol=1e-3)
+    if passes:      # and the re-crop is not skipped: the poses are not those of a single pass
+        predictor.recrop_passes = 0
+        assert not np.allclose(batched[0], predictor.predict(frames[0], boxes[0]), atol=0.5)
 
 
 def _truth_boxes(truth: np.ndarray, path: str) -> str:

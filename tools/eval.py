@@ -3,6 +3,7 @@
     python -m tools.eval --config configs/X.yaml --checkpoint runs/X/best.pt [--output-dir D] [--compare-flip]
     python -m tools.eval --config configs/X.yaml --checkpoint runs/X/best.pt --boxes detections.json
     python -m tools.eval --config configs/X.yaml --checkpoint runs/X/best.pt --det-checkpoint runs/D/best.pt
+    python -m tools.eval --config configs/X.yaml --checkpoint runs/X/best.pt --boxes dets.json --first-pass small.onnx
     python -m tools.eval --config configs/centernet-X.yaml --checkpoint runs/D/best.pt      # a detector
     python -m tools.eval --config configs/cls_X.yaml --checkpoint runs/C/best.pt            # a classifier
     python -m tools.eval --config configs/X.yaml --checkpoint runs/X/last.pt --weights ema  # its EMA weights
@@ -83,6 +84,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         category_names_from="the validation json's categories",
         det_default="default 0: AP wants every box; tools.infer defaults to 0.3")
     p.add_argument("--oks-nms-threshold", type=float, default=0.9, help="OKS-NMS threshold with detected boxes")
+    p.add_argument("--first-pass", metavar="MODEL",
+                   help="keypoints on detected boxes: a cheaper keypoint model (checkpoint or .onnx, same keypoints) "
+                        "makes the first prediction, and --checkpoint runs its eval.recrop_passes on that "
+                        "prediction's tight boxes (a cascade)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -97,6 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
     if detected and not entry.top_down:
         raise InputError(f"tools.eval: --boxes/--det-checkpoint give a top-down keypoint model its boxes; this "
                          f"config is a {cfg.task!r} model: leave them out")
+    if args.first_pass and not detected:
+        raise InputError(f"tools.eval: --first-pass {args.first_pass} places the re-crops of a model on detected "
+                         f"boxes; add --boxes or --det-checkpoint (on ground-truth boxes there is nothing to place)")
     device = resolve_device(args.device or cfg.train.device)
     if cfg.train.num_threads:          # the same thread budget as the training it evaluates
         torch.set_num_threads(cfg.train.num_threads)
@@ -161,7 +169,7 @@ def evaluate_on_detections(args, cfg, device, exp) -> tuple[dict, object]:
     if isinstance(source, DetectionFileBoxes):
         source.check_image_ids(val_data.image_ids, what=f"image of the validation split ({cfg.data.val.ann_file})")
     pipeline = keypoint_pipeline(args.checkpoint, device, oks_nms_threshold=args.oks_nms_threshold, model=exp.model,
-                                 cfg=cfg, meta=task.meta)
+                                 cfg=cfg, meta=task.meta, first_pass=args.first_pass)
     log.info("evaluating %s on %s (%d images), top-down on DETECTED boxes: %s; flip test %s", args.checkpoint,
              cfg.data.val.ann_file, len(val_data.image_ids), source.description,
              "on" if cfg.eval.flip_test else "off")
@@ -175,7 +183,7 @@ def evaluate_on_detections(args, cfg, device, exp) -> tuple[dict, object]:
     report = {"checkpoint": args.checkpoint, "weights": args.weights, "ann_file": cfg.data.val.ann_file,
               **evaluator.describe(),
               "boxes_used": run.num_boxes, "box_stats": run.box_stats, "oks_nms_threshold": args.oks_nms_threshold,
-              "metrics": metrics}
+              **({"first_pass": args.first_pass} if args.first_pass else {}), "metrics": metrics}
     return report, evaluator
 
 

@@ -6,6 +6,7 @@
     python -m tools.infer --det-checkpoint runs/D/best.pt --checkpoint runs/K/best.pt --input images/
     python -m tools.infer --det-checkpoint runs/D/best.pt --input images/          # detection only
     python -m tools.infer --checkpoint runs/X/best.pt --input clip.mp4 --track [--smooth]   # a video
+    python -m tools.infer --checkpoint runs/X/best.pt --first-pass runs/S/best.pt --input faces/ --boxes d.json
     python -m tools.infer --backend onnxruntime --model model.onnx --input images/  # a tools.export model
 
 Videos (files, folders that mix them with images, a camera index) go through engine.video.runner: the same
@@ -65,6 +66,10 @@ log = logging.getLogger("tools.infer")
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="a keypoint checkpoint written by tools.train")
+    p.add_argument("--first-pass", metavar="MODEL",
+                   help="a cheaper keypoint model (checkpoint or .onnx, same keypoints) that makes the first "
+                        "prediction; the keypoint model then runs its eval.recrop_passes on that prediction's tight "
+                        "boxes (a cascade: the small model places the crop, the large one reads it)")
     add_box_source_flags(
         p, boxes_help="COCO detection results JSON; without it (and without --det-checkpoint) the whole image is "
                       "one instance",
@@ -100,6 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     apply_backend_flags(args)
     check_box_source_flags(args, "tools.infer", need_a_model=True)
+    if args.first_pass and not args.checkpoint:
+        raise InputError(f"tools.infer: --first-pass {args.first_pass} places a keypoint model's crops; add the "
+                         f"keypoint model (--checkpoint, or --model with --backend onnxruntime)")
     if args.max_images is not None and args.max_images < 1:
         raise InputError(f"--max-images {args.max_images}: must be >= 1 (leave it out to process every image)")
     files, videos = split_inputs(args.input)
@@ -116,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
 
     pipeline = keypoint_pipeline(args.checkpoint, device, no_flip=args.no_flip,
-                                 oks_nms_threshold=None if args.no_oks_nms else args.oks_nms_threshold) \
+                                 oks_nms_threshold=None if args.no_oks_nms else args.oks_nms_threshold,
+                                 first_pass=args.first_pass) \
         if args.checkpoint else None
     meta = pipeline.task.meta if pipeline else None
     source = box_source_from_args(args, device, det_default_threshold=0.3,
@@ -173,7 +182,7 @@ def infer_videos(args, videos: list[str], device: torch.device) -> dict:
     category_id, scorer = 1, "model"
     if args.checkpoint:
         predictor, cfg = load_keypoint_predictor(args.checkpoint, device, False if args.no_flip else None,
-                                                 batch_size=max(args.video_batch_size, 8))
+                                                 batch_size=max(args.video_batch_size, 8), first_pass=args.first_pass)
         meta, category_id = predictor.task.meta, predictor.task.meta.category_id
         scorer = cfg.name or os.path.splitext(os.path.basename(args.checkpoint))[0]
     box_source = box_source_from_args(args, device, det_default_threshold=0.3, default_category_id=category_id,

@@ -146,7 +146,7 @@ class DecodedKeypointRunner:
     ``predict(crops uint8 [B, H, W, 3], crop_to_image [B, 2, 3])`` -> [B, K, 3] (x, y, score) in image pixels.
     """
 
-    def __init__(self, path: str, threads: int | None = None):
+    def __init__(self, path: str, threads: int | None = None, first_pass: DecodedKeypointRunner | None = None):
         ort = _import_ort()
         opts = ort.SessionOptions()
         if threads:
@@ -156,6 +156,11 @@ class DecodedKeypointRunner:
         if self.doc["outputs"] != "keypoints":
             raise CheckpointError(f"{path} outputs {self.doc['outputs']}, not decoded keypoints; export it with "
                                   f"--decode or load it with engine.api.load")
+        if first_pass is not None and first_pass.doc["keypoint_names"] != self.doc["keypoint_names"]:
+            raise InputError(f"first pass {first_pass.path}: predicts {len(first_pass.doc['keypoint_names'])} "
+                             f"keypoints, {path} {len(self.doc['keypoint_names'])}; a first pass must predict the "
+                             f"same keypoints")
+        self.path, self.first_pass = path, first_pass
 
     def predict(self, crops: np.ndarray, crop_to_image: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(crops, dtype=np.uint8).transpose(0, 3, 1, 2))
@@ -169,16 +174,26 @@ class DecodedKeypointRunner:
         xyxy): each box cropped as in training, run, mapped back; then ``recrop_passes`` times (default: the
         exported config's ``eval.recrop_passes``) cropped again on the predicted points' tight box, so a
         landmark model trained on tight boxes sees its own box whatever a face detector gave (the PyTorch
-        path's :class:`engine.inference.predictors.TopDownPredictor` does the same)."""
+        path's :class:`engine.inference.predictors.TopDownPredictor` does the same). With a ``first_pass``
+        runner (a cascade), the first prediction is that cheaper model's, and the passes (at least 1) are
+        this model's, on its points' tight boxes."""
         cfg = self.doc["config"]
         passes = cfg["eval"].get("recrop_passes", 0) if recrop_passes is None else int(recrop_passes)
         size, padding = self.doc["input_size"], float(cfg["data"]["bbox_padding"])
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         if len(boxes) == 0:
             return np.zeros((0, len(self.doc["keypoint_names"]), 3))
-        pred = None
-        for step in range(passes + 1):
-            current = boxes if step == 0 else keypoints_tight_box(pred[..., :2], boxes)
-            crops, mats = zip(*(crop_box(image, b, size, padding) for b in current))
-            pred = self.predict(np.stack(crops), np.stack(mats))
+        if self.first_pass is not None:
+            if passes < 1:
+                raise InputError(f"{self.path}: with a first pass, recrop_passes must be 1 or more (this model "
+                                 f"runs on the first pass's boxes only)")
+            pred = self.first_pass.predict_boxes(image, boxes, recrop_passes=0)
+        else:
+            pred = self._predict_crops(image, boxes, size, padding)
+        for _ in range(passes):
+            pred = self._predict_crops(image, keypoints_tight_box(pred[..., :2], boxes), size, padding)
         return pred
+
+    def _predict_crops(self, image: np.ndarray, boxes: np.ndarray, size, padding: float) -> np.ndarray:
+        crops, mats = zip(*(crop_box(image, b, size, padding) for b in boxes))
+        return self.predict(np.stack(crops), np.stack(mats))

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from engine.inference.loading import load_keypoint_predictor
+from engine.inference.loading import load_first_pass, load_keypoint_predictor
 from engine.inference.oks_nms import oks_nms
 from engine.inference.predictors import TopDownPredictor
 from engine.tasks.keypoints import build_task as build_keypoint_task
@@ -78,13 +78,16 @@ def rescore_and_suppress(task, boxes: np.ndarray, box_scores: np.ndarray, poses:
 
 
 def keypoint_pipeline(checkpoint: str, device: torch.device, no_flip: bool = False,
-                      oks_nms_threshold: float | None = 0.9, model=None, cfg=None, meta=None) -> TwoStagePipeline:
+                      oks_nms_threshold: float | None = 0.9, model=None, cfg=None, meta=None,
+                      first_pass: str | None = None) -> TwoStagePipeline:
     """The two-stage pipeline of a keypoint checkpoint (its config and meta inside), or of an already loaded
-    ``model`` with its ``cfg`` and ``meta``. Flip testing as ``eval.flip_test``, off with ``no_flip``."""
+    ``model`` with its ``cfg`` and ``meta``. Flip testing as ``eval.flip_test``, off with ``no_flip``.
+    ``first_pass``: a cheaper keypoint model that places this one's re-crops (:class:`TopDownPredictor`)."""
     if model is None:
-        predictor, _ = load_keypoint_predictor(checkpoint, device, False if no_flip else None)
+        predictor, _ = load_keypoint_predictor(checkpoint, device, False if no_flip else None, first_pass=first_pass)
     else:
         task = build_keypoint_task(cfg, meta, progress=False, flip_test=cfg.eval.flip_test and not no_flip)
+        first = load_first_pass(first_pass, device, meta, checkpoint, cfg.eval.recrop_passes) if first_pass else None
         predictor = TopDownPredictor(model, task, cfg.data.input_size, cfg.data.bbox_padding,
-                                     recrop_passes=cfg.eval.recrop_passes)
+                                     recrop_passes=cfg.eval.recrop_passes, first_pass=first)
     return TwoStagePipeline(predictor, predictor.task.meta.oks_sigmas, oks_nms_threshold)

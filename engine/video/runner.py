@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from engine.inference.box_sources import DetectorBoxes, WholeImageBoxes
@@ -55,32 +54,6 @@ class FrameResult:
     track_ids: np.ndarray | None = None
     labels: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
-
-
-def predict_crops(predictor: TopDownPredictor, images: list[np.ndarray], boxes: list[np.ndarray],
-                  flip_test: bool | None = None) -> list[np.ndarray]:
-    """Keypoints of every box of several images, their crops batched together: [n_i, K, 3] per image.
-
-    The crops and the model call are :class:`engine.inference.predictors.TopDownPredictor`'s, so a frame gets
-    exactly the poses that ``predictor.predict(frame, boxes)`` gives it.
-    """
-    num_k = len(predictor.task.meta.keypoint_names)
-    crops, mats = [], []
-    for image, bxs in zip(images, boxes):
-        for b in np.asarray(bxs, dtype=np.float64).reshape(-1, 4):
-            c, m = predictor.crop(image, b)
-            crops.append(c)
-            mats.append(m)
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(crops), predictor.batch_size):
-            batch = {"image": torch.from_numpy(np.stack(crops[s:s + predictor.batch_size])).permute(0, 3, 1, 2),
-                     "crop_to_image": torch.from_numpy(np.stack(mats[s:s + predictor.batch_size])).float()}
-            pred = predictor.task.predict_batch(predictor.model, batch, flip_test)
-            out.append(torch.cat([pred["keypoints"], pred["scores"][..., None]], -1).cpu().numpy())
-    flat = np.concatenate(out).astype(np.float64) if out else np.zeros((0, num_k, 3))
-    splits = np.cumsum([len(np.asarray(b).reshape(-1, 4)) for b in boxes])[:-1]
-    return np.split(flat, splits)
 
 
 class VideoPoseRunner:
@@ -136,7 +109,7 @@ class VideoPoseRunner:
         self._processed += len(batch)
         if self.predictor is None:
             return [FrameResult(idx, im, b, s, labels=lab) for (idx, im), (b, s, lab) in zip(batch, boxes)]
-        poses = predict_crops(self.predictor, [im for _, im in batch], [b for b, _, _ in boxes], self.flip_test)
+        poses = self.predictor.predict_many([im for _, im in batch], [b for b, _, _ in boxes], self.flip_test)
         results = []
         for (idx, im), (b, s, _), p in zip(batch, boxes, poses):
             keep, scores = rescore_and_suppress(self.predictor.task, b, s, p, self.oks_nms_threshold)
