@@ -96,6 +96,11 @@ def test_cascade_equals_its_two_steps_by_hand_and_batches_frames_alike(models, f
     for frame, boxes, got in zip(frames, BOXES, batched):
         np.testing.assert_allclose(got, cascade.predict(frame, boxes), rtol=0, atol=1e-4)
     assert batched[2].shape == (0, 17, 3)
+    # The Python API takes the same first pass.
+    from engine.api import load
+
+    api = load(models["second"], device="cpu", first_pass=models["first"])
+    np.testing.assert_allclose(api(frames[0], boxes=BOXES[0]), cascade.predict(frames[0], BOXES[0]), atol=1e-6)
 
 
 def test_a_first_pass_that_cannot_work_is_refused_in_one_line(models, tmp_path):
