@@ -144,13 +144,19 @@ class DecodedKeypointRunner:
     """A keypoint model exported with ``--decode``: crops in, keypoints out, no torch in the loop.
 
     ``predict(crops uint8 [B, H, W, 3], crop_to_image [B, 2, 3])`` -> [B, K, 3] (x, y, score) in image pixels.
+    ``spin=False`` lets onnxruntime's threads sleep as soon as a run ends instead of spinning for the next one:
+    where two sessions take turns (a cascade), each one's spinning threads otherwise hold the cores the other
+    needs.
     """
 
-    def __init__(self, path: str, threads: int | None = None, first_pass: DecodedKeypointRunner | None = None):
+    def __init__(self, path: str, threads: int | None = None, first_pass: DecodedKeypointRunner | None = None,
+                 spin: bool = True):
         ort = _import_ort()
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         self.doc = metadata_of(path, self.session)
         if self.doc["outputs"] != "keypoints":
