@@ -20,8 +20,9 @@ from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.inference.loading import load_keypoint_predictor
 from engine.inference.predictors import TopDownPredictor
 from models.bbox import keypoints_tight_box
-from models.errors import InputError
+from models.errors import CheckpointError, InputError
 from tests.inference_utils import tiny_keypoint_checkpoint
+from tests.test_api import tiny_detector_checkpoint
 
 CPU = torch.device("cpu")
 
@@ -40,7 +41,7 @@ def models(tmp_path_factory) -> dict:
     first = tiny_keypoint_checkpoint(str(folder / "first.pt"), input_size=(32, 48), seed=1, flip_test=False)
     second = tiny_keypoint_checkpoint(str(folder / "second0.pt"), input_size=(48, 64), seed=2, flip_test=False)
     return {"first": first, "second": _with_recrop(second, str(folder / "second.pt"), 1),
-            "second_r0": second, "folder": folder}
+            "second_r0": second, "detector": tiny_detector_checkpoint(str(folder / "det.pt")), "folder": folder}
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +109,8 @@ def test_a_first_pass_that_cannot_work_is_refused_in_one_line(models, tmp_path):
         load_keypoint_predictor(models["second_r0"], CPU, first_pass=models["first"])
     with pytest.raises(InputError, match="recrop_passes is 0"):
         TopDownPredictor(model=None, task=None, input_size=(8, 8), recrop_passes=0, first_pass=object())
+    with pytest.raises(CheckpointError, match="--first-pass .* is a 'detection' checkpoint"):
+        load_keypoint_predictor(models["second"], CPU, first_pass=models["detector"])
     other = load_checkpoint(models["first"])
     other["meta"]["keypoint_names"] = [f"p{i}" for i in range(17)]
     save_checkpoint(other, str(tmp_path / "other.pt"))

@@ -53,7 +53,11 @@ def load_first_pass(path: str, device: torch.device, meta: KeypointMeta, second:
     if recrop_passes < 1:
         raise InputError(f"--first-pass {path}: the first pass only places the re-crops of {second}, whose "
                          f"eval.recrop_passes is 0, so it would never run; add eval.recrop_passes=1")
-    first, _ = load_keypoint_predictor(path, device, batch_size=batch_size, recrop_passes=0)
+    loaded = load_for_inference(path, device)
+    if loaded[0].task != "keypoints":
+        raise CheckpointError(f"--first-pass {path} is a {loaded[0].task!r} checkpoint; a first pass is a keypoint "
+                              f"model with the same keypoints as {second}")
+    first, _ = load_keypoint_predictor(path, device, batch_size=batch_size, loaded=loaded, recrop_passes=0)
     names, expected = list(first.task.meta.keypoint_names), list(meta.keypoint_names)
     if names != expected:
         raise InputError(f"--first-pass {path}: predicts {len(names)} keypoints ({', '.join(names[:3])}, ...), "
