@@ -109,6 +109,8 @@ def test_a_first_pass_that_cannot_work_is_refused_in_one_line(models, tmp_path):
         load_keypoint_predictor(models["second_r0"], CPU, first_pass=models["first"])
     with pytest.raises(InputError, match="recrop_passes is 0"):
         TopDownPredictor(model=None, task=None, input_size=(8, 8), recrop_passes=0, first_pass=object())
+    with pytest.raises(InputError, match="--first-pass nowhere.pt: no such file"):
+        load_keypoint_predictor(models["second"], CPU, first_pass="nowhere.pt")
     with pytest.raises(CheckpointError, match="--first-pass .* is a 'detection' checkpoint"):
         load_keypoint_predictor(models["second"], CPU, first_pass=models["detector"])
     other = load_checkpoint(models["first"])

@@ -4,6 +4,8 @@ into the predictors every inference path shares (images, videos, ``tools.eval`` 
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from engine.export.runtime import load_onnx_for_inference
@@ -53,6 +55,9 @@ def load_first_pass(path: str, device: torch.device, meta: KeypointMeta, second:
     if recrop_passes < 1:
         raise InputError(f"--first-pass {path}: the first pass only places the re-crops of {second}, whose "
                          f"eval.recrop_passes is 0, so it would never run; add eval.recrop_passes=1")
+    if not os.path.isfile(path):
+        raise InputError(f"--first-pass {path}: no such file (a keypoint checkpoint of tools.train or an .onnx of "
+                         f"tools.export)")
     loaded = load_for_inference(path, device)
     if loaded[0].task != "keypoints":
         raise CheckpointError(f"--first-pass {path} is a {loaded[0].task!r} checkpoint; a first pass is a keypoint "
