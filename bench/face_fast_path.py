@@ -176,6 +176,7 @@ def plot(rows: list[dict], path: str, budget_ms: float = 5.0) -> None:
     ax.grid(alpha=0.3, which="major")
     fig.tight_layout()
     renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
     points = [ax.transData.transform((r["ms/face"], 100 * r["NME"])) for r in rows]
     taken = [matplotlib.transforms.Bbox.from_extents(x - 6, y - 6, x + 6, y + 6) for x, y in points]
     places = [((6, -22), "left"), ((6, 8), "left"), ((-6, -22), "right"), ((-6, 8), "right")]
@@ -186,8 +187,7 @@ def plot(rows: list[dict], path: str, budget_ms: float = 5.0) -> None:
             label = ax.annotate(f"{row['label']}\n{ms:.1f} ms, {nme:.2f} %", (ms, nme), textcoords="offset points",
                                 xytext=offset, fontsize=8, color="dimgray" if before else "black", ha=ha)
             box = label.get_window_extent(renderer)
-            inside = ax.get_window_extent(renderer).contains(box.x0, box.y0) and \
-                ax.get_window_extent(renderer).contains(box.x1, box.y1)
+            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
             if (inside and not any(box.overlaps(t) for t in taken)) or k == len(order) - 1:
                 taken.append(box)
                 break
