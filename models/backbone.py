@@ -121,6 +121,9 @@ def _create_features_model(name: str, out_indices: tuple[int, ...], pretrained: 
     except Exception as err:
         if pretrained and is_download_error(err):
             raise offline_error(name, err) from err
+        if isinstance(err, TypeError) and "unexpected keyword" in str(err):
+            raise ConfigError(f"timm model {name!r} does not take {sorted(kwargs)} ({err}); leave it out of the "
+                              f"config (e.g. model.drop_path_rate: 0) or pick a backbone that has it") from err
         if not isinstance(err, (IndexError, AssertionError, ValueError)):
             raise
         full = timm.create_model(name, pretrained=False, features_only=True, **kwargs)

@@ -32,7 +32,7 @@ def build_pose_model(num_keypoints: int, backbone: str = "resnet18", out_indices
                      pretrained_path: str | None = None, fpn_channels: int = 128, num_stacks: int = 2,
                      depth: int = 3, head_channels: int = 128, num_blocks: int = 1,
                      normalization: str = "backbone", pretrained: bool = False,
-                     heatmap_stride: int = HEATMAP_STRIDE) -> TopDownPoseModel:
+                     heatmap_stride: int = HEATMAP_STRIDE, drop_path_rate: float = 0.0) -> TopDownPoseModel:
     """Compose the parts from plain arguments (the keypoint task maps its config onto these names).
 
     heatmap_stride: 4, or 2 for heatmaps at twice the resolution: ``out_indices`` must then start at the
@@ -41,11 +41,12 @@ def build_pose_model(num_keypoints: int, backbone: str = "resnet18", out_indices
 
     normalization: ``"backbone"`` (the backbone's mean/std) or ``"unit"`` (plain [0, 1] scaling).
     pretrained: timm's pretrained backbone weights (downloaded and cached by timm).
+    drop_path_rate: stochastic depth in the backbone (``build_trunk``); a regulariser for small training sets.
     """
     if heatmap_stride not in HEATMAP_STRIDES:
         raise ValueError(f"heatmap_stride={heatmap_stride}: use one of {HEATMAP_STRIDES}")
     bb, neck, normalizer = build_trunk(backbone, out_indices, pretrained_path, fpn_channels, normalization,
-                                       heatmap_stride, pretrained=pretrained)
+                                       heatmap_stride, pretrained=pretrained, drop_path_rate=drop_path_rate)
     head = HourglassHead(fpn_channels, num_keypoints, num_stacks=num_stacks, depth=depth,
                          channels=head_channels, num_blocks=num_blocks)
     return TopDownPoseModel(bb, neck, head, normalizer, stride=heatmap_stride)

@@ -45,11 +45,18 @@ class FPNHeadModel(nn.Module):
 
 
 def build_trunk(backbone: str, out_indices: Sequence[int], pretrained_path: str | None, fpn_channels: int,
-                normalization: str, stride: int, pretrained: bool = False) -> tuple[Backbone, FPN, InputNormalizer]:
+                normalization: str, stride: int, pretrained: bool = False,
+                drop_path_rate: float = 0.0) -> tuple[Backbone, FPN, InputNormalizer]:
     """The backbone (its finest level at ``stride``), an FPN that outputs only that level, and the input
-    normaliser, from plain arguments."""
+    normaliser, from plain arguments.
+
+    drop_path_rate: timm's stochastic depth in the backbone (residual branches dropped per sample in
+    training, the rate rising linearly with depth to this value); 0 leaves timm's default, so that
+    backbones without the argument still build.
+    """
+    timm_kwargs = {"drop_path_rate": float(drop_path_rate)} if drop_path_rate > 0 else {}
     bb = Backbone(backbone, out_indices=out_indices, pretrained_path=pretrained_path, required_stride=stride,
-                  pretrained=pretrained)
+                  pretrained=pretrained, **timm_kwargs)
     neck = FPN(bb.channels, bb.strides, out_channels=fpn_channels, output_levels=[0])
     return bb, neck, make_normalizer(normalization, bb)
 

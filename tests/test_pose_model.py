@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models.backbone import Backbone
+from models.errors import ConfigError
 from models.fpn import FPN
 from models.heatmap_codec import HeatmapCodec
 from models.hourglass import HourglassHead
@@ -114,3 +115,33 @@ def test_stride_2_heatmaps_from_one_more_fpn_level():
         build_pose_model(num_keypoints=3, **TINY, heatmap_stride=2)
     with pytest.raises(ValueError, match="heatmap_stride=8"):
         build_pose_model(num_keypoints=3, **TINY, heatmap_stride=8)
+
+
+def test_drop_path_rate_reaches_the_backbone_and_only_acts_in_training():
+    from timm.layers import DropPath
+
+    torch.manual_seed(0)
+    plain = build_pose_model(num_keypoints=3, **TINY)
+    assert not any(isinstance(m, DropPath) for m in plain.modules())
+    model = build_pose_model(num_keypoints=3, **TINY, drop_path_rate=0.5)
+    rates = [m.drop_prob for m in model.backbone.modules() if isinstance(m, DropPath)]
+    # resnet18 has 8 residual blocks; timm raises the rate linearly with depth, 0.5 * i / 7 for block i, so the
+    # first block (rate 0) has no DropPath and the last drops with probability 0.5.
+    assert rates == pytest.approx([0.5 * i / 7 for i in range(1, 8)])
+    # timm zero-initialises each residual branch's last norm, so a fresh branch adds nothing and dropping it
+    # changes nothing: give the branches some output first.
+    for m in model.backbone.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(m.weight)
+    x = torch.rand(2, 3, 64, 64)
+    model.eval()
+    assert torch.equal(model(x)[-1], model(x)[-1])          # eval: deterministic
+    model.train()
+    torch.manual_seed(1)
+    first = model(x)[-1]
+    assert not torch.equal(first, model(x)[-1])             # training: branches dropped at random
+
+
+def test_a_backbone_without_drop_path_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"'vgg11' does not take \['drop_path_rate'\].*model.drop_path_rate: 0"):
+        Backbone("vgg11", required_stride=None, drop_path_rate=0.1)

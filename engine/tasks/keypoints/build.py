@@ -96,7 +96,8 @@ def build_model(cfg, num_keypoints: int, pretrained: bool = True) -> TopDownPose
                              pretrained_path=m.pretrained_path if pretrained else None,
                              fpn_channels=m.fpn_channels, num_stacks=m.num_stacks, depth=m.depth,
                              head_channels=m.head_channels, num_blocks=m.num_blocks, normalization=m.normalization,
-                             pretrained=m.pretrained and pretrained, heatmap_stride=m.heatmap_stride)
+                             pretrained=m.pretrained and pretrained, heatmap_stride=m.heatmap_stride,
+                             drop_path_rate=m.drop_path_rate)
     check_input_size(cfg.data.input_size, model.max_stride, m.heatmap_stride)
     return model
 

@@ -29,6 +29,9 @@ class KeypointModelConfig:
     # 4, or 2 for heatmaps at twice the resolution (out_indices must then start at the stride-2 level, e.g.
     # [0, 1, 2, 3, 4] for ResNets: one more FPN step; the hourglasses cost about 4x)
     heatmap_stride: int = 4
+    # timm's stochastic depth in the backbone (0: off). A regulariser for small training sets; the backbone
+    # must take timm's drop_path_rate argument (ResNets, MobileNets, EfficientNets, ConvNeXts, ViTs do).
+    drop_path_rate: float = 0.0
 
 
 @dataclass
@@ -106,6 +109,7 @@ def check_ranges(cfg: KeypointConfig) -> list[str]:
         return out              # reported by the shared checks
     # The heatmap is input / stride and the hourglass halves it model.depth times: a side needs stride * 2**depth.
     need("model.depth", cfg.model.depth, cfg.model.depth >= 1, "must be >= 1")
+    need("model.drop_path_rate", cfg.model.drop_path_rate, 0 <= cfg.model.drop_path_rate < 1, "must be in [0, 1)")
     need("model.num_stacks", cfg.model.num_stacks, cfg.model.num_stacks >= 1, "must be >= 1")
     hs = cfg.model.heatmap_stride
     need("model.heatmap_stride", hs, hs in (2, 4), "must be 4, or 2 with out_indices from the stride-2 level")
