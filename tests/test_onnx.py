@@ -17,7 +17,7 @@ from datasets.synthetic_video import render_moving_figures
 from engine.checkpoint import save_checkpoint
 from engine.config.loading import config_to_dict
 from engine.tasks.registry import config_from_dict
-from models.errors import CheckpointError, InputError
+from models.errors import CheckpointError, ConfigError, InputError
 from tests.inference_utils import tiny_keypoint_checkpoint
 
 ort = pytest.importorskip("onnxruntime")
@@ -127,6 +127,41 @@ def test_decoding_in_the_graph_matches_pytorch(exported):
     got = DecodedKeypointRunner(exported["decoded"]).predict(x.permute(0, 2, 3, 1).numpy(), mats)
     np.testing.assert_allclose(got[..., :2], ref["keypoints"].numpy(), rtol=0, atol=0.01)
     np.testing.assert_allclose(got[..., 2], ref["scores"].numpy(), rtol=0, atol=1e-5)
+
+
+def test_eval_overrides_at_export_change_the_graph_and_the_metadata_not_the_model(exported, tmp_path):
+    """The tiny checkpoint's config has the flip test on: exported with eval.flip_test=false (and a shift that
+    the graph must then ignore) its decoded keypoints are the single pass of PyTorch, and the file's config
+    carries the new re-crop count. Other sections are refused: the weights fix them."""
+    from engine.export.runtime import DecodedKeypointRunner
+    from engine.inference.loading import load_for_inference
+    from engine.tasks import keypoints as kp
+    from tools import export
+
+    out = str(tmp_path / "noflip.onnx")
+    export.main(["--checkpoint", exported["ckpt"], "--output", out, "--decode", "eval.flip_test=false",
+                 "eval.flip_test_shift=3.0", "eval.recrop_passes=2"])
+    cfg, model, state = load_for_inference(exported["ckpt"], torch.device("cpu"))
+    assert cfg.eval.flip_test                        # the checkpoint itself is unchanged
+    meta = kp.KeypointMeta.from_dict(state["meta"])
+    x = _crops(6, seed=3)
+    mats = np.tile(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), (6, 1, 1))
+    batch = {"image": x, "crop_to_image": torch.from_numpy(mats).float()}
+    single = kp.KeypointTask(kp.build_codec(cfg), meta, flip_test=False).predict_batch(model, batch)
+    flipped = kp.KeypointTask(kp.build_codec(cfg), meta, flip_test=True).predict_batch(model, batch)
+    got = DecodedKeypointRunner(out).predict(x.permute(0, 2, 3, 1).numpy(), mats)
+    np.testing.assert_allclose(got[..., :2], single["keypoints"].numpy(), rtol=0, atol=0.01)
+    assert np.abs(got[..., :2] - flipped["keypoints"].numpy()).max() > 0.05     # not the flip-tested pass
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(out).metadata_props}
+    doc = json.loads(props["repo.inference"])
+    assert doc["config"]["eval"]["flip_test"] is False and doc["config"]["eval"]["recrop_passes"] == 2
+    with pytest.raises(ConfigError, match=r"model.fpn_channels=8: only eval.\* settings can change after training"):
+        export.main(["--checkpoint", exported["ckpt"], "--output", str(tmp_path / "x.onnx"), "model.fpn_channels=8"])
+    with pytest.raises(ConfigError, match=r"eval.recrop_passes = 9: must be 0 \(off\) to 5"):
+        export.main(["--checkpoint", exported["ckpt"], "--output", str(tmp_path / "x.onnx"), "eval.recrop_passes=9"])
+    assert not os.path.exists(tmp_path / "x.onnx")
 
 
 def test_mismatches_and_wrong_flags_are_named_errors(exported, tmp_path):

@@ -2,13 +2,15 @@
 
     python -m tools.export --checkpoint runs/X/best.pt --output model.onnx           # heatmaps out
     python -m tools.export --checkpoint runs/X/best.pt --output model.onnx --decode  # keypoints out
+    python -m tools.export --checkpoint runs/X/best.pt --output flip.onnx --decode eval.flip_test=true
     python -m tools.infer --backend onnxruntime --model model.onnx --input images/ --output-dir out/
 
 The graph takes uint8 RGB crops ``[B, 3, H, W]`` (B dynamic) and normalises them itself. By default a
 keypoint model outputs heatmaps and the runner does the flip test, decoding and mapping back as PyTorch
 does; ``--decode`` puts the flip test (when the config has it), argmax and refinement in the graph, so the
 model returns keypoints and scores in crop pixels. The export is checked against PyTorch with
-onnxruntime on a random batch (the largest difference is printed).
+onnxruntime on a random batch (the largest difference is printed). Dotted ``eval.*`` overrides change the
+test-time settings the file carries (the flip test and its shift, the re-crops), not the trained model.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="the checkpoint's trained weights (default) or their EMA, kept when train.ema_decay was set")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check")
+    p.add_argument("overrides", nargs="*",
+                   help="eval.* settings over the checkpoint's, e.g. eval.flip_test=true eval.recrop_passes=0")
     return p
 
 
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = add_debug_flag(get_args_parser()).parse_args(argv)
     setup_logging()
     summary = export_onnx(args.checkpoint, args.output, decode=args.decode, opset=args.opset,
-                          verify=not args.no_verify, weights=args.weights)
+                          verify=not args.no_verify, weights=args.weights, eval_overrides=args.overrides)
     log.info("%s", json.dumps(summary))
     return summary
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -39,17 +40,18 @@ def inference_metadata(cfg, state: dict, model: nn.Module, outputs: str, flip_in
 
 
 def export_onnx(checkpoint: str, output: str, decode: bool = False, opset: int | None = None,
-                verify: bool = True, weights: str = "model") -> dict:
+                verify: bool = True, weights: str = "model", eval_overrides: Sequence[str] = ()) -> dict:
     """Write ``checkpoint`` (a checkpoint of tools.train whose task declares an ONNX export) as an ONNX model at
     ``output``.
 
     Returns a summary (kind, outputs, path, size, and with ``verify`` the largest difference between
     onnxruntime and PyTorch on a random batch of 3). ``weights``: the checkpoint's trained weights (``"model"``)
-    or their EMA (``"ema"``).
+    or their EMA (``"ema"``). ``eval_overrides``: dotted ``eval.*`` settings over the checkpoint's, for the
+    graph (``eval.flip_test`` with ``--decode``) and the metadata the runner reads (``eval.recrop_passes``).
     """
     import onnx  # an optional dependency (the [onnx] extra): only exporting needs it
 
-    cfg, model, state = load_trained_model(checkpoint, torch.device("cpu"), weights)
+    cfg, model, state = load_trained_model(checkpoint, torch.device("cpu"), weights, tuple(eval_overrides))
     spec = get_task(cfg.task).onnx
     if spec is None:
         exportable = sorted(name for name, entry in TASKS.items() if entry.onnx is not None)

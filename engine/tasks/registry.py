@@ -64,9 +64,13 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     return config_from_sources(task, [(path, raw), ("command-line override", over)])
 
 
-def config_from_dict(data: dict) -> Any:
-    """Rebuild a config from the plain dict saved in a checkpoint (or an exported model's metadata)."""
-    return config_from_sources(data.get("task", "keypoints"), [("checkpoint config", OmegaConf.create(data))])
+def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """Rebuild a config from the plain dict saved in a checkpoint (or an exported model's metadata), with
+    dotted ``overrides`` applied on top."""
+    sources = [("checkpoint config", OmegaConf.create(data))]
+    if overrides:
+        sources.append(("command-line override", parse_overrides(overrides)))
+    return config_from_sources(data.get("task", "keypoints"), sources)
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -85,14 +89,20 @@ def build_evaluation(cfg, device: torch.device, progress: bool = True) -> Experi
     return entry.build_evaluation(cfg, device, progress=progress)
 
 
-def load_trained_model(checkpoint: str, device: torch.device, weights: str = "model") -> tuple[Any, nn.Module, dict]:
+def load_trained_model(checkpoint: str, device: torch.device, weights: str = "model",
+                       eval_overrides: list[str] | tuple[str, ...] = ()) -> tuple[Any, nn.Module, dict]:
     """``(cfg, model in eval mode on device, checkpoint dict)`` from a checkpoint of ``tools.train`` alone: its
     config says the task, whose entry builds the model its weights load into. ``weights``: ``"model"`` (the
-    trained weights) or ``"ema"`` (their moving average, when the run kept one)."""
+    trained weights) or ``"ema"`` (their moving average, when the run kept one). ``eval_overrides``: dotted
+    ``eval.*`` settings applied over the checkpoint's (the weights fix every other section)."""
     state = load_checkpoint(checkpoint, map_location=device)
     if "config" not in state:
         raise CheckpointError(f"{checkpoint} carries no config; it was not written by tools.train")
-    cfg = config_from_dict(state["config"])
+    not_eval = [o for o in eval_overrides if not o.strip().startswith("eval.")]
+    if not_eval:
+        raise ConfigError(f"{not_eval[0]}: only eval.* settings can change after training (the weights fix the "
+                          f"model, data and loss sections); e.g. eval.flip_test=true")
+    cfg = config_from_dict(state["config"], eval_overrides)
     entry = get_task(cfg.task)
     if entry.build_inference_model is None:
         raise CheckpointError(f"{checkpoint}: task {cfg.task!r} declares no inference model "
