@@ -33,6 +33,27 @@ _DARK_MIN_DET = 1e-6
 # target were subnormal, making encode ~3x and DARK's blur ~6x slower on CPU (bench/bench_codec.py).
 # Two factors of at least 1e-15 multiply to at least 1e-30, well above the subnormal range (< 1.2e-38).
 _GAUSSIAN_TAIL_FLOOR = 1e-15
+# DARK's derivatives as a linear map of the flattened 3x3 log window n[y, x] (index 3 * y + x; the centre is
+# 4): columns dx = (n[1,2] - n[1,0]) / 2, dy = (n[2,1] - n[0,1]) / 2, dxx = n[1,2] - 2 n[1,1] + n[1,0],
+# dyy = n[2,1] - 2 n[1,1] + n[0,1], dxy = (n[2,2] - n[2,0] - n[0,2] + n[0,0]) / 4.
+_FINITE_DIFFERENCES = torch.tensor([
+    # dx    dy    dxx   dyy   dxy
+    [0.0,  0.0,  0.0,  0.0,  0.25],    # n[0, 0]
+    [0.0, -0.5,  0.0,  1.0,  0.0],     # n[0, 1]
+    [0.0,  0.0,  0.0,  0.0, -0.25],    # n[0, 2]
+    [-0.5, 0.0,  1.0,  0.0,  0.0],     # n[1, 0]
+    [0.0,  0.0, -2.0, -2.0,  0.0],     # n[1, 1]
+    [0.5,  0.0,  1.0,  0.0,  0.0],     # n[1, 2]
+    [0.0,  0.0,  0.0,  0.0, -0.25],    # n[2, 0]
+    [0.0,  0.5,  0.0,  1.0,  0.0],     # n[2, 1]
+    [0.0,  0.0,  0.0,  0.0,  0.25],    # n[2, 2]
+])
+
+
+def _map_size(hm: torch.Tensor) -> torch.Tensor:
+    """(w, h) of heatmaps [..., h, w] as a long tensor [2] made on their device: no host-to-device copy."""
+    h, w = hm.shape[-2:]
+    return w + (h - w) * torch.arange(2, device=hm.device)
 
 
 def default_blur_kernel_size(sigma: float) -> int:
@@ -213,8 +234,9 @@ class HeatmapCodec:
         x = F.conv2d(x, g.view(1, 1, ks, 1).expand(b * k, 1, ks, 1), padding=(ks // 2, 0), groups=b * k)
         return x.reshape(b, k, h, w)
 
-    def _blurred_neighbourhood(self, hm: torch.Tensor, cu: torch.Tensor, cv: torch.Tensor) -> torch.Tensor:
-        """The 3x3 cells around (cu, cv) of the heatmap blurred with DARK's Gaussian: [B, K, 3, 3].
+    def _blurred_neighbourhood(self, hm: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The 3x3 cells around ``c`` ([B, K, 2] integer (u, v)) of the heatmap blurred with DARK's Gaussian:
+        [B, K, 3, 3], indexed [..., y, x].
 
         Only the window that the Taylor step reads is blurred. Near the border the kernel is truncated (and
         renormalised) so that it never reaches past the map: DARK's zero padding would pull peaks within a
@@ -222,21 +244,26 @@ class HeatmapCodec:
         a padded top-down crop. In the interior this is exactly the full-map blur.
         """
         b, k, h, w = hm.shape
+        cu, cv = c.unbind(-1)
         r = self.blur_kernel_size // 2
         if r == 0:
             return self._patches(hm, cu, cv, 1, outside="replicate")
         patch = self._patches(hm, cu, cv, r + 1, outside="zero")        # [B, K, 2r+3, 2r+3]
         t = torch.arange(-r, r + 1, device=hm.device)
         base = self._blur_kernel(hm.device, hm.dtype)                    # [2r+1]
-        # Largest radius whose support stays inside the map for all 3 stencil cells: cells c-1-r .. c+1+r.
-        rx = torch.minimum(cu - 1, w - 2 - cu).clamp(min=0, max=r)
-        ry = torch.minimum(cv - 1, h - 2 - cv).clamp(min=0, max=r)
-        gx = base * (t.abs() <= rx[..., None])
-        gy = base * (t.abs() <= ry[..., None])
-        gx, gy = gx / gx.sum(-1, keepdim=True), gy / gy.sum(-1, keepdim=True)    # [B, K, 2r+1]
-        # Separable 'valid' convolution with a kernel per keypoint: (2r+3) -> 3 along each axis.
-        rows = torch.einsum("bkycs,bks->bkyc", patch.unfold(-1, 2 * r + 1, 1), gx)        # [B, K, 2r+3, 3]
-        return torch.einsum("bkxys,bks->bkyx", rows.transpose(-1, -2).unfold(-1, 2 * r + 1, 1), gy)
+        # Per axis, the largest radius whose support stays inside the map for all 3 stencil cells (cells
+        # c-1-r .. c+1+r); both axes at once, as (u, v) pairs.
+        radius = torch.minimum(c - 1, _map_size(hm) - 2 - c).clamp(min=0, max=r)       # [B, K, 2]
+        g = base * (t.abs() <= radius[..., None])
+        gx, gy = (g / g.sum(-1, keepdim=True)).unbind(-2)                 # [B, K, 2r+1] each
+        # Separable 'valid' convolution with a kernel per keypoint, (2r+3) -> 3 cells along each axis, as two
+        # products with banded matrices: band[j, i] = g[j - i] where 0 <= j - i <= 2r, else 0. (Matrix
+        # products rather than unfold + einsum: the exported graph then has no Transpose of a strided window.)
+        j, i = torch.arange(2 * r + 3, device=hm.device)[:, None], torch.arange(3, device=hm.device)[None, :]
+        tap, in_band = (j - i).clamp(0, 2 * r), ((j - i) >= 0) & ((j - i) <= 2 * r)          # [2r+3, 3]
+        band_x = gx[..., tap] * in_band                                    # [B, K, 2r+3, 3]
+        band_y_t = gy[..., tap.T] * in_band.T                              # [B, K, 3, 2r+3]
+        return band_y_t @ patch @ band_x                                   # [B, K, 3, 3]
 
     def _dark_refine(self, hm: torch.Tensor, iu: torch.Tensor, iv: torch.Tensor) -> torch.Tensor:
         """DARK: one Newton step ``-H^-1 g`` on the log of the (blurred) heatmap near the argmax. [B, K, 2].
@@ -245,28 +272,29 @@ class HeatmapCodec:
         the blur's discretisation). At the border the finite
         differences are taken one cell inwards (a quadratic fitted to three cells is exact wherever its peak
         lies) instead of on cells outside the map; the result stays within one cell of the argmax and
-        inside the map.
+        inside the map. The (u, v) pairs go through each step together: in an exported graph every tensor
+        operation is a node with a fixed cost, and decoding is dozens of them on tiny tensors.
         """
         b, k, h, w = hm.shape
-        cu = iu.clamp(1, w - 2) if w >= 3 else iu
-        cv = iv.clamp(1, h - 2) if h >= 3 else iv
-        n = torch.log(self._blurred_neighbourhood(hm, cu, cv).clamp(min=_DARK_LOG_FLOOR))   # n[..., y, x]
-        dx = 0.5 * (n[..., 1, 2] - n[..., 1, 0])
-        dy = 0.5 * (n[..., 2, 1] - n[..., 0, 1])
-        dxx = n[..., 1, 2] - 2 * n[..., 1, 1] + n[..., 1, 0]
-        dyy = n[..., 2, 1] - 2 * n[..., 1, 1] + n[..., 0, 1]
-        dxy = 0.25 * (n[..., 2, 2] - n[..., 2, 0] - n[..., 0, 2] + n[..., 0, 0])
+        argmax = torch.stack([iu, iv], dim=-1)                                          # [B, K, 2]
+        size = _map_size(hm)
+        # The stencil's centre, one cell inside the map along each axis that has 3 cells or more.
+        inset = (size >= 3).long()
+        c = torch.minimum(torch.maximum(argmax, inset), size - 1 - inset)
+        n = torch.log(self._blurred_neighbourhood(hm, c).clamp(min=_DARK_LOG_FLOOR))    # n[..., y, x]
+        # The five central finite differences (dx, dy, dxx, dyy, dxy) are linear in the 3x3 window.
+        # (non_blocking: copying the constant table to a GPU need not wait for the work queued there)
+        table = _FINITE_DIFFERENCES.to(n, non_blocking=True)
+        dx, dy, dxx, dyy, dxy = (n.flatten(-2) @ table).unbind(-1)
         det = dxx * dyy - dxy ** 2
         # Only step at a proper maximum (negative-definite Hessian); elsewhere keep the argmax.
-        ok = (det > _DARK_MIN_DET) & (dxx < 0)
-        safe_det = torch.where(ok, det, torch.ones_like(det))
-        u = cu + -(dyy * dx - dxy * dy) / safe_det
-        v = cv + -(dxx * dy - dxy * dx) / safe_det
-        iu_f, iv_f = iu.float(), iv.float()
+        ok = ((det > _DARK_MIN_DET) & (dxx < 0))[..., None]
+        safe_det = torch.where(ok, det[..., None], torch.ones_like(det[..., None]))
+        step = -torch.stack([dyy * dx - dxy * dy, dxx * dy - dxy * dx], dim=-1) / safe_det
+        uv, peak = c + step, argmax.float()
         # The maximum of a unimodal peak is within one cell of the argmax, and inside the map.
-        u = torch.where(ok, torch.minimum(torch.maximum(u, iu_f - 1), iu_f + 1), iu_f).clamp(-0.5, w - 0.5)
-        v = torch.where(ok, torch.minimum(torch.maximum(v, iv_f - 1), iv_f + 1), iv_f).clamp(-0.5, h - 0.5)
-        return torch.stack([u, v], dim=-1)
+        uv = torch.where(ok, torch.minimum(torch.maximum(uv, peak - 1), peak + 1), peak)
+        return torch.minimum(uv.clamp(min=-0.5), size - 0.5)
 
     @staticmethod
     def _quarter_offsets(hm: torch.Tensor, iu: torch.Tensor, iv: torch.Tensor) -> torch.Tensor:

@@ -320,7 +320,7 @@ def test_blurred_window_equals_the_full_blur_at_the_peak(kernel):
     r = kernel // 2 + 1
     cu = torch.randint(r, 16 - r, (3, 5), generator=g)
     cv = torch.randint(r, 24 - r, (3, 5), generator=g)
-    window = codec._blurred_neighbourhood(hm, cu, cv)
+    window = codec._blurred_neighbourhood(hm, torch.stack([cu, cv], dim=-1))
     full = codec._blur(hm) if kernel > 1 else hm
     for b in range(3):
         for k in range(5):
