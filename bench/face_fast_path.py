@@ -11,9 +11,10 @@ predict``), so the detector itself is left out for both. For ours: the crop, the
 passes (``DecodedKeypointRunner.predict_boxes``; ``FIRST.onnx+SECOND.onnx`` times a cascade, the first
 model's single pass placing the second's re-crops). For dlib: ``shape_predictor(image, box)``, in dlib's own
 python (a subprocess of this run, same faces, same boxes). Each face is timed ``--rounds`` times; the median
-over all timings is reported (the held-out split has 121 faces: two rounds give 242 timings). The models'
-order rotates from round to round and each round of ours is followed by one of dlib's, so that the machine's
-slow minutes fall on every model alike: compare the rows of one run, not of two.
+over all timings is reported (the held-out split has 121 faces: two rounds give 242 timings). Each model runs
+``--block`` faces in one go, then the next model's turn comes, in an order that rotates from block to block,
+and each round of ours is followed by one of dlib's, so that the machine's slow spells fall on every model
+alike: compare the rows of one run, not of two.
 
 Accuracy is the face report of ``tools.eval`` (inter-ocular NME, FR, AUC) of the same predictions, so every
 point of the picture (NME against ms per face, ``--plot``) is one model on the same faces and boxes.
@@ -103,29 +104,34 @@ def cascade_runner(spec: str, threads: int) -> DecodedKeypointRunner:
     return DecodedKeypointRunner(last, threads=threads, first_pass=first_pass)
 
 
-def time_ours(paths: list[str], faces: list[dict], rounds: int, threads: int,
-              between_rounds=None) -> tuple[list[list[float]], list[np.ndarray]]:
-    """Times every model on every face, ``rounds`` times. In each round each model runs on all faces in one
-    block, as a video stream would run it (interleaving models face by face is slower for all of them: the
-    previous model's onnxruntime threads still spin for work while the next one runs), and the models' order
-    rotates from round to round, so that a slow minute of the machine does not fall on one model only.
-    ``between_rounds(r)`` runs after each round (dlib's round, in its own process).
+def time_ours(paths: list[str], faces: list[dict], rounds: int, threads: int, between_rounds=None,
+              block: int = 20) -> tuple[list[list[float]], list[np.ndarray]]:
+    """Times every model on every face, ``rounds`` times. Each round goes through the faces ``block`` at a
+    time, and each model runs the whole block in one go, as a video stream would run it (interleaving models
+    face by face is slower for all of them: the previous model's onnxruntime threads still spin for work while
+    the next one runs), after two untimed warm-up faces (caches, those spinning threads). The models' order
+    rotates from block to block, so that a slow spell of the machine, which lasts seconds, falls on every
+    model alike rather than on the one whose turn it was. ``between_rounds(r)`` runs after each round
+    (dlib's round, in its own process).
     Returns one list of timings (seconds) and one [faces, K, 2] array of points (first round) per model."""
     runners = [cascade_runner(path, threads) for path in paths]
     images = [read_image_rgb(f["path"]) for f in faces]
     times = [[] for _ in runners]
-    points = [[] for _ in runners]
+    points = [[None] * len(faces) for _ in runners]
+    starts = range(0, len(faces), max(1, block))
     for r in range(rounds):
-        for k in range(len(runners)):
-            m = (r + k) % len(runners)
-            for image, face in zip(images[:5], faces[:5]):      # warm-up: caches, onnxruntime's first runs
-                runners[m].predict_boxes(image, [face["box"]])
-            for image, face in zip(images, faces):
-                start = time.perf_counter()
-                pred = runners[m].predict_boxes(image, [face["box"]])
-                times[m].append(time.perf_counter() - start)
-                if r == 0:
-                    points[m].append(pred[0, :, :2])
+        for b, first in enumerate(starts):
+            chunk = range(first, min(first + block, len(faces)))
+            for k in range(len(runners)):
+                m = (r + b + k) % len(runners)
+                for i in chunk[:2]:                                 # warm-up, untimed
+                    runners[m].predict_boxes(images[i], [faces[i]["box"]])
+                for i in chunk:
+                    start = time.perf_counter()
+                    pred = runners[m].predict_boxes(images[i], [faces[i]["box"]])
+                    times[m].append(time.perf_counter() - start)
+                    if r == 0:
+                        points[m][i] = pred[0, :, :2]
         if between_rounds is not None:
             between_rounds(r)
     return times, [np.stack(p) for p in points]
@@ -209,6 +215,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--boxes", default="runs/dlib300w/dlib_boxes.json", help="bench/dlib_landmarks.py predict's")
     p.add_argument("--rounds", type=int, default=2, help="timings per face (median over all)")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    p.add_argument("--block", type=int, default=20,
+                   help="faces each model runs in one go before the next model's turn (the turns rotate)")
     p.add_argument("--plot", default="docs/images/face_nme_vs_ms.png")
     p.add_argument("--json", help="write the table here too")
     args = p.parse_args(argv)
@@ -227,7 +235,7 @@ def main(argv=None) -> list[dict]:
 
     # With no model of ours, time_ours still runs the rounds, dlib's alone.
     times, points = time_ours(list(paths), faces, args.rounds, args.threads,
-                              between_rounds=dlib_round if args.dlib_python else None)
+                              between_rounds=dlib_round if args.dlib_python else None, block=args.block)
     rows = []
     for label, (_, before), t, pts in zip(labels, specs, times, points):
         rows.append({"label": label, "ms/face": 1000 * statistics.median(t), "timings": len(t),

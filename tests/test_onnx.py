@@ -316,3 +316,10 @@ def test_face_bench_times_every_model_on_every_face_each_round(exported, tmp_pat
         expected = runner.predict_boxes(image, [face["box"]])[0, :, :2]
         assert np.allclose(got, expected, atol=1e-4)
     assert points[0].shape == (3, 17, 2)
+    # In blocks of 2 faces (turns rotating between the models), every face is still timed once per round and
+    # its points stay in the faces' order.
+    times, points = bench.time_ours([exported["decoded"], exported["decoded"]], faces, rounds=1, threads=1, block=2)
+    assert [len(t) for t in times] == [3, 3]
+    for face, got in zip(faces, points[0]):
+        image = cv2.cvtColor(cv2.imread(face["path"]), cv2.COLOR_BGR2RGB)
+        assert np.allclose(got, runner.predict_boxes(image, [face["box"]])[0, :, :2], atol=1e-4)
