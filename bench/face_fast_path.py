@@ -118,7 +118,7 @@ def time_ours(paths: list[str], faces: list[dict], rounds: int, threads: int, be
     images = [read_image_rgb(f["path"]) for f in faces]
     times = [[] for _ in runners]
     points = [[None] * len(faces) for _ in runners]
-    starts = range(0, len(faces), max(1, block))
+    starts = range(0, len(faces), block)
     for r in range(rounds):
         for b, first in enumerate(starts):
             chunk = range(first, min(first + block, len(faces)))
@@ -220,6 +220,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--plot", default="docs/images/face_nme_vs_ms.png")
     p.add_argument("--json", help="write the table here too")
     args = p.parse_args(argv)
+    if args.block < 1 or args.rounds < 1:
+        p.error(f"--block and --rounds must be 1 or more (got {args.block} and {args.rounds})")
     faces, truth = held_out_faces(args.ann_file, args.image_root, args.boxes)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())

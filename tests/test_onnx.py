@@ -323,3 +323,5 @@ def test_face_bench_times_every_model_on_every_face_each_round(exported, tmp_pat
     for face, got in zip(faces, points[0]):
         image = cv2.cvtColor(cv2.imread(face["path"]), cv2.COLOR_BGR2RGB)
         assert np.allclose(got, runner.predict_boxes(image, [face["box"]])[0, :, :2], atol=1e-4)
+    with pytest.raises(SystemExit):         # refused before any model or face is loaded
+        bench.main(["--block", "0"])
