@@ -186,9 +186,10 @@ class HeatmapCodec:
         scores, flat_idx = hm.flatten(2).max(dim=-1)
         iu = flat_idx % w
         iv = torch.div(flat_idx, w, rounding_mode="floor")
-        uv = torch.stack([iu, iv], dim=-1).float()
+        argmax = torch.stack([iu, iv], dim=-1)                      # [B, K, 2] integer cells
+        uv = argmax.float()
         if self.refine == "dark":
-            uv = self._dark_refine(hm, iu, iv)
+            uv = self._dark_refine(hm, argmax)
         elif self.refine == "quarter":
             uv = uv + self._quarter_offsets(hm, iu, iv)
         return self.to_input_coords(uv), scores
@@ -265,8 +266,9 @@ class HeatmapCodec:
         band_y_t = gy[..., tap.T] * in_band.T                              # [B, K, 3, 2r+3]
         return band_y_t @ patch @ band_x                                   # [B, K, 3, 3]
 
-    def _dark_refine(self, hm: torch.Tensor, iu: torch.Tensor, iv: torch.Tensor) -> torch.Tensor:
-        """DARK: one Newton step ``-H^-1 g`` on the log of the (blurred) heatmap near the argmax. [B, K, 2].
+    def _dark_refine(self, hm: torch.Tensor, argmax: torch.Tensor) -> torch.Tensor:
+        """DARK: one Newton step ``-H^-1 g`` on the log of the (blurred) heatmap near ``argmax`` ([B, K, 2]
+        integer (u, v) cells). Returns [B, K, 2].
 
         On a noiseless Gaussian the log is a quadratic, so the step lands on the true centre exactly (up to
         the blur's discretisation). At the border the finite
@@ -275,8 +277,6 @@ class HeatmapCodec:
         inside the map. The (u, v) pairs go through each step together: in an exported graph every tensor
         operation is a node with a fixed cost, and decoding is dozens of them on tiny tensors.
         """
-        b, k, h, w = hm.shape
-        argmax = torch.stack([iu, iv], dim=-1)                                          # [B, K, 2]
         size = _map_size(hm)
         # The stencil's centre, one cell inside the map along each axis that has 3 cells or more.
         inset = (size >= 3).long()
