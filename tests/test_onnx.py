@@ -325,3 +325,31 @@ def test_face_bench_times_every_model_on_every_face_each_round(exported, tmp_pat
         assert np.allclose(got, runner.predict_boxes(image, [face["box"]])[0, :, :2], atol=1e-4)
     with pytest.raises(SystemExit):         # refused before any model or face is loaded
         bench.main(["--block", "0"])
+
+
+def test_a_fixed_batch_graph_gives_the_dynamic_graphs_answers_for_any_number_of_crops(exported, tmp_path):
+    """``--batch N`` fixes the graph's batch dimension (no shape arithmetic left for onnxruntime); the runners
+    split any number of crops into calls of N, padding the last, and return what the dynamic graph returns."""
+    from engine.export.runtime import DecodedKeypointRunner, OnnxModule
+    from tools import export
+
+    one = export.main(["--checkpoint", exported["ckpt"], "--output", str(tmp_path / "one.onnx"), "--decode",
+                       "--batch", "1"])
+    two = export.main(["--checkpoint", exported["ckpt"], "--output", str(tmp_path / "two.onnx"), "--batch", "2"])
+    assert one["max_abs_diff"] < 1e-2 and two["max_abs_diff"] < 1e-4
+    fixed_one, dynamic_decoded = DecodedKeypointRunner(one["output"]), DecodedKeypointRunner(exported["decoded"])
+    assert fixed_one.batch == 1 and dynamic_decoded.batch is None and fixed_one.doc["batch"] == 1
+    assert ort.InferenceSession(one["output"]).get_inputs()[0].shape == [1, 3, 48, 32]
+    for n in (1, 3):
+        crops = _crops(n, seed=4).permute(0, 2, 3, 1).numpy()
+        mats = np.tile(np.array([[1.5, 0.0, 3.0], [0.0, 1.5, 7.0]]), (n, 1, 1))
+        np.testing.assert_allclose(fixed_one.predict(crops, mats), dynamic_decoded.predict(crops, mats), atol=1e-3)
+    fixed_two, dynamic = OnnxModule(two["output"]), OnnxModule(exported["onnx"])
+    for n in (0, 1, 2, 5):                  # none, fewer than the batch, exactly it, and 2 + 2 + 1 (padded)
+        x = _crops(max(n, 1), seed=5)[:n]
+        got, ref = fixed_two(x)[-1], dynamic(x)[-1]
+        assert got.shape == ref.shape == (n, 17, 12, 8)
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError, match=r"--batch 0: a fixed batch must be 1 or more"):
+        export.main(["--checkpoint", exported["ckpt"], "--output", str(tmp_path / "zero.onnx"), "--batch", "0"])
+    assert not os.path.exists(tmp_path / "zero.onnx")

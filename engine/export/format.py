@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from models.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -47,3 +49,28 @@ def check_input(path: str, session, doc: dict) -> None:
     if len(inp.shape) != 4 or list(inp.shape[2:]) != [h, w]:
         raise CheckpointError(f"{path}: its graph takes {inp.shape} but its metadata says input_size [W, H] = "
                               f"{[w, h]}; the file was edited or mixed up, export it again")
+
+
+def fixed_batch(session) -> int | None:
+    """The batch size the graph's input is fixed at (``tools.export --batch``, or a graph made static by
+    onnxruntime's tools), None when its batch dimension is dynamic."""
+    dim = session.get_inputs()[0].shape[0]
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def run_batched(session, images, batch: int | None, name: str = "images") -> list:
+    """``session.run`` on ``images`` [N, ...]: in one call, or, for a graph whose batch is fixed at ``batch``, in
+    calls of that size, the last one padded with copies of its last image (zeros when N is 0) and every output
+    cut back to N rows (all outputs are batch-first)."""
+    import numpy as np
+
+    if batch is None or len(images) == batch:
+        return session.run(None, {name: images})
+    parts = []
+    for start in range(0, max(len(images), 1), batch):
+        chunk = images[start:start + batch]
+        n = len(chunk)
+        fill = chunk[-1:] if n else np.zeros((1, *images.shape[1:]), images.dtype)
+        padded = np.concatenate([chunk, np.repeat(fill, batch - n, axis=0)]) if n < batch else chunk
+        parts.append([out[:n] for out in session.run(None, {name: padded})])
+    return [np.concatenate(outs) for outs in zip(*parts)]

@@ -22,7 +22,7 @@ from torch import nn
 
 from datasets.affine import crop_box
 from engine.checkpoint import load_checkpoint
-from engine.export.format import check_input, metadata_of
+from engine.export.format import check_input, fixed_batch, metadata_of, run_batched
 from engine.tasks.registry import config_from_dict, get_task
 from models.bbox import keypoints_tight_box
 from models.errors import CheckpointError, InputError
@@ -89,6 +89,7 @@ class OnnxModule(nn.Module):
         _check_graph(path, self.session, self.doc)
         self.kind, self.outputs = self.doc["kind"], self.doc["outputs"]
         self.input_name = self.session.get_inputs()[0].name
+        self.batch = fixed_batch(self.session)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
@@ -96,7 +97,7 @@ class OnnxModule(nn.Module):
         x = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
         if x.dtype != np.uint8:
             raise InputError(f"{self.path} takes uint8 RGB images [B, 3, H, W]; got {x.dtype}")
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x)})
+        return run_batched(self.session, np.ascontiguousarray(x), self.batch, self.input_name)
 
     def forward(self, images: torch.Tensor):
         device = self._device_anchor.device
@@ -166,11 +167,11 @@ class DecodedKeypointRunner:
             raise InputError(f"first pass {first_pass.path}: predicts {len(first_pass.doc['keypoint_names'])} "
                              f"keypoints, {path} {len(self.doc['keypoint_names'])}; a first pass must predict the "
                              f"same keypoints")
-        self.path, self.first_pass = path, first_pass
+        self.path, self.first_pass, self.batch = path, first_pass, fixed_batch(self.session)
 
     def predict(self, crops: np.ndarray, crop_to_image: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(crops, dtype=np.uint8).transpose(0, 3, 1, 2))
-        kpts, scores = self.session.run(None, {"images": x})
+        kpts, scores = run_batched(self.session, x, self.batch)
         m = np.asarray(crop_to_image, dtype=np.float64)
         xy = np.einsum("bij,bkj->bki", m[:, :, :2], kpts.astype(np.float64)) + m[:, None, :, 2]
         return np.concatenate([xy, scores[..., None].astype(np.float64)], -1)
