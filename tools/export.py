@@ -8,9 +8,9 @@
 
 The graph takes uint8 RGB crops ``[B, 3, H, W]`` (B dynamic, or fixed with ``--batch``) and normalises them
 itself. By default a keypoint model outputs heatmaps and the runner does the flip test, decoding and mapping
-back as PyTorch does; ``--decode`` puts the flip test (when the config has it), argmax and refinement in the graph, so the
-model returns keypoints and scores in crop pixels. The export is checked against PyTorch with
-onnxruntime on a random batch (the largest difference is printed). Dotted ``eval.*`` overrides change the
+back as PyTorch does; ``--decode`` puts the flip test (when the config has it), argmax and refinement in
+the graph, so the model returns keypoints and scores in crop pixels. The export is checked against PyTorch
+with onnxruntime on a random batch (the largest difference is printed). Dotted ``eval.*`` overrides change the
 test-time settings the file carries (the flip test and its shift, the re-crops), not the trained model.
 """
 

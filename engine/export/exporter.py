@@ -1,8 +1,8 @@
 """ONNX export of a trained model, with what inference needs written into the file.
 
 The graph takes ``images``: uint8 RGB ``[B, 3, H, W]`` (B dynamic, or fixed with ``batch``; a crop for a
-keypoint model, the letterboxed image for a detector); the normalisation is the model's own first module, so it is in the
-graph. What comes out is the task's business (its :class:`engine.tasks.base.OnnxOutputs`: heatmaps or
+keypoint model, the letterboxed image for a detector); the normalisation is the model's own first module, so
+it is in the graph. What comes out is the task's business (its :class:`engine.tasks.base.OnnxOutputs`: heatmaps or
 decoded keypoints for keypoint models, the raw maps of a detector); the metadata is
 :mod:`engine.export.format`'s. A task without an ``onnx`` entry is refused in one line.
 """

@@ -62,8 +62,6 @@ def run_batched(session, images, batch: int | None, name: str = "images") -> lis
     """``session.run`` on ``images`` [N, ...]: in one call, or, for a graph whose batch is fixed at ``batch``, in
     calls of that size, the last one padded with copies of its last image (zeros when N is 0) and every output
     cut back to N rows (all outputs are batch-first)."""
-    import numpy as np
-
     if batch is None or len(images) == batch:
         return session.run(None, {name: images})
     parts = []
