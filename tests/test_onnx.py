@@ -353,3 +353,28 @@ def test_a_fixed_batch_graph_gives_the_dynamic_graphs_answers_for_any_number_of_
     with pytest.raises(InputError, match=r"--batch 0: a fixed batch must be 1 or more"):
         export.main(["--checkpoint", exported["ckpt"], "--output", str(tmp_path / "zero.onnx"), "--batch", "0"])
     assert not os.path.exists(tmp_path / "zero.onnx")
+
+
+def test_face_bench_picture_keeps_crowded_labels_apart_and_the_budget_in_view(tmp_path):
+    """Five models a few hundredths of a point apart (a real run's values) and dlib: every label inside the
+    axes, no two labels on each other, and the 5 ms line inside the x range even when every model is faster."""
+    import importlib.util
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("face_fast_path", os.path.join(repo, "bench", "face_fast_path.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [{"label": "cascade, fixed batch", "ms/face": 1.66, "NME": 0.0344},
+            {"label": "cascade, dynamic batch", "ms/face": 1.85, "NME": 0.0344},
+            {"label": "cascade, quarter first pass", "ms/face": 1.72, "NME": 0.0343},
+            {"label": "fast, own re-crop", "ms/face": 2.07, "NME": 0.0343},
+            {"label": "earlier", "ms/face": 1.9, "NME": 0.0345, "before": True},
+            {"label": "dlib", "ms/face": 0.71, "NME": 0.0323}]
+    layout = bench.plot(rows, str(tmp_path / "nme_vs_ms.png"))
+    assert os.path.getsize(tmp_path / "nme_vs_ms.png") > 10_000
+    frame, labels = layout["frame"], layout["labels"]
+    assert len(labels) == len(rows)
+    for i, a in enumerate(labels):
+        assert frame.contains(a.x0, a.y0) and frame.contains(a.x1, a.y1)
+        assert not any(a.overlaps(b) for b in labels[i + 1:])
+    assert layout["xlim"][0] < 0.71 and layout["xlim"][1] > 5.0
