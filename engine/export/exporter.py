@@ -53,8 +53,8 @@ def export_onnx(checkpoint: str, output: str, decode: bool = False, opset: int |
     or their EMA (``"ema"``). ``eval_overrides``: dotted ``eval.*`` settings over the checkpoint's, for the
     graph (``eval.flip_test`` with ``--decode``) and the metadata the runner reads (``eval.recrop_passes``).
     ``batch``: fix the batch dimension at this size instead of leaving it dynamic. onnxruntime then drops the
-    graph's shape arithmetic (about 8 % less per call at batch 1 on a 2-core CPU, docs/results.md); the
-    runners split larger batches into calls of this size.
+    graph's shape arithmetic (3-10 % off the face cascade's time at batch 1 on a 2-core CPU, docs/results.md);
+    the runners split larger batches into calls of this size.
     """
     if batch is not None and int(batch) < 1:
         raise InputError(f"--batch {batch}: a fixed batch must be 1 or more; leave --batch out for a dynamic one")
