@@ -378,3 +378,30 @@ def test_face_bench_picture_keeps_crowded_labels_apart_and_the_budget_in_view(tm
         assert frame.contains(a.x0, a.y0) and frame.contains(a.x1, a.y1)
         assert not any(a.overlaps(b) for b in labels[i + 1:])
     assert layout["xlim"][0] < 0.71 and layout["xlim"][1] > 5.0
+
+
+def test_int8_quantisation_keeps_the_metadata_and_stays_near_the_float_graph(exported, tmp_path):
+    """bench/quantize_int8.py: the convolutions in int8 (QDQ), the decoding in float; the file keeps the
+    original's metadata, so the repository's runners load it, and its points stay near the fp32 graph's."""
+    import importlib.util
+
+    import onnx
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("quantize_int8", os.path.join(repo, "bench", "quantize_int8.py"))
+    quant = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quant)
+    from engine.export.runtime import DecodedKeypointRunner
+
+    out = str(tmp_path / "int8.onnx")
+    quant.quantize(exported["decoded"], out, _crops(16, seed=6).numpy())
+    ops = {n.op_type for n in onnx.load(out).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "ArgMax"} <= ops
+    fp32, int8 = DecodedKeypointRunner(exported["decoded"]), DecodedKeypointRunner(out)
+    assert int8.doc == fp32.doc
+    crops = _crops(4, seed=7).permute(0, 2, 3, 1).numpy()
+    mats = np.tile(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), (4, 1, 1))
+    got, ref = int8.predict(crops, mats), fp32.predict(crops, mats)
+    assert got.shape == ref.shape and np.isfinite(got).all()
+    # An untrained model's flat heatmaps put some peaks anywhere; most points must still agree.
+    assert np.median(np.abs(got[..., :2] - ref[..., :2])) < 2.0
