@@ -26,6 +26,7 @@ from datasets.affine import crop_box  # noqa: E402
 from datasets.coco_common import resolve_image_path, split_image_ids  # noqa: E402
 from datasets.image_io import read_image_rgb  # noqa: E402
 from engine.export.runtime import read_metadata  # noqa: E402
+from tools._common import run_cli  # noqa: E402
 
 FACES = "../shared/data/faces300w_train"
 
@@ -86,6 +87,8 @@ def main(argv=None) -> None:
     p.add_argument("--image-root", default=f"{FACES}/images")
     p.add_argument("--calibration-faces", type=int, default=128)
     args = p.parse_args(argv)
+    if args.calibration_faces < 1:
+        p.error(f"--calibration-faces must be 1 or more (got {args.calibration_faces})")
     doc = read_metadata(args.model)
     crops = training_crops(args.ann_file, args.image_root, doc["input_size"],
                            float(doc["config"]["data"]["bbox_padding"]), args.calibration_faces)
@@ -94,4 +97,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
