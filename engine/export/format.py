@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 from models.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -56,19 +54,3 @@ def fixed_batch(session) -> int | None:
     onnxruntime's tools), None when its batch dimension is dynamic."""
     dim = session.get_inputs()[0].shape[0]
     return dim if isinstance(dim, int) and dim > 0 else None
-
-
-def run_batched(session, images, batch: int | None, name: str = "images") -> list:
-    """``session.run`` on ``images`` [N, ...]: in one call, or, for a graph whose batch is fixed at ``batch``, in
-    calls of that size, the last one padded with copies of its last image (zeros when N is 0) and every output
-    cut back to N rows (all outputs are batch-first)."""
-    if batch is None or len(images) == batch:
-        return session.run(None, {name: images})
-    parts = []
-    for start in range(0, max(len(images), 1), batch):
-        chunk = images[start:start + batch]
-        n = len(chunk)
-        fill = chunk[-1:] if n else np.zeros((1, *images.shape[1:]), images.dtype)
-        padded = np.concatenate([chunk, np.repeat(fill, batch - n, axis=0)]) if n < batch else chunk
-        parts.append([out[:n] for out in session.run(None, {name: padded})])
-    return [np.concatenate(outs) for outs in zip(*parts)]

@@ -22,7 +22,7 @@ from torch import nn
 
 from datasets.affine import crop_box
 from engine.checkpoint import load_checkpoint
-from engine.export.format import check_input, fixed_batch, metadata_of, run_batched
+from engine.export.format import check_input, fixed_batch, metadata_of
 from engine.tasks.registry import config_from_dict, get_task
 from models.bbox import keypoints_tight_box
 from models.errors import CheckpointError, InputError
@@ -65,6 +65,22 @@ def _check_graph(path: str, sess, doc: dict) -> None:
     if entry.onnx is None:
         raise CheckpointError(f"{path}: task {doc['kind']!r} has no ONNX format in this repository")
     entry.onnx.check_graph(path, sess, doc)
+
+
+def run_batched(session, images, batch: int | None, name: str = "images") -> list:
+    """``session.run`` on ``images`` [N, ...]: in one call, or, for a graph whose batch is fixed at ``batch``, in
+    calls of that size, the last one padded with copies of its last image (zeros when N is 0) and every output
+    cut back to N rows (all outputs are batch-first)."""
+    if batch is None or len(images) == batch:
+        return session.run(None, {name: images})
+    parts = []
+    for start in range(0, max(len(images), 1), batch):
+        chunk = images[start:start + batch]
+        n = len(chunk)
+        fill = chunk[-1:] if n else np.zeros((1, *images.shape[1:]), images.dtype)
+        padded = np.concatenate([chunk, np.repeat(fill, batch - n, axis=0)]) if n < batch else chunk
+        parts.append([out[:n] for out in session.run(None, {name: padded})])
+    return [np.concatenate(outs) for outs in zip(*parts)]
 
 
 class OnnxModule(nn.Module):
