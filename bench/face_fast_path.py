@@ -191,29 +191,31 @@ def plot(rows: list[dict], path: str, budget_ms: float = 5.0) -> dict:
     # Next to the point first, then further out (points a few hundredths apart crowd each other's labels).
     places = sorted(((dx, dy) for dx in (6, -6, 40, -40, 80, -80) for dy in (8, -22, 30, -44, 52, -66)),
                     key=lambda o: (abs(o[0]) > 6) + abs(o[1] + 7) / 22)
+
+    def label_at(row: dict, dx: int, dy: int, line: bool = False):
+        ms, nme = row["ms/face"], 100 * row["NME"]
+        return ax.annotate(f"{row['label']}\n{ms:.1f} ms, {nme:.2f} %", (ms, nme), textcoords="offset points",
+                           xytext=(dx, dy), fontsize=8, ha="left" if dx > 0 else "right",
+                           color="dimgray" if row.get("before") else "black",
+                           arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5} if line else None)
+
+    def covered(box) -> float:          # area of the placed labels and points under ``box``, in pixels
+        return sum(max(0, min(box.x1, t.x1) - max(box.x0, t.x0)) * max(0, min(box.y1, t.y1) - max(box.y0, t.y0))
+                   for t in taken)
+
     for row in sorted(rows, key=lambda r: r["ms/face"]):
-        before, ms, nme = row.get("before", False), row["ms/face"], 100 * row["NME"]
-        order = sorted(places, key=lambda o: o[1] < 0) if before else places
-        best = None
+        order = sorted(places, key=lambda o: o[1] < 0) if row.get("before") else places
+        best = (float("inf"), 6, 8, None)
         for dx, dy in order:
-            # Without its line to the point here: an annotation's extent includes the line.
-            label = ax.annotate(f"{row['label']}\n{ms:.1f} ms, {nme:.2f} %", (ms, nme), textcoords="offset points",
-                                xytext=(dx, dy), fontsize=8, ha="left" if dx > 0 else "right")
+            label = label_at(row, dx, dy)   # without its line here: an annotation's extent includes the line
             box = label.get_window_extent(renderer)
-            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
-            overlap = sum(max(0, min(box.x1, t.x1) - max(box.x0, t.x0)) * max(0, min(box.y1, t.y1) - max(box.y0, t.y0))
-                          for t in taken)
             label.remove()
-            if inside and (best is None or overlap < best[0]):
-                best = (overlap, dx, dy, box)
-            if inside and overlap == 0:
-                break
-        overlap, dx, dy, box = best or (0, 6, 8, None)
-        far = abs(dy) > 22 or abs(dx) > 6                 # a label away from its point gets a thin line to it
-        label = ax.annotate(f"{row['label']}\n{ms:.1f} ms, {nme:.2f} %", (ms, nme), textcoords="offset points",
-                            xytext=(dx, dy), fontsize=8, color="dimgray" if before else "black",
-                            ha="left" if dx > 0 else "right",
-                            arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5} if far else None)
+            if frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1) and covered(box) < best[0]:
+                best = (covered(box), dx, dy, box)
+                if best[0] == 0:
+                    break
+        _, dx, dy, box = best
+        label = label_at(row, dx, dy, line=abs(dy) > 22 or abs(dx) > 6)   # a line to a label away from its point
         taken.append(box or label.get_window_extent(renderer))
     fig.savefig(path)
     plt.close(fig)
