@@ -405,3 +405,21 @@ def test_int8_quantisation_keeps_the_metadata_and_stays_near_the_float_graph(exp
     assert got.shape == ref.shape and np.isfinite(got).all()
     # An untrained model's flat heatmaps put some peaks anywhere; most points must still agree.
     assert np.median(np.abs(got[..., :2] - ref[..., :2])) < 2.0
+
+
+def test_an_interrupted_export_leaves_the_previous_file_and_no_partial_one(exported, tmp_path, monkeypatch):
+    import onnx
+
+    from tools import export
+
+    out = tmp_path / "model.onnx"
+    shutil.copy(exported["decoded"], out)
+    before = out.read_bytes()
+
+    def interrupt(proto):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx.checker, "check_model", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        export.main(["--checkpoint", exported["ckpt"], "--output", str(out), "--decode", "--batch", "1"])
+    assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["model.onnx"]

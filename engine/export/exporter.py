@@ -77,19 +77,23 @@ def export_onnx(checkpoint: str, output: str, decode: bool = False, opset: int |
         example, dynamic = torch.randint(0, 256, (int(batch), 3, h, w), dtype=torch.uint8), None
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     tmp = output + ".tmp"
-    torch.onnx.export(graph, (example,), tmp, dynamo=True, external_data=False, opset_version=opset,
-                      input_names=["images"], output_names=names, dynamic_shapes=dynamic, verbose=False)
-    proto = onnx.load(tmp)
-    flip_in_graph = bool(decode and outputs == "keypoints" and cfg.eval.flip_test)
-    doc = inference_metadata(cfg, state, model, outputs, flip_in_graph, None if batch is None else int(batch))
-    del proto.metadata_props[:]
-    for k, v in metadata_props(doc).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    proto.producer_name = "keypoint-fpn tools.export"
-    onnx.checker.check_model(proto)
-    onnx.save(proto, tmp)
-    os.replace(tmp, output)
+    try:            # written beside the output and moved over it at the end: an interrupted export leaves neither
+        torch.onnx.export(graph, (example,), tmp, dynamo=True, external_data=False, opset_version=opset,
+                          input_names=["images"], output_names=names, dynamic_shapes=dynamic, verbose=False)
+        proto = onnx.load(tmp)
+        flip_in_graph = bool(decode and outputs == "keypoints" and cfg.eval.flip_test)
+        doc = inference_metadata(cfg, state, model, outputs, flip_in_graph, None if batch is None else int(batch))
+        del proto.metadata_props[:]
+        for k, v in metadata_props(doc).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        proto.producer_name = "keypoint-fpn tools.export"
+        onnx.checker.check_model(proto)
+        onnx.save(proto, tmp)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     summary = {"checkpoint": checkpoint, "output": output, "kind": cfg.task, "outputs": names,
                "bytes": os.path.getsize(output)}
     if verify:
