@@ -38,6 +38,8 @@ from datasets.coco_common import resolve_image_path, split_image_ids  # noqa: E4
 from datasets.image_io import read_image_rgb  # noqa: E402
 from engine.evaluation.face_metrics import FaceReportConfig, build_face_report, evaluate_detected  # noqa: E402
 from engine.export.runtime import DecodedKeypointRunner  # noqa: E402
+from models.errors import InputError  # noqa: E402
+from tools._common import run_cli  # noqa: E402
 
 FACES = "../shared/data/faces300w_train"
 
@@ -242,6 +244,9 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     if args.block < 1 or args.rounds < 1:
         p.error(f"--block and --rounds must be 1 or more (got {args.block} and {args.rounds})")
+    if not os.path.isfile(args.boxes):
+        raise InputError(f"--boxes {args.boxes} does not exist; write dlib's face boxes with <dlib-venv>/bin/python "
+                         f"bench/dlib_landmarks.py predict --out-dir {os.path.dirname(args.boxes) or '.'}")
     faces, truth = held_out_faces(args.ann_file, args.image_root, args.boxes)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
@@ -280,4 +285,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

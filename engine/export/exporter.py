@@ -56,7 +56,8 @@ def export_onnx(checkpoint: str, output: str, decode: bool = False, opset: int |
     graph's shape arithmetic (3-10 % off the face cascade's time at batch 1 on a 2-core CPU, docs/results.md);
     the runners split larger batches into calls of this size.
     """
-    if batch is not None and int(batch) < 1:
+    batch = None if batch is None else int(batch)
+    if batch is not None and batch < 1:
         raise InputError(f"--batch {batch}: a fixed batch must be 1 or more; leave --batch out for a dynamic one")
     import onnx  # an optional dependency (the [onnx] extra): only exporting needs it
 
@@ -74,7 +75,7 @@ def export_onnx(checkpoint: str, output: str, decode: bool = False, opset: int |
         example = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
         dynamic = {"images": {0: torch.export.Dim("batch", min=1, max=4096)}}
     else:
-        example, dynamic = torch.randint(0, 256, (int(batch), 3, h, w), dtype=torch.uint8), None
+        example, dynamic = torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8), None
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     tmp = output + ".tmp"
     try:            # written beside the output and moved over it at the end: an interrupted export leaves neither
@@ -82,7 +83,7 @@ def export_onnx(checkpoint: str, output: str, decode: bool = False, opset: int |
                           input_names=["images"], output_names=names, dynamic_shapes=dynamic, verbose=False)
         proto = onnx.load(tmp)
         flip_in_graph = bool(decode and outputs == "keypoints" and cfg.eval.flip_test)
-        doc = inference_metadata(cfg, state, model, outputs, flip_in_graph, None if batch is None else int(batch))
+        doc = inference_metadata(cfg, state, model, outputs, flip_in_graph, batch)
         del proto.metadata_props[:]
         for k, v in metadata_props(doc).items():
             entry = proto.metadata_props.add()
@@ -97,20 +98,19 @@ def export_onnx(checkpoint: str, output: str, decode: bool = False, opset: int |
     summary = {"checkpoint": checkpoint, "output": output, "kind": cfg.task, "outputs": names,
                "bytes": os.path.getsize(output)}
     if verify:
-        summary["max_abs_diff"] = verify_export(graph, output, example, fixed_batch=batch is not None)
+        summary["max_abs_diff"] = verify_export(graph, output, example.shape[1:], batch or 3)
     return summary
 
 
-def verify_export(graph: nn.Module, path: str, example: torch.Tensor, fixed_batch: bool = False) -> float | None:
-    """Largest absolute difference between onnxruntime and PyTorch on a random batch: of 3, or of the
-    example's size for a graph whose batch is fixed (None without onnxruntime)."""
+def verify_export(graph: nn.Module, path: str, image_shape: Sequence[int], batch: int = 3) -> float | None:
+    """Largest absolute difference between onnxruntime and PyTorch on a random batch of ``batch`` uint8 images
+    of ``image_shape`` [3, H, W] (None without onnxruntime)."""
     try:
         import onnxruntime as ort
     except ImportError:
         log.warning("onnxruntime is not installed: %s was not checked against PyTorch", path)
         return None
-    n = example.shape[0] if fixed_batch else 3
-    x = torch.randint(0, 256, (n, *example.shape[1:]), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = torch.randint(0, 256, (batch, *image_shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     got = sess.run(None, {"images": x.numpy()})
     with torch.no_grad():

@@ -37,18 +37,23 @@ def _import_ort():
     return ort
 
 
-def read_metadata(path: str) -> dict:
-    """The inference metadata of an ONNX file written by tools.export (CheckpointError when absent)."""
+def open_session(path: str, options=None, providers: list[str] | None = None):
+    """An onnxruntime session of the file at ``path``: InputError when there is no such file, CheckpointError
+    when it is not a readable ONNX model, each in one line that says how to write one."""
     ort = _import_ort()
     if not os.path.isfile(path):
         raise InputError(f"ONNX model {path} does not exist; write one with python -m tools.export --checkpoint "
                          f"best.pt --output {path}")
     try:
-        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path, options, providers=providers or ["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own exception types for unreadable files
         raise CheckpointError(f"{path} is not a readable ONNX model ({type(err).__name__}: {err}); export it again "
                               f"with python -m tools.export") from None
-    return metadata_of(path, sess)
+
+
+def read_metadata(path: str) -> dict:
+    """The inference metadata of an ONNX file written by tools.export (CheckpointError when absent)."""
+    return metadata_of(path, open_session(path))
 
 
 def _providers(device: torch.device) -> list[str]:
@@ -100,7 +105,7 @@ class OnnxModule(nn.Module):
         if threads:
             opts.intra_op_num_threads = threads
         self.path = path
-        self.session = ort.InferenceSession(path, opts, providers=_providers(device))
+        self.session = open_session(path, opts, _providers(device))
         self.doc = metadata_of(path, self.session)
         _check_graph(path, self.session, self.doc)
         self.kind, self.outputs = self.doc["kind"], self.doc["outputs"]
@@ -174,7 +179,7 @@ class DecodedKeypointRunner:
             opts.intra_op_num_threads = threads
         if not spin:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.session = open_session(path, opts)
         self.doc = metadata_of(path, self.session)
         if self.doc["outputs"] != "keypoints":
             raise CheckpointError(f"{path} outputs {self.doc['outputs']}, not decoded keypoints; export it with "
